@@ -1,0 +1,330 @@
+"""Every file the runner, scoring and orchestrator exchange, defined once.
+
+The three packages talk only through these files on a shared volume. Nothing here imports torch or docker.
+Users' scripts already read `<model>_metrics.json` (`model_name`, `model_id`, `num_samples`,
+`metrics.{bleu4,meteor,rougeL,spice,cider}` on a 0-1 scale): those keys never change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T", bound=BaseModel)
+
+__all__ = [
+    "PREDICTIONS_JSONL",
+    "PREDICTIONS_CSV",
+    "RUN_MANIFEST",
+    "METRICS_JSON",
+    "SAMPLE_SCORES_JSONL",
+    "SUMMARY_JSON",
+    "COMPARISON_CSV",
+    "ABLATION_MANIFEST",
+    "REPORT_HTML",
+    "RUNNER_RESULT_PREFIX",
+    "HEADLINE_METRICS",
+    "COCO_BLEU_METRICS",
+    "SAMPLE_SCORE_KEYS",
+    "results_file",
+    "sample_id",
+    "file_sha256",
+    "Sample",
+    "PredictionRecord",
+    "RunnerResult",
+    "RunManifest",
+    "SampleCounts",
+    "MetricsFile",
+    "SampleScores",
+    "SummaryEntry",
+    "Summary",
+    "ModelRunRecord",
+    "AblationManifest",
+    "write_json_atomic",
+    "write_text_atomic",
+    "write_jsonl_atomic",
+    "read_jsonl",
+    "read_json",
+]
+
+# ---------------------------------------------------------------------------------------------------------
+# File names inside a results folder.
+
+PREDICTIONS_JSONL = "{model}_predictions.jsonl"  # runner, appended per batch
+PREDICTIONS_CSV = "{model}_predictions.csv"  # runner, for people
+RUN_MANIFEST = "{model}_run.json"  # runner
+METRICS_JSON = "{model}_metrics.json"  # scoring
+SAMPLE_SCORES_JSONL = "{model}_sample_scores.jsonl"  # scoring, per-sample scores and statistics
+SUMMARY_JSON = "all_models_summary.json"  # scoring
+COMPARISON_CSV = "comparison.csv"  # scoring
+ABLATION_MANIFEST = "run_manifest.json"  # orchestrator
+REPORT_HTML = "report.html"  # scoring report
+
+# The runner's last stdout line, for the orchestrator: RUNNER_RESULT_PREFIX + RunnerResult JSON.
+RUNNER_RESULT_PREFIX = "RUNNER_RESULT "
+
+# The corpus metrics users read, in report order; all on a 0-1 scale. None means "not computed" (e.g. SPICE
+# without its CoreNLP jars) and is never replaced by 0.0.
+HEADLINE_METRICS = ("bleu4", "meteor", "rougeL", "cider", "spice")
+COCO_BLEU_METRICS = ("coco_bleu1", "coco_bleu2", "coco_bleu3", "coco_bleu4")
+# Keys of SampleScores.scores (sentence-level versions of the headline metrics).
+SAMPLE_SCORE_KEYS = HEADLINE_METRICS
+
+
+def results_file(out_dir: str | Path, pattern: str, model: str | None = None) -> Path:
+    """Path of one of the files above, e.g. results_file(out, PREDICTIONS_JSONL, "llava-1.5-7b")."""
+    return Path(out_dir) / (pattern.format(model=model) if model is not None else pattern)
+
+
+def sample_id(image: str, query: str) -> str:
+    """Stable id of one (image, query) sample: the same on every run and machine.
+
+    Derived from the image reference exactly as written in the data file (not a resolved absolute path,
+    which differs between hosts) and the query.
+    """
+    return hashlib.sha1(f"{image}\x1f{query}".encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Records.
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sample(_Record):
+    """One (image, query) pair with ALL its human captions, in data-file order."""
+
+    sample_id: str
+    image: str  # as written in the data file (path or URL)
+    image_path: str  # resolved local path or http(s) URL the runner opens
+    query: str
+    references: list[str]
+
+
+class PredictionRecord(_Record):
+    """One line of `<model>_predictions.jsonl`.
+
+    `prediction` is the decoded model output (special tokens skipped, prompt removed), before scoring's
+    cleanup. `error` is set (and `prediction` is "") when the sample could not be captioned.
+    """
+
+    sample_id: str
+    image: str
+    query: str
+    prediction: str
+    references: list[str]
+    error: str | None = None
+    model_name: str | None = None
+    prompt: str | None = None  # the exact text the model was given (chat template applied)
+
+
+class RunnerResult(_Record):
+    """The runner's final machine-readable line (after RUNNER_RESULT_PREFIX)."""
+
+    model_name: str
+    status: Literal["completed", "failed"]
+    predictions_file: str
+    manifest_file: str
+    num_samples: int
+    num_written: int
+    num_errors: int
+    samples_per_second: float | None = None
+    message: str | None = None
+
+
+class RunManifest(BaseModel):
+    """`<model>_run.json`: how one model's predictions were made. Extra keys allowed for forward growth."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_name: str
+    model_id: str
+    model_path: str | None = None  # local checkpoint used instead of the Hub id
+    revision: str = "main"
+    resolved_revision: str | None = None
+    family: str
+    dtype: str
+    device: str
+    device_name: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    prompt_template: str
+    decoding: dict[str, Any] = Field(default_factory=dict)
+    data_file: str
+    data_sha256: str
+    num_samples: int
+    batch_size_requested: int
+    batch_size_used: int
+    oom_retries: int = 0
+    timings: dict[str, float] = Field(default_factory=dict)  # load_s, generate_s, samples_per_s
+    peak_gpu_memory_bytes: int | None = None
+    num_errors: int = 0
+    errors_by_kind: dict[str, int] = Field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class SampleCounts(_Record):
+    scored: int  # samples that entered the corpus scores (including empty predictions)
+    empty: int  # predictions that were empty after cleanup (scored as "")
+    failed: int  # samples the runner could not caption (error field set); scored as "" too
+    missing: int = 0  # data samples with no prediction (only when scoring the intersection)
+
+
+class MetricsFile(BaseModel):
+    """`<model>_metrics.json`. The first four keys are what users' scripts already read."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_name: str
+    model_id: str
+    num_samples: int
+    metrics: dict[str, float | None]  # HEADLINE_METRICS + COCO_BLEU_METRICS at least
+    ci: dict[str, tuple[float, float] | None] = Field(default_factory=dict)  # 95% bootstrap interval
+    per_query: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    counts: SampleCounts
+    signature: dict[str, str] = Field(default_factory=dict)  # sacrebleu signature, tool versions, seed
+    unavailable: dict[str, str] = Field(default_factory=dict)  # metric -> why it is None
+    warnings: list[str] = Field(default_factory=list)
+
+
+class SampleScores(_Record):
+    """One line of `<model>_sample_scores.jsonl`: per-sample scores for the report, and the per-sample
+    sufficient statistics from which corpus metrics (and their bootstrap) are recomputed without Java."""
+
+    sample_id: str
+    query: str
+    prediction: str  # after cleanup, as scored
+    raw_prediction: str
+    error: str | None = None
+    scores: dict[str, float | None]  # sentence-level scores
+    stats: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class SummaryEntry(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_name: str
+    model_id: str
+    num_samples: int
+    metrics: dict[str, float | None]
+    ci: dict[str, tuple[float, float] | None] = Field(default_factory=dict)
+    status: Literal["scored", "failed"] = "scored"
+    message: str | None = None
+
+
+class Summary(BaseModel):
+    """`all_models_summary.json`."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    models: list[SummaryEntry]
+    # paired bootstrap p-values: metric -> "modelA|modelB" -> p
+    significance: dict[str, dict[str, float]] = Field(default_factory=dict)
+    signature: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelRunRecord(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_name: str
+    model_id: str
+    family: str
+    image: str | None = None
+    image_digest: str | None = None
+    revision: str | None = None
+    resolved_revision: str | None = None
+    status: Literal["pending", "completed", "failed"] = "pending"
+    message: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class AblationManifest(BaseModel):
+    """`run_manifest.json`: everything needed to rerun an ablation on another host. Never holds a token."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    engine: Literal["docker", "local"]
+    arguments: dict[str, Any]
+    data_file: str
+    data_sha256: str
+    models: list[ModelRunRecord]
+    versions: dict[str, str] = Field(default_factory=dict)
+    scoring_image: str | None = None
+    scoring_image_digest: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and writing.
+
+
+def write_json_atomic(path: str | Path, payload: BaseModel | dict[str, Any] | list[Any]) -> None:
+    """Write JSON next to `path` and rename it into place, so no reader ever sees a partial file."""
+    path = Path(path)
+    text = payload.model_dump_json(indent=2) if isinstance(payload, BaseModel) else json.dumps(payload, indent=2)
+    write_text_atomic(path, text + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[BaseModel]) -> None:
+    write_text_atomic(path, "".join(record.model_dump_json() + "\n" for record in records))
+
+
+def read_jsonl(path: str | Path, model: type[T]) -> Iterator[T]:
+    """Read a JSONL file of `model` records; a bad line is an error naming the file and line.
+
+    A final line without its newline is a write cut off by a kill: it is skipped, not an error.
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.readlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not line.endswith("\n") and number == len(lines):
+            return
+        try:
+            yield model.model_validate_json(line)
+        except ValueError as error:
+            raise ValueError(f"{path}:{number}: not a valid {model.__name__} record: {error}") from error
+
+
+def read_json(path: str | Path, model: type[T]) -> T:
+    path = Path(path)
+    try:
+        return model.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path}: not a valid {model.__name__} file: {error}") from error

@@ -1,0 +1,1 @@
+"""Runs inside a model family's image (or as a local process): captions every sample, writes predictions."""

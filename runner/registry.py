@@ -1,0 +1,51 @@
+"""The models users can name. Adding a model of an existing family is one entry in MODELS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # what users type
+    family: str  # selects the adapter, the tiny-checkpoint builder and the image
+    hub_id: str
+    revision: str = "main"  # the resolved commit is recorded in the run manifest
+    dtype: str = "bfloat16"  # on GPU; tests on CPU use float32
+    transformers: str = ">=5.0,<6"  # versions this entry is known to work with
+    image: str = ""  # Docker image for the family (images/<family>/Dockerfile)
+
+
+IMAGE_PREFIX = "vlm-ablation"
+
+
+def _spec(name: str, family: str, hub_id: str, **kwargs: str) -> ModelSpec:
+    return ModelSpec(name=name, family=family, hub_id=hub_id, image=f"{IMAGE_PREFIX}/{family}:latest", **kwargs)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec("blip2-opt-2.7b", "blip2", "Salesforce/blip2-opt-2.7b"),
+        _spec("internvl2-2b", "internvl2", "OpenGVLab/InternVL2-2B"),
+        _spec("blip2-flan-t5-xl", "blip2", "Salesforce/blip2-flan-t5-xl"),
+        _spec("qwen2.5-vl-3b", "qwen2.5-vl", "Qwen/Qwen2.5-VL-3B-Instruct"),
+        _spec("gemma-3-4b", "gemma3", "google/gemma-3-4b-it"),
+        _spec("llava-1.5-7b", "llava", "llava-hf/llava-1.5-7b-hf"),
+        _spec("llava-1.6-mistral-7b", "llava-next", "llava-hf/llava-v1.6-mistral-7b-hf"),
+        _spec("instructblip-vicuna-7b", "instructblip", "Salesforce/instructblip-vicuna-7b"),
+    )
+}
+
+FAMILIES = sorted({spec.family for spec in MODELS.values()})
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}") from None

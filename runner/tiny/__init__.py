@@ -1,0 +1,16 @@
+"""Tiny random-weight checkpoints of each family's real transformers classes (see common.py)."""
+
+from runner.tiny import blip2, gemma3, instructblip, internvl2, llava, llava_next, qwen2_5_vl  # noqa: F401
+from runner.tiny.common import builder_for, register_tiny, train_tokenizer
+
+__all__ = ["builder_for", "build_tiny", "register_tiny", "train_tokenizer"]
+
+
+def build_tiny(model_name: str, out_dir: str) -> None:
+    """Build the tiny checkpoint for a registry name into out_dir (config, weights, processor, tokenizer)."""
+    from pathlib import Path
+
+    from runner.registry import get_model
+
+    spec = get_model(model_name)
+    builder_for(spec.family)(spec, Path(out_dir))

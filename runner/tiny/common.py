@@ -1,0 +1,76 @@
+"""Shared pieces of the tiny random-weight checkpoints: a tokenizer trained on the spot, a registry of builders.
+
+Tiny checkpoints use the REAL transformers classes of each family with minimal sizes, so the runner's code
+path (from_pretrained on a folder, processor, batched generate) is exercised offline with no download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from runner.registry import ModelSpec
+
+# Words the tiny tokenizer learns: prompt wording, QuIC-360 queries, caption vocabulary.
+_CORPUS = [
+    "In this 360-degree panoramic image, describe the {query} in one or two sentences.",
+    "USER: ASSISTANT: Question: Answer: [INST] [/INST] system user assistant model",
+    "location people weather building sky trees road street water interior garden vehicle animals",
+    "A wide view of a sunny beach with blue sky, green trees and a red house near the road.",
+    "The people are walking on the street under a cloudy sky; the room is bright and empty.",
+    "0 1 2 3 4 5 6 7 8 9 . , ; : ! ? ' \" ( ) - _ / < > | [ ] { } # = + * & % $ @ ~ ^ `",
+]
+
+
+def train_tokenizer(
+    special_tokens: list[str],
+    *,
+    vocab_size: int = 400,
+    bos_token: str | None = "<s>",
+    eos_token: str = "</s>",
+    pad_token: str = "<pad>",
+    unk_token: str = "<unk>",
+    extra_corpus: list[str] | None = None,
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained here with `tokenizers` (round-trips any text), wrapped for transformers."""
+    base = [t for t in (pad_token, bos_token, eos_token, unk_token) if t]
+    specials = base + [t for t in special_tokens if t not in base]
+    tokenizer = Tokenizer(models.BPE(unk_token=unk_token))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS + (extra_corpus or []), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        pad_token=pad_token,
+        unk_token=unk_token,
+        additional_special_tokens=[t for t in specials if t not in base],
+    )
+
+
+TinyBuilder = Callable[[ModelSpec, Path], None]
+_BUILDERS: dict[str, TinyBuilder] = {}
+
+
+def register_tiny(family: str) -> Callable[[TinyBuilder], TinyBuilder]:
+    def decorate(builder: TinyBuilder) -> TinyBuilder:
+        _BUILDERS[family] = builder
+        return builder
+
+    return decorate
+
+
+def builder_for(family: str) -> TinyBuilder:
+    import runner.tiny  # noqa: F401  (importing the package registers every builder)
+
+    return _BUILDERS[family]

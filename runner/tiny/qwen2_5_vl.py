@@ -1,0 +1,1 @@
+"""Placeholder: tiny builder not written yet."""
