@@ -185,6 +185,7 @@ class SampleCounts(_Record):
     empty: int  # predictions that were empty after cleanup (scored as "")
     failed: int  # samples the runner could not caption (error field set); scored as "" too
     missing: int = 0  # data samples with no prediction (only when scoring the intersection)
+    unknown: int = 0  # predictions whose sample_id is not in the data (dropped when scoring the intersection)
 
 
 class MetricsFile(BaseModel):
@@ -213,6 +214,7 @@ class SampleScores(_Record):
     prediction: str  # after cleanup, as scored
     raw_prediction: str
     error: str | None = None
+    references: list[str] = Field(default_factory=list)  # as scored (separator-normalised)
     scores: dict[str, float | None]  # sentence-level scores
     stats: dict[str, list[float]] = Field(default_factory=dict)
 

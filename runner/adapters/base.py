@@ -40,6 +40,12 @@ class Adapter(ABC):
         self.resolved_revision = loaded.resolved_revision
         self.device = device
         self.dtype = dtype
+        if self.decoder_only:
+            # Batched decoder-only generation needs left padding: every row's answer then starts at the same column.
+            self.tokenizer.padding_side = "left"
+        if getattr(self.tokenizer, "pad_token", "") is None and getattr(self.tokenizer, "eos_token", None):
+            # Some Llama-family tokenizers ship without a pad token; batching needs one (masked out anyway).
+            self.tokenizer.pad_token = self.tokenizer.eos_token
 
     # --- what each family provides -------------------------------------------------------------------
 
@@ -70,11 +76,18 @@ class Adapter(ABC):
                 pad_token_id=self.pad_token_id,
             )
 
-    def decode(self, output_ids: torch.Tensor, inputs: dict[str, Any]) -> list[str]:
-        """Strip the prompt by slicing at the PADDED input length (never at a count of non-pad tokens)."""
+    def generated_ids(self, output_ids: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """Only the newly generated ids: slice at the PADDED input length (never at a count of non-pad tokens).
+
+        Encoder-decoder models return only the answer (after the decoder start token): nothing to slice.
+        """
         if self.decoder_only:
-            output_ids = output_ids[:, inputs["input_ids"].shape[1] :]
-        return [text.strip() for text in self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
+            return output_ids[:, inputs["input_ids"].shape[1] :]
+        return output_ids
+
+    def decode(self, output_ids: torch.Tensor, inputs: dict[str, Any]) -> list[str]:
+        generated = self.generated_ids(output_ids, inputs)
+        return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     @property
     def tokenizer(self) -> Any:
@@ -84,6 +97,33 @@ class Adapter(ABC):
     def pad_token_id(self) -> int | None:
         tokenizer = self.tokenizer
         return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+# --- helpers for adapters ---------------------------------------------------------------------------
+
+
+def commit_hash(model: Any) -> str | None:
+    """The Hub commit a model was loaded from (transformers records it in the config); None for a local folder."""
+    value = getattr(getattr(model, "config", None), "_commit_hash", None)
+    return value if isinstance(value, str) and value else None
+
+
+def move_inputs(inputs: Any, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Processor output onto the device; floating tensors (pixel values) to the model's dtype, ids stay integer."""
+    moved: dict[str, Any] = {}
+    for key, value in dict(inputs).items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        moved[key] = value
+    return moved
+
+
+def chat_template_prompt(processor: Any, instruction: str) -> str | None:
+    """One user turn (an image, then the instruction) through the processor's chat template; None without one."""
+    if not getattr(processor, "chat_template", None):
+        return None
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 _FAMILIES: dict[str, type[Adapter]] = {}

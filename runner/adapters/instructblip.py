@@ -1,1 +1,22 @@
-"""Placeholder: adapter not written yet."""
+"""InstructBLIP (Salesforce/instructblip-vicuna-7b): Vicuna (decoder-only) LM, bare-instruction prompt.
+
+The processor tokenizes the instruction twice: with the LM tokenizer (after the `<image>` query tokens it adds
+itself) and with the Q-Former's own tokenizer (`qformer_input_ids`), so the Q-Former is conditioned on it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import InstructBlipForConditionalGeneration
+
+from runner.adapters.base import register_family
+from runner.adapters.blip2 import Blip2Adapter
+
+
+@register_family("instructblip")
+class InstructBlipAdapter(Blip2Adapter):
+    model_class: Any = InstructBlipForConditionalGeneration
+
+    def build_prompt(self, instruction: str) -> str:
+        return instruction

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from runner.registry import ModelSpec
@@ -34,8 +34,12 @@ def train_tokenizer(
     pad_token: str = "<pad>",
     unk_token: str = "<unk>",
     extra_corpus: list[str] | None = None,
+    add_bos: bool = False,
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained here with `tokenizers` (round-trips any text), wrapped for transformers."""
+    """A byte-level BPE tokenizer trained here with `tokenizers` (round-trips any text), wrapped for transformers.
+
+    add_bos: prepend bos_token to every encoded text, as Llama/Mistral/OPT tokenizers do.
+    """
     base = [t for t in (pad_token, bos_token, eos_token, unk_token) if t]
     specials = base + [t for t in special_tokens if t not in base]
     tokenizer = Tokenizer(models.BPE(unk_token=unk_token))
@@ -48,6 +52,11 @@ def train_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS + (extra_corpus or []), trainer=trainer)
+    if add_bos and bos_token:
+        bos_id = tokenizer.token_to_id(bos_token)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B", special_tokens=[(bos_token, bos_id)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=bos_token,
@@ -74,3 +83,26 @@ def builder_for(family: str) -> TinyBuilder:
     import runner.tiny  # noqa: F401  (importing the package registers every builder)
 
     return _BUILDERS[family]
+
+
+def save_tiny(model: object, processor: object, out_dir: Path) -> None:
+    """Save model weights (float32 safetensors) and processor the way a Hub checkpoint is laid out."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # type: ignore[attr-defined]
+    processor.save_pretrained(out_dir)  # type: ignore[attr-defined]
+
+
+def widen_init(model: object, std: float = 0.2, seed: int = 0) -> None:
+    """Re-draw every weight matrix with a larger spread, seeded.
+
+    The default init (std 0.02, often 1e-10 for vision towers) makes a random model repeat one token forever; a
+    wider spread makes greedy outputs depend on the image and prompt and vary token to token, so tests that
+    compare predictions can fail. Norm weights (1-D) are left alone so activations stay bounded.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():  # type: ignore[attr-defined]
+            if parameter.dim() >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)

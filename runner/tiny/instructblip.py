@@ -1,1 +1,79 @@
-"""Placeholder: tiny builder not written yet."""
+"""Tiny InstructBLIP checkpoint: InstructBlipForConditionalGeneration with a Llama (Vicuna-like) LM.
+
+Like the real one: no chat template (the prompt is the bare instruction), the processor adds the `<image>` query
+tokens itself, num_query_tokens equals the config's, and the Q-Former reads the instruction through its OWN
+tokenizer (saved in `qformer_tokenizer/`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import (
+    InstructBlipConfig,
+    InstructBlipForConditionalGeneration,
+    InstructBlipProcessor,
+    InstructBlipQFormerConfig,
+    InstructBlipVisionConfig,
+    LlamaConfig,
+)
+
+from runner.registry import ModelSpec
+from runner.tiny.blip2 import IMAGE_SIZE, NUM_QUERY_TOKENS, PATCH_SIZE, VISION_HIDDEN, tiny_image_processor
+from runner.tiny.common import register_tiny, save_tiny, train_tokenizer, widen_init
+
+
+@register_tiny("instructblip")
+def build(spec: ModelSpec, out_dir: Path) -> None:
+    tokenizer = train_tokenizer([], add_bos=True)
+    # The real Q-Former tokenizer is BERT's; here a second, smaller tokenizer with its own vocabulary.
+    qformer_tokenizer = train_tokenizer([], vocab_size=300, bos_token=None)
+    processor = InstructBlipProcessor(
+        image_processor=tiny_image_processor(),
+        tokenizer=tokenizer,
+        qformer_tokenizer=qformer_tokenizer,
+        num_query_tokens=NUM_QUERY_TOKENS,
+    )
+    tokenizer = processor.tokenizer
+    vision = InstructBlipVisionConfig(
+        hidden_size=VISION_HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
+    qformer = InstructBlipQFormerConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        encoder_hidden_size=VISION_HIDDEN,
+        cross_attention_frequency=1,
+        vocab_size=len(qformer_tokenizer),
+        max_position_embeddings=128,
+        pad_token_id=qformer_tokenizer.pad_token_id,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = InstructBlipConfig(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=NUM_QUERY_TOKENS,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    model = InstructBlipForConditionalGeneration(config)
+    widen_init(model)
+    model.eval()
+    save_tiny(model, processor, out_dir)

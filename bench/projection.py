@@ -1,0 +1,181 @@
+"""PROJECTED full-ablation time on one H100, from the published configs: arithmetic, not a measurement.
+
+    python -m bench.projection --out bench/out/projection.json
+
+For each model: parameter counts come from instantiating the published config (bench/configs) on the meta device;
+prompt lengths come from the full-size processor run on a 2048x1024 panorama after the runner's image loading.
+Then, for N samples, batch B and T new tokens:
+
+- decode: ceil(N / B) * T steps; each step reads the per-token weights (bf16) plus the batch's KV cache at the
+  mean context length (prompt + T/2) from HBM: step_s = (weight_bytes + B * ctx * kv_bytes_per_token) / bandwidth;
+- prefill: 2 * FLOPs per parameter per token: language model over N prompts, vision side over N images
+  (patches per image from the config geometry), at an assumed fraction (MFU) of the bf16 dense peak;
+- load: checkpoint bytes (bf16 safetensors) / disk read rate + a fixed start-up cost.
+
+Every constant is a command-line option and is written into the JSON. Host overhead per decode step (Python,
+kernel launches) is NOT in the floor; `--step-overhead-ms` adds it per step to show its weight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.fullsize import (
+    ParameterCounts,
+    build_tiny_reference,
+    count_parameters,
+    full_size_processor,
+    load_bench_config,
+)
+from bench.synthetic import write_panorama_jpeg
+from contract import write_json_atomic
+from runner.adapters import LoadedModel, adapter_for
+from runner.images import ImageLimits, load_image
+from runner.loop import DEFAULT_PROMPT_TEMPLATE
+from runner.registry import MODELS, ModelSpec
+
+H100_SXM_HBM3_BYTES_PER_S = 3.35e12
+H100_BF16_DENSE_FLOPS = 989e12
+
+
+def vision_patches(spec: ModelSpec, config: dict[str, Any], image_size: tuple[int, int], image_tokens: int) -> int:
+    """Patch positions the vision tower processes for one image (drives the vision FLOPs of prefill)."""
+    vision = config.get("vision_config", {})
+    patch = vision.get("patch_size", 14)
+    patch = patch[0] if isinstance(patch, list) else patch
+    family = spec.family
+    if family in ("blip2", "instructblip", "llava", "gemma3"):
+        side = vision["image_size"]
+        return (side // patch) ** 2 + (1 if family != "gemma3" else 0)
+    if family == "llava-next":
+        # base 336 view + one 336 view per grid tile; image tokens ~ patches (newline tokens aside)
+        side = vision["image_size"]
+        per_view = (side // patch) ** 2 + 1
+        return per_view * max(1, round(image_tokens / (per_view - 1)))
+    if family == "qwen2.5-vl":
+        width, height = image_size
+        return (width // patch) * (height // patch)
+    if family == "internvl2":
+        return image_tokens * 4  # pixel shuffle 0.5 merges 2x2 patches into one token
+    raise ValueError(f"no patch rule for family {family!r}")
+
+
+def prompt_shape(spec: ModelSpec, panorama: Path, tiny_root: Path) -> dict[str, Any]:
+    """Prompt tokens and image size for one sample, from the full-size processor (no model weights needed)."""
+    tiny_dir = build_tiny_reference(spec.name, tiny_root / spec.name)
+    bench = load_bench_config(spec.name)
+    processor = full_size_processor(bench, tiny_dir)
+    adapter_class = adapter_for(spec.family)
+    tiny = adapter_class.load(str(tiny_dir), revision=None, dtype=torch.float32, device=torch.device("cpu"))
+    adapter = adapter_class(
+        spec, LoadedModel(model=tiny.model, processor=processor), torch.device("cpu"), torch.float32
+    )
+    image = load_image(str(panorama), ImageLimits(max_side=adapter_class.max_image_side))
+    prompt = adapter.build_prompt(DEFAULT_PROMPT_TEMPLATE.format(query="location"))
+    inputs = adapter.build_inputs([image], [prompt])
+    ids = inputs["input_ids"][0]
+    image_token_id = next(
+        (getattr(tiny.model.config, key) for key in ("image_token_id", "image_token_index")
+         if isinstance(getattr(tiny.model.config, key, None), int)),
+        None,
+    )  # fmt: skip
+    image_tokens = int((ids == image_token_id).sum()) if image_token_id is not None else 0
+    return {"prompt_tokens": int(ids.shape[0]), "image_tokens": image_tokens, "image_size": list(image.size)}
+
+
+def project_model(
+    spec: ModelSpec, counts: ParameterCounts, shape: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    bench = load_bench_config(spec.name)
+    batches = math.ceil(args.samples / args.batch_size)
+    steps = batches * args.new_tokens
+    context = shape["prompt_tokens"] + args.new_tokens / 2
+    if counts.encoder_only:  # T5: the decoder's self-attention cache grows with the answer only
+        context = args.new_tokens / 2
+    weight_bytes = 2 * counts.per_token
+    kv_bytes = args.batch_size * context * counts.kv_bytes_per_token_bf16
+    step_s = (weight_bytes + kv_bytes) / args.bandwidth
+    decode_s = steps * step_s
+    patches = vision_patches(spec, bench.config, tuple(shape["image_size"]), shape["image_tokens"])
+    prefill_flops = (
+        2
+        * args.samples
+        * ((counts.per_token + counts.encoder_only) * shape["prompt_tokens"] + counts.vision_side * patches)
+    )
+    prefill_s = prefill_flops / (args.peak_flops * args.mfu)
+    load_s = 2 * counts.total / args.disk_bytes_per_s + args.startup_s
+    overhead_s = steps * args.step_overhead_ms / 1000
+    return {
+        "model": spec.name,
+        "parameters_total": counts.total,
+        "parameters_read_per_decode_step": counts.per_token,
+        "prompt_tokens": shape["prompt_tokens"],
+        "image_tokens": shape["image_tokens"],
+        "runner_image_size": shape["image_size"],
+        "vision_patches_per_image": patches,
+        "decode_steps": steps,
+        "ms_per_decode_step": round(1000 * step_s, 2),
+        "kv_cache_gb_at_batch": round(
+            args.batch_size * (shape["prompt_tokens"] + args.new_tokens) * counts.kv_bytes_per_token_bf16 / 1e9, 2
+        ),  # fmt: skip
+        "decode_s": round(decode_s, 1),
+        "prefill_s": round(prefill_s, 1),
+        "load_s": round(load_s, 1),
+        "step_overhead_s": round(overhead_s, 1),
+        "total_s": round(decode_s + prefill_s + load_s + overhead_s, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.projection", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=1211, help="samples per model (QuIC-360 test: 1211)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="new tokens per sample (64)")
+    parser.add_argument("--batch-size", type=int, default=32, help="runner batch size (32)")
+    parser.add_argument("--bandwidth", type=float, default=H100_SXM_HBM3_BYTES_PER_S, help="HBM bytes/s (3.35e12)")
+    parser.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE_FLOPS, help="bf16 dense FLOP/s (989e12)")
+    parser.add_argument("--mfu", type=float, default=0.4, help="fraction of peak FLOP/s reached in prefill (0.4)")
+    parser.add_argument("--disk-bytes-per-s", type=float, default=2e9, help="safetensors read rate (2e9)")
+    parser.add_argument("--startup-s", type=float, default=10.0, help="fixed cost per model: process, CUDA (10)")
+    parser.add_argument("--step-overhead-ms", type=float, default=0.0, help="host overhead per decode step (0)")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/projection.json"), help="JSON results file")
+    args = parser.parse_args(argv)
+    if min(args.samples, args.new_tokens, args.batch_size) < 1 or not 0 < args.mfu <= 1:
+        parser.error("--samples, --new-tokens, --batch-size must be >= 1 and 0 < --mfu <= 1")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="projection_") as temp:
+        panorama = write_panorama_jpeg(Path(temp) / "pano.jpg", 2048, 1024, seed=0)
+        for spec in MODELS.values():
+            counts = count_parameters(load_bench_config(spec.name))
+            rows.append(project_model(spec, counts, prompt_shape(spec, panorama, Path(temp) / "tiny"), args))
+    total = sum(row["total_s"] for row in rows)
+    report = {
+        "benchmark": "projection",
+        "kind": "PROJECTION from published configs and stated constants; not a measurement",
+        "command": " ".join(["python -m bench.projection", *(argv if argv is not None else sys.argv[1:])]),
+        "assumptions": {k: v for k, v in vars(args).items() if k != "out"},
+        "models": rows,
+        "total_s": round(total, 1),
+        "total_min": round(total / 60, 1),
+    }
+    write_json_atomic(args.out, report)
+    print(f"{'model':<24} {'params B':>8} {'prompt':>7} {'ms/step':>8} {'KV GB':>6} {'decode s':>9} "
+          f"{'prefill s':>9} {'load s':>7} {'total s':>8}")  # fmt: skip
+    for row in rows:
+        print(
+            f"{row['model']:<24} {row['parameters_total'] / 1e9:>8.2f} {row['prompt_tokens']:>7} "
+            f"{row['ms_per_decode_step']:>8} {row['kv_cache_gb_at_batch']:>6} {row['decode_s']:>9} "
+            f"{row['prefill_s']:>9} {row['load_s']:>7} {row['total_s']:>8}"
+        )
+    print(f"PROJECTED total: {report['total_s']} s = {report['total_min']} min (not a measurement); {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

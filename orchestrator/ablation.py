@@ -1,0 +1,477 @@
+"""One ablation: fetch weights (network on), run every model (network off), then ONE scoring task over all
+predictions, and write `run_manifest.json`. A model that fails is recorded as failed and the ablation goes on;
+its partial predictions stay where they are and the next run resumes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from contract import (
+    ABLATION_MANIFEST,
+    COMPARISON_CSV,
+    METRICS_JSON,
+    PREDICTIONS_JSONL,
+    REPORT_HTML,
+    RUN_MANIFEST,
+    RUNNER_RESULT_PREFIX,
+    SUMMARY_JSON,
+    AblationManifest,
+    MetricsFile,
+    ModelRunRecord,
+    RunManifest,
+    RunnerResult,
+    read_json,
+    results_file,
+    write_json_atomic,
+)
+from orchestrator.console import Console, clock, duration, metric_line
+from orchestrator.engines import Engine, RunPaths, Task, TaskResult
+from orchestrator.hub_fetch import FETCH_RESULT_PREFIX
+from orchestrator.plan import AblationOptions, GpuSelection, Plan, PlanError, build_plan, parse_gpus
+from runner.registry import ModelSpec
+
+SCORING_IMAGE = "vlm-ablation/scoring:latest"
+LOGS_DIR = "logs"
+HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+@dataclass
+class ModelOutcome:
+    spec: ModelSpec
+    index: int
+    record: ModelRunRecord
+    result: RunnerResult | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class AblationOutcome:
+    plan: Plan
+    manifest_path: Path
+    models: list[ModelOutcome]
+    scoring_ok: bool | None
+    seconds: float
+    interrupted: bool = False
+    result_files: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ModelOutcome]:
+        return [m for m in self.models if m.record.status != "completed"]
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 0 if not self.failed and self.scoring_ok is not False else 1
+
+
+def make_engine(name: str) -> Engine:
+    """`docker`, `local`, or `auto` (docker when an engine answers at DOCKER_HOST, else local)."""
+    from orchestrator.engines import LocalEngine
+
+    if name == "local":
+        return LocalEngine()
+    from orchestrator import docker_engine
+
+    if name == "docker":
+        return docker_engine.DockerEngine()
+    if name == "auto":
+        return docker_engine.DockerEngine() if docker_engine.engine_answers() else LocalEngine()
+    raise PlanError(f"--engine {name!r}: expected auto, docker or local")
+
+
+def image_for(options: AblationOptions, spec: ModelSpec) -> str:
+    return options.images.get(spec.family, spec.image)
+
+
+def runner_argv(plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection, revision: str | None) -> list[str]:
+    """The runner CLI's arguments; the same for both engines but for the paths."""
+    options = plan.options
+    argv = ["--model", spec.name, "--data", paths.data_file, "--output-dir", paths.output_dir]
+    argv += ["--batch-size", str(options.batch_size), "--max-new-tokens", str(options.max_new_tokens)]
+    if paths.model_root:
+        argv += ["--model-path", f"{paths.model_root}/{spec.name}"]
+    elif revision:
+        argv += ["--revision", revision]
+    if gpus.mode == "none":
+        argv += ["--device", "cpu"]
+    if options.dtype:
+        argv += ["--dtype", options.dtype]
+    if options.prompt_template:
+        argv += ["--prompt-template", options.prompt_template]
+    if paths.image_root:
+        argv += ["--image-root", paths.image_root]
+    if options.limit:
+        argv += ["--limit", str(options.limit)]
+    return argv + ["--no-progress"]
+
+
+def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
+    predictions = [f"{paths.output_dir}/{PREDICTIONS_JSONL.format(model=m)}" for m in models]
+    argv = ["score", "--predictions", *predictions, "--output-dir", paths.output_dir, "--data", paths.data_file]
+    return argv + (["--report"] if plan.options.report else [])
+
+
+def last_prefixed(lines: list[str], prefix: str) -> str | None:
+    for line in reversed(lines):
+        if line.startswith(prefix):
+            return line[len(prefix) :]
+    return None
+
+
+def hf_token_environment() -> dict[str, str]:
+    """The token goes to the fetch container by environment only; it is never printed or recorded."""
+    return {name: os.environ[name] for name in HF_TOKEN_VARIABLES if os.environ.get(name)}
+
+
+class Ablation:
+    def __init__(self, options: AblationOptions, engine: Engine, console: Console | None = None):
+        self.options = options
+        self.engine = engine
+        self.console = console or Console()
+        self.plan: Plan | None = None
+        self.outcomes: list[ModelOutcome] = []
+        self.started = now()
+        self.scoring_record: dict[str, str | None] = {"image": None, "digest": None}
+        self.gpus = GpuSelection("none")
+
+    # --- manifest ------------------------------------------------------------------------------------------
+
+    def manifest(self, finished: datetime | None = None) -> AblationManifest:
+        assert self.plan is not None
+        arguments = self.options.as_arguments() | {"engine": self.engine.name, "gpus_resolved": self.gpus.describe()}
+        versions = {
+            "orchestrator": _version("vlm-ablation"),
+            "docker_sdk": _version("docker"),
+            **self.engine.versions(),
+        }
+        return AblationManifest(
+            engine=self.engine.name,  # type: ignore[arg-type]
+            arguments=arguments,
+            data_file=str(self.plan.data_file),
+            data_sha256=self.plan.data_sha256,
+            models=[outcome.record for outcome in self.outcomes],
+            versions=versions,
+            scoring_image=self.scoring_record["image"],
+            scoring_image_digest=self.scoring_record["digest"],
+            started_at=iso(self.started),
+            finished_at=iso(finished) if finished else None,
+            num_samples=self.plan.num_samples,
+        )
+
+    def write_manifest(self, finished: datetime | None = None) -> Path:
+        assert self.plan is not None
+        path = results_file(self.plan.output_dir, ABLATION_MANIFEST)
+        write_json_atomic(path, self.manifest(finished))
+        # The scoring report reads it, possibly as another uid (containers never run as root); it holds no secret.
+        path.chmod(0o644)
+        return path
+
+    def _keep_previous_manifest(self) -> None:
+        """A results folder reused for a second ablation keeps the first one's manifest under a dated name."""
+        assert self.plan is not None
+        path = results_file(self.plan.output_dir, ABLATION_MANIFEST)
+        if path.exists():
+            stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y%m%dT%H%M%SZ")
+            kept = path.with_name(f"run_manifest.{stamp}.json")
+            path.rename(kept)
+            self.console.line(f"previous {ABLATION_MANIFEST} kept as {kept.name}")
+
+    # --- steps ---------------------------------------------------------------------------------------------
+
+    def prepare(self) -> Plan:
+        """Every check, before any work: plan (models, data, results folder), then the engine (images, mounts)."""
+        return self.attach(build_plan(self.options))
+
+    def attach(self, plan: Plan, *, scoring: bool = True) -> Plan:
+        """The engine's checks (images, mounts) for a checked plan, and one pending record per model."""
+        self.plan = plan
+        images = [image_for(self.options, spec) for spec in plan.specs]
+        scoring_image = self.options.images.get("scoring", SCORING_IMAGE)
+        self.engine.preflight(plan, images + ([scoring_image] if scoring else []))
+        self.gpus = self.engine.resolve_gpus(parse_gpus(self.options.gpus))
+        if self.options.parallel and self.gpus.mode != "ids":
+            raise PlanError(
+                "--parallel runs one model per GPU and needs the GPUs listed: --gpus 0,1,... "
+                "(or CUDA_VISIBLE_DEVICES=0,1 with --gpus auto)"
+            )
+        if scoring:
+            self.scoring_record = {"image": scoring_image, "digest": self.engine.image_digest(scoring_image)}
+        for index, spec in enumerate(plan.specs, start=1):
+            image = image_for(self.options, spec)
+            record = ModelRunRecord(
+                model_name=spec.name,
+                model_id=spec.hub_id,
+                family=spec.family,
+                image=image if self.engine.name == "docker" else None,
+                image_digest=self.engine.image_digest(image),
+                revision=None if plan.model_path_root else self.options.revisions.get(spec.name, spec.revision),
+                model_path=str(plan.model_path(spec.name)) if plan.model_path_root else None,
+            )
+            self.outcomes.append(ModelOutcome(spec=spec, index=index, record=record))
+        return plan
+
+    def fetch(self) -> None:
+        """Download each Hub model's weights into the cache, network on; records the resolved commits."""
+        assert self.plan is not None
+        paths = self.engine.paths(self.plan)
+        total = len(self.outcomes)
+        for outcome in self.outcomes:
+            record = outcome.record
+            self.console.line(f"[{outcome.index}/{total}] fetch {record.model_id}@{record.revision} into the cache")
+            task = Task(
+                name=f"fetch-{record.model_name}",
+                kind="fetch",
+                image=record.image or image_for(self.options, outcome.spec),
+                argv=["--model-id", record.model_id, "--revision", record.revision or "main"],
+                gpus=GpuSelection("none"),
+                timeout=None,
+                network=True,
+                environment=hf_token_environment() | ({"HF_HOME": paths.hf_cache} if paths.hf_cache else {}),
+            )
+            sink = self.console.model_sink(record.model_name, self._log_file(record.model_name, "fetch"))
+            try:
+                result = self.engine.run(task, sink)
+            finally:
+                sink.close()  # type: ignore[attr-defined]
+            payload = last_prefixed(result.lines, FETCH_RESULT_PREFIX)
+            if result.ok and payload:
+                record.resolved_revision = json.loads(payload)["resolved_revision"]
+            else:
+                record.status = "failed"
+                record.message = f"fetch failed: {result.message or 'no result line'}"
+                self.console.line(f"[{outcome.index}/{total}] {record.model_name}: {record.message}")
+
+    def _log_file(self, model: str, step: str) -> Path:
+        assert self.plan is not None
+        return self.plan.output_dir / LOGS_DIR / f"{model}.{step}.log"
+
+    def run_model(self, outcome: ModelOutcome, gpus: GpuSelection) -> None:
+        assert self.plan is not None
+        record, spec, total = outcome.record, outcome.spec, len(self.outcomes)
+        paths = self.engine.paths(self.plan)
+        revision = record.resolved_revision or record.revision
+        task = Task(
+            name=spec.name,
+            kind="runner",
+            image=image_for(self.options, spec),
+            argv=runner_argv(self.plan, spec, paths, gpus, revision),
+            gpus=gpus,
+            timeout=self.options.timeout,
+            environment={"HF_HOME": paths.hf_cache} if paths.hf_cache else {},
+        )
+        started = now()
+        record.started_at = iso(started)
+        record.status = "pending"
+        self.console.line(f"[{outcome.index}/{total}] {spec.name} started at {clock()} ({gpus.describe()})")
+        sink = self.console.model_sink(spec.name, self._log_file(spec.name, "runner"))
+        try:
+            result = self.engine.run(task, sink)
+        finally:
+            sink.close()  # type: ignore[attr-defined]
+        finished = now()
+        record.finished_at = iso(finished)
+        outcome.seconds = (finished - started).total_seconds()
+        self._record_result(outcome, result)
+        state = "completed" if record.status == "completed" else f"FAILED: {record.message}"
+        self.console.line(
+            f"[{outcome.index}/{total}] {spec.name} {state} at {clock()} after {duration(outcome.seconds)}"
+            + (f" ({outcome.result.num_written} predictions written)" if outcome.result else "")
+        )
+        self.write_manifest()
+
+    def _record_result(self, outcome: ModelOutcome, result: TaskResult) -> None:
+        assert self.plan is not None
+        record = outcome.record
+        payload = last_prefixed(result.lines, RUNNER_RESULT_PREFIX)
+        if payload:
+            try:
+                outcome.result = RunnerResult.model_validate_json(payload)
+            except ValueError:
+                outcome.result = None
+        runner_ok = outcome.result is not None and outcome.result.status == "completed"
+        if result.ok and runner_ok:
+            record.status = "completed"
+            record.message = None
+        else:
+            record.status = "failed"
+            reasons = [result.message, outcome.result.message if outcome.result else None]
+            record.message = "; ".join(r for r in reasons if r) or "no result line from the runner"
+        run_file = results_file(self.plan.output_dir, RUN_MANIFEST, record.model_name)
+        if run_file.exists():
+            try:
+                run = read_json(run_file, RunManifest)
+            except ValueError:
+                return
+            record.resolved_revision = run.resolved_revision or record.resolved_revision
+            extra = {"versions": run.versions, "device_name": run.device_name, "num_errors": run.num_errors}
+            for key, value in extra.items():
+                setattr(record, key, value)
+
+    def run_models(self) -> None:
+        runnable = [o for o in self.outcomes if o.record.status != "failed"]
+        if not self.options.parallel:
+            for outcome in runnable:
+                self.run_model(outcome, self.gpus)
+            return
+        # One model per GPU: workers take models from a queue, each holding one GPU id.
+        work: queue.Queue[ModelOutcome] = queue.Queue()
+        for outcome in runnable:
+            work.put(outcome)
+        errors: list[BaseException] = []
+
+        def worker(gpu_id: str) -> None:
+            while True:
+                try:
+                    outcome = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    self.run_model(outcome, GpuSelection("ids", (gpu_id,)))
+                except BaseException as error:  # noqa: BLE001  (re-raised in the main thread)
+                    errors.append(error)
+                    return
+
+        threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in self.gpus.ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.5)  # short joins keep Ctrl-C responsive
+        if errors:
+            raise errors[0]
+
+    def score(self) -> bool | None:
+        """ONE scoring task over every completed model's predictions. None when there is nothing to score."""
+        assert self.plan is not None
+        completed = [o.record.model_name for o in self.outcomes if o.record.status == "completed"]
+        if not completed:
+            self.console.line("no model completed: nothing to score")
+            return None
+        paths = self.engine.paths(self.plan)
+        self.console.line(f"scoring {len(completed)} model(s) at {clock()}")
+        task = Task(
+            name="scoring",
+            kind="scoring",
+            image=self.scoring_record["image"],
+            argv=scoring_argv(self.plan, paths, completed),
+            gpus=GpuSelection("none"),
+            timeout=None,
+        )
+        sink = self.console.model_sink("scoring", self._log_file("scoring", "scoring"))
+        try:
+            result = self.engine.run(task, sink)
+        finally:
+            sink.close()  # type: ignore[attr-defined]
+        if not result.ok:
+            self.console.line(f"scoring FAILED: {result.message}")
+        return result.ok
+
+    def print_metrics(self) -> None:
+        assert self.plan is not None
+        total = len(self.outcomes)
+        for outcome in self.outcomes:
+            path = results_file(self.plan.output_dir, METRICS_JSON, outcome.record.model_name)
+            if outcome.record.status != "completed" or not path.exists():
+                continue
+            metrics = read_json(path, MetricsFile)
+            outcome.record.metrics = metrics.metrics  # type: ignore[attr-defined]
+            self.console.line(f"[{outcome.index}/{total}] {outcome.record.model_name}: {metric_line(metrics.metrics)}")
+
+    def result_files(self) -> list[Path]:
+        assert self.plan is not None
+        out = self.plan.output_dir
+        names = [SUMMARY_JSON, COMPARISON_CSV, REPORT_HTML, ABLATION_MANIFEST]
+        for outcome in self.outcomes:
+            names += [pattern.format(model=outcome.record.model_name) for pattern in (METRICS_JSON, PREDICTIONS_JSONL)]
+        return [out / name for name in names if (out / name).exists()]
+
+    def closing(self, outcome: AblationOutcome) -> None:
+        rule = "=" * 78
+        total = len(outcome.models)
+        completed = total - len(outcome.failed)
+        self.console.line(rule)
+        self.console.line(("INTERRUPTED" if outcome.interrupted else "Ablation finished") + f" at {clock()}")
+        self.console.line(f"  total time: {duration(outcome.seconds)}")
+        self.console.line(f"  completed : {completed}/{total}")
+        self.console.line(f"  failed    : {len(outcome.failed)}/{total}")
+        for failed in outcome.failed:
+            self.console.line(f"    - {failed.record.model_name}: {failed.record.message}")
+        if outcome.scoring_ok is False:
+            self.console.line("  scoring   : FAILED (see logs/scoring.scoring.log)")
+        self.console.line(f"  results in {outcome.plan.output_dir}:")
+        for path in outcome.result_files:
+            self.console.line(f"    {path.name}")
+        self.console.line(rule)
+
+    # --- the whole run -------------------------------------------------------------------------------------
+
+    def run(self) -> AblationOutcome:
+        """prepare() must have run. Ctrl-C / SIGTERM (KeyboardInterrupt) stops every task this run started."""
+        assert self.plan is not None, "prepare() first"
+        plan = self.plan
+        self.console.banner(
+            num_models=len(plan.specs),
+            data_file=plan.data_file,
+            num_samples=plan.num_samples,
+            output_dir=plan.output_dir,
+            batch_size=self.options.batch_size,
+            engine=self.engine.name,
+            gpus=self.gpus.describe(),
+            parallel=self.options.parallel,
+        )
+        self._keep_previous_manifest()
+        self.write_manifest()
+        clock_start = time.monotonic()
+        interrupted = False
+        scoring_ok: bool | None = None
+        try:
+            if not plan.model_path_root and not self.options.skip_fetch:
+                self.fetch()
+            self.run_models()
+            scoring_ok = self.score()
+            self.print_metrics()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.console.line("interrupted: stopping and removing everything this run started ...")
+            self.engine.stop_all()
+            for outcome in self.outcomes:
+                if outcome.record.status == "pending":
+                    outcome.record.status = "failed"
+                    outcome.record.message = "interrupted (partial predictions kept; rerun to resume)"
+        finally:
+            self.engine.stop_all()
+        outcome = AblationOutcome(
+            plan=plan,
+            manifest_path=self.write_manifest(finished=now()),
+            models=self.outcomes,
+            scoring_ok=scoring_ok,
+            seconds=time.monotonic() - clock_start,
+            interrupted=interrupted,
+        )
+        outcome.result_files = self.result_files()
+        self.closing(outcome)
+        return outcome
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,164 @@
+"""python -m orchestrator ablation|fetch|reproduce|images|tiny
+
+Exit codes: 0 every model completed and scoring succeeded; 1 a model or scoring failed; 2 bad input or no engine
+(nothing was started); 130 interrupted (Ctrl-C / SIGTERM: every container or process it started is removed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from orchestrator.engines import EngineError
+from orchestrator.plan import AblationOptions, PlanError, parse_models
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--models", required=required, help="comma list of model names, or `all`")
+    parser.add_argument("--data", type=Path, required=required, help="data CSV/TSV (columns url,query,annotation)")
+    parser.add_argument("--output-dir", type=Path, default=Path("results"), help="results folder (default: results)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    parser.add_argument(
+        "--gpus",
+        default="auto",
+        help="all | none | 0,1 | auto (default: CUDA_VISIBLE_DEVICES, else all the engine has)",
+    )
+    parser.add_argument("--engine", choices=("auto", "docker", "local"), default="auto")
+    parser.add_argument("--model-path-root", type=Path, help="use local checkpoints DIR/<model> (e.g. tiny ones)")
+    parser.add_argument("--timeout", type=float, help="seconds per model before its container is killed")
+    parser.add_argument("--parallel", action="store_true", help="one model per GPU at a time (needs --gpus 0,1,...)")
+    parser.add_argument("--image-root", type=Path, help="folder relative image paths are resolved against")
+    parser.add_argument("--limit", type=_positive_int, help="caption only the first N samples")
+    parser.add_argument("--dtype", help="runner --dtype (default: the registry's on GPU, float32 on CPU)")
+    parser.add_argument("--prompt-template", help="instruction with a {query} field (default: the runner's)")
+    parser.add_argument(
+        "--hf-cache", type=Path, help="Hugging Face cache folder (default: $HF_HOME or ~/.cache/huggingface)"
+    )
+    parser.add_argument("--skip-fetch", action="store_true", help="do not download; use what the cache holds")
+    parser.add_argument("--shm-size", default="2g", help="/dev/shm size of each inference container")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument(
+        "--image", action="append", default=[], metavar="FAMILY=IMAGE", help="use another image for a family or scoring"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ablation = commands.add_parser("ablation", help="run models over a data file, then score them")
+    _add_run_arguments(ablation, required=True)
+
+    fetch = commands.add_parser("fetch", help="download models' weights into the cache (network on)")
+    fetch.add_argument("--models", required=True, help="comma list of model names, or `all`")
+    fetch.add_argument("--engine", choices=("auto", "docker", "local"), default="auto")
+    fetch.add_argument("--hf-cache", type=Path, help="cache folder (default: $HF_HOME or ~/.cache/huggingface)")
+    fetch.add_argument("--output-dir", type=Path, default=Path("results"), help="where fetch_revisions.json goes")
+    fetch.add_argument("--image", action="append", default=[], metavar="FAMILY=IMAGE")
+
+    reproduce = commands.add_parser("reproduce", help="rerun an ablation from its run_manifest.json and compare")
+    reproduce.add_argument("--manifest", type=Path, required=True, help="run_manifest.json of the run to reproduce")
+    reproduce.add_argument("--output-dir", type=Path, help="new results folder (default: <old>-reproduce-<time>)")
+    reproduce.add_argument("--engine", choices=("auto", "docker", "local"), help="default: the manifest's")
+    reproduce.add_argument("--gpus", help="default: the manifest's")
+    reproduce.add_argument("--data", type=Path, help="the data file, where it moved (its sha256 must match)")
+    reproduce.add_argument("--model-path-root", type=Path, help="where the local checkpoints are on this host")
+
+    images = commands.add_parser("images", help="build the family and scoring images through the Docker SDK")
+    images.add_argument("--families", default="all", help="comma list of families and/or `scoring`, or `all`")
+    images.add_argument("--base-image", help="BASE_IMAGE of the family images (default: the Dockerfiles')")
+    images.add_argument("--scoring-base-image", help="BASE_IMAGE of the scoring image (default: the Dockerfile's)")
+    images.add_argument("--offline", action="store_true", help="install only from images/wheelhouse (PIP_NO_INDEX=1)")
+    images.add_argument("--skip-spice-jars", action="store_true", help="no CoreNLP download (SPICE unavailable)")
+
+    tiny = commands.add_parser("tiny", help="build tiny random-weight checkpoints DIR/<model> (skips existing)")
+    tiny.add_argument("--models", default="all")
+    tiny.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def _images(pairs: list[str]) -> dict[str, str]:
+    images = {}
+    for pair in pairs:
+        family, sep, image = pair.partition("=")
+        if not sep or not family or not image:
+            raise PlanError(f"--image {pair!r}: expected FAMILY=IMAGE, e.g. blip2=vlm-ablation/blip2:dev")
+        images[family] = image
+    return images
+
+
+def options_from_args(args: argparse.Namespace) -> AblationOptions:
+    return AblationOptions(
+        models=parse_models(args.models),
+        data_file=args.data,
+        output_dir=args.output_dir,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        gpus=args.gpus,
+        engine=args.engine,
+        model_path_root=args.model_path_root,
+        timeout=args.timeout,
+        parallel=args.parallel,
+        image_root=args.image_root,
+        limit=args.limit,
+        dtype=args.dtype,
+        prompt_template=args.prompt_template,
+        hf_cache=args.hf_cache,
+        skip_fetch=args.skip_fetch,
+        shm_size=args.shm_size,
+        images=_images(args.image),
+        report=not args.no_report,
+    )
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM (docker stop, a scheduler's kill) takes the same path as Ctrl-C: remove what was started.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if args.command == "ablation":
+            from orchestrator.ablation import Ablation, make_engine
+
+            options = options_from_args(args)
+            ablation = Ablation(options, make_engine(options.engine))
+            ablation.prepare()
+            return ablation.run().exit_code
+        if args.command == "fetch":
+            from orchestrator.fetch import fetch_command
+
+            return fetch_command(args)
+        if args.command == "reproduce":
+            from orchestrator.reproduce import reproduce_command
+
+            return reproduce_command(args)
+        if args.command == "images":
+            from orchestrator.images import images_command
+
+            return images_command(args)
+        if args.command == "tiny":
+            from orchestrator.tiny import build_tiny_checkpoints
+
+            build_tiny_checkpoints(parse_models(args.models), args.out)
+            return 0
+    except (PlanError, EngineError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 2

@@ -1,0 +1,203 @@
+"""What the orchestrator asks an engine to run, and the local engine (subprocesses in this environment).
+
+Both engines run the SAME command lines (`python -m runner ...`, `python -m scoring ...`); they differ only in
+where the process runs and which paths it sees, which `paths()` tells the argument builder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from orchestrator.plan import GpuSelection, Plan
+
+LineSink = Callable[[str], None]
+TaskKind = Literal["runner", "scoring", "fetch"]
+
+# The module each kind of task runs (the images' ENTRYPOINTs are `python -m runner` / `python -m scoring`).
+TASK_MODULES: dict[str, str] = {"runner": "runner", "scoring": "scoring", "fetch": "orchestrator.hub_fetch"}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The paths a runner/scoring process sees for the plan's files."""
+
+    data_file: str
+    output_dir: str
+    model_root: str | None
+    image_root: str | None
+    hf_cache: str | None
+
+
+@dataclass
+class Task:
+    name: str  # model name, or "scoring"
+    kind: TaskKind
+    image: str | None  # docker engine only
+    argv: list[str]  # arguments after `python -m <module>`
+    gpus: GpuSelection
+    timeout: float | None = None
+    network: bool = False  # only the fetch step gets a network
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TaskResult:
+    exit_code: int | None
+    timed_out: bool = False
+    interrupted: bool = False
+    message: str | None = None  # why it failed, in words (OOM, timeout, exit code)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.interrupted
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run anything (unreachable, missing image); raised before any work starts."""
+
+
+class Engine:
+    name: str = "engine"
+
+    def preflight(self, plan: Plan, images: list[str]) -> None:
+        """Checks that need the engine; raise EngineError before any work."""
+
+    def paths(self, plan: Plan) -> RunPaths:
+        raise NotImplementedError
+
+    def resolve_gpus(self, requested: GpuSelection | None) -> GpuSelection:
+        raise NotImplementedError
+
+    def run(self, task: Task, sink: LineSink) -> TaskResult:
+        raise NotImplementedError
+
+    def stop_all(self) -> None:
+        """Stop and remove everything this engine started (Ctrl-C, SIGTERM, errors)."""
+
+    def image_digest(self, image: str) -> str | None:
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return {}
+
+
+def _pump_lines(stream: object, sink: LineSink, lines: list[str]) -> None:
+    """Read a text stream line by line; progress bars' carriage returns also end a line."""
+    for raw in iter(stream.readline, ""):  # type: ignore[attr-defined]
+        for line in raw.replace("\r", "\n").splitlines():
+            if line.strip():
+                lines.append(line)
+                sink(line)
+
+
+class LocalEngine(Engine):
+    """Runs the CLIs as child processes of this Python (hosts without Docker, HPC nodes, CI, the demo)."""
+
+    name = "local"
+
+    def __init__(self, python: str = sys.executable):
+        self.python = python
+        self._processes: dict[int, subprocess.Popen[str]] = {}
+        self._lock = threading.Lock()
+
+    def paths(self, plan: Plan) -> RunPaths:
+        return RunPaths(
+            data_file=str(plan.data_file),
+            output_dir=str(plan.output_dir),
+            model_root=str(plan.model_path_root) if plan.model_path_root else None,
+            image_root=str(plan.image_root) if plan.image_root else None,
+            hf_cache=str(plan.hf_cache) if plan.hf_cache else None,
+        )
+
+    def resolve_gpus(self, requested: GpuSelection | None) -> GpuSelection:
+        return requested or GpuSelection("all")
+
+    def command(self, task: Task) -> list[str]:
+        return [self.python, "-m", TASK_MODULES[task.kind], *task.argv]
+
+    def environment(self, task: Task) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if task.gpus.mode == "none":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        elif task.gpus.mode == "ids":
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(task.gpus.ids)
+        if not task.network:
+            # The same promise as the containers' network_mode="none", as far as a process can keep it.
+            env["HF_HUB_OFFLINE"] = "1"
+            env["TRANSFORMERS_OFFLINE"] = "1"
+        env.update(task.environment)
+        return env
+
+    def run(self, task: Task, sink: LineSink) -> TaskResult:
+        lines: list[str] = []
+        process = subprocess.Popen(
+            self.command(task),
+            env=self.environment(task),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            start_new_session=True,  # its own process group: a timeout kills the whole tree
+        )
+        with self._lock:
+            self._processes[process.pid] = process
+        reader = threading.Thread(target=_pump_lines, args=(process.stdout, sink, lines), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + task.timeout if task.timeout else None
+        timed_out = False
+        try:
+            while process.poll() is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    timed_out = True
+                    self._kill(process)
+                    break
+                time.sleep(0.2)
+            process.wait()
+            reader.join(timeout=10)
+        except BaseException:
+            self._kill(process)  # Ctrl-C / SIGTERM while waiting: the child goes too
+            raise
+        finally:
+            with self._lock:
+                self._processes.pop(process.pid, None)
+        code = process.returncode
+        message = None
+        if timed_out:
+            message = f"timed out after {task.timeout:g} s and was killed"
+        elif code is not None and code < 0:
+            message = f"killed by signal {signal.Signals(-code).name}"
+        elif code:
+            message = f"exited with code {code}"
+        return TaskResult(exit_code=code, timed_out=timed_out, message=message, lines=lines)
+
+    @staticmethod
+    def _kill(process: subprocess.Popen[str]) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def stop_all(self) -> None:
+        with self._lock:
+            processes = list(self._processes.values())
+        for process in processes:
+            if process.poll() is None:
+                self._kill(process)
+
+    def versions(self) -> dict[str, str]:
+        return {"python": sys.version.split()[0]}

@@ -1,0 +1,198 @@
+"""An ablation's plan: what the user asked for, checked up front so bad input fails before any work starts."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from contract import DataFileError, file_sha256, load_dataset
+from runner.registry import MODELS, ModelSpec, UnknownModelError, get_model
+
+
+class PlanError(ValueError):
+    """Input that cannot work; the message names the model, file or folder and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class GpuSelection:
+    """Which GPUs containers/processes see: all of them, none (CPU), or the listed ids."""
+
+    mode: Literal["all", "none", "ids"]
+    ids: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return {"all": "all GPUs", "none": "no GPU (CPU)"}.get(self.mode, "GPU " + ",".join(self.ids))
+
+
+def parse_gpus(text: str, environ: dict[str, str] | None = None) -> GpuSelection | None:
+    """`all`, `none`, `0,1` or `auto`; `auto` honours CUDA_VISIBLE_DEVICES and otherwise returns None
+    (the engine decides: all GPUs where it has them, else none)."""
+    environ = dict(os.environ) if environ is None else environ
+    text = text.strip().lower()
+    if text == "auto":
+        visible = environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            return None
+        text = visible.strip() or "none"
+        if text in ("-1", "none"):
+            return GpuSelection("none")
+    if text == "all":
+        return GpuSelection("all")
+    if text in ("none", "cpu", ""):
+        return GpuSelection("none")
+    ids = tuple(part.strip() for part in text.split(","))
+    if not all(ids):
+        raise PlanError(f"--gpus {text!r}: expected all, none, auto or a comma list of GPU ids such as 0,1")
+    return GpuSelection("ids", ids)
+
+
+@dataclass
+class AblationOptions:
+    """Everything a user can set for one ablation (the CLI's arguments, also recorded in the manifest)."""
+
+    models: list[str]
+    data_file: Path
+    output_dir: Path
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    gpus: str = "auto"
+    engine: str = "auto"
+    model_path_root: Path | None = None
+    timeout: float | None = None  # seconds per model; None: no limit
+    parallel: bool = False
+    image_root: Path | None = None
+    limit: int | None = None
+    dtype: str | None = None
+    prompt_template: str | None = None
+    hf_cache: Path | None = None
+    skip_fetch: bool = False
+    shm_size: str = "2g"
+    revisions: dict[str, str] = field(default_factory=dict)  # model -> Hub revision (reproduce pins these)
+    images: dict[str, str] = field(default_factory=dict)  # family (or "scoring") -> image reference
+    report: bool = True
+
+    def as_arguments(self) -> dict[str, Any]:
+        """JSON-friendly copy for the manifest (never holds a token: tokens are never options)."""
+        arguments: dict[str, Any] = {}
+        for key, value in vars(self).items():
+            arguments[key] = str(value) if isinstance(value, Path) else value
+        return arguments
+
+
+def parse_models(text: str) -> list[str]:
+    """`all` or a comma list of registry names (order kept, duplicates dropped)."""
+    if text.strip().lower() == "all":
+        return list(MODELS)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise PlanError("--models is empty; give `all` or a comma list of: " + ", ".join(MODELS))
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Plan:
+    options: AblationOptions
+    specs: list[ModelSpec]
+    data_file: Path  # absolute
+    data_sha256: str
+    num_samples: int
+    output_dir: Path  # absolute, exists, writable
+    model_path_root: Path | None
+    image_root: Path | None
+    hf_cache: Path | None  # the Hugging Face cache folder (None: local checkpoints, no cache needed)
+    dataset_summary: str
+    image_paths: list[str]  # local images the samples read (URLs left out)
+
+    def model_path(self, model: str) -> Path | None:
+        return self.model_path_root / model if self.model_path_root else None
+
+
+def check_writable_dir(folder: Path) -> None:
+    """Create the folder if needed and prove a file can be written there (permissions, read-only mounts)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PlanError(f"results folder {folder} cannot be created: {error.strerror or error}") from error
+    if not folder.is_dir():
+        raise PlanError(f"results folder {folder} exists but is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise PlanError(f"results folder {folder} is not writable: {error.strerror or error}") from error
+
+
+def default_hf_cache() -> Path:
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+
+
+def _missing_images(samples: list[Any]) -> list[str]:
+    missing = []
+    for sample in samples:
+        path = sample.image_path
+        if not path.startswith(("http://", "https://")) and not os.access(path, os.R_OK):
+            missing.append(f"{sample.image} ({path})")
+    return missing
+
+
+def build_plan(options: AblationOptions) -> Plan:
+    """Every check that needs no engine, cheapest first. Raises PlanError; touches nothing but the results folder."""
+    specs = []
+    for name in options.models:
+        try:
+            specs.append(get_model(name))
+        except UnknownModelError as error:
+            raise PlanError(str(error)) from None
+    for label, value in (("--batch-size", options.batch_size), ("--max-new-tokens", options.max_new_tokens)):
+        if value < 1:
+            raise PlanError(f"{label} must be at least 1, got {value}")
+    if options.timeout is not None and options.timeout <= 0:
+        raise PlanError(f"--timeout must be a positive number of seconds, got {options.timeout}")
+
+    data_file = options.data_file.expanduser().resolve()
+    image_root = options.image_root.expanduser().resolve() if options.image_root else None
+    if image_root is not None and not image_root.is_dir():
+        raise PlanError(f"--image-root {image_root} is not a folder")
+    try:
+        dataset = load_dataset(data_file, image_root=image_root)
+    except DataFileError as error:
+        raise PlanError(f"data file: {error}") from None
+    except OSError as error:
+        raise PlanError(f"data file {data_file} cannot be read: {error.strerror or error}") from None
+    if not dataset.samples:
+        raise PlanError(f"data file {data_file} has no sample with a reference caption")
+    samples = dataset.samples[: options.limit] if options.limit else dataset.samples
+    missing = _missing_images(samples)
+    if missing:
+        shown = "; ".join(missing[:3]) + (f"; and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise PlanError(f"data file {data_file}: {len(missing)} image(s) not found or not readable: {shown}")
+
+    model_path_root = options.model_path_root.expanduser().resolve() if options.model_path_root else None
+    if model_path_root is not None:
+        absent = [spec.name for spec in specs if not (model_path_root / spec.name).is_dir()]
+        if absent:
+            raise PlanError(
+                f"--model-path-root {model_path_root}: no checkpoint folder for {', '.join(absent)} "
+                f"(expected {model_path_root}/<model>; `python -m orchestrator tiny` builds tiny ones)"
+            )
+
+    hf_cache = options.hf_cache or (None if model_path_root else default_hf_cache())
+
+    output_dir = options.output_dir.expanduser().resolve()
+    check_writable_dir(output_dir)
+    return Plan(
+        options=options,
+        specs=specs,
+        data_file=data_file,
+        data_sha256=file_sha256(data_file),
+        num_samples=len(samples),
+        output_dir=output_dir,
+        model_path_root=model_path_root,
+        image_root=image_root,
+        hf_cache=hf_cache.expanduser().resolve() if hf_cache else None,
+        dataset_summary=dataset.summary_line(),
+        image_paths=[s.image_path for s in samples if not s.image_path.startswith(("http://", "https://"))],
+    )

@@ -1,0 +1,154 @@
+"""`python -m orchestrator reproduce --manifest results/run_manifest.json`: rerun an ablation with the pins its
+manifest recorded (model revisions, image digests, arguments, data sha256) into a NEW results folder, then report
+per model how the predictions and the metrics differ from the original run."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from contract import (
+    ABLATION_MANIFEST,
+    METRICS_JSON,
+    PREDICTIONS_JSONL,
+    AblationManifest,
+    MetricsFile,
+    PredictionRecord,
+    file_sha256,
+    read_json,
+    read_jsonl,
+    results_file,
+    write_json_atomic,
+)
+from orchestrator.ablation import Ablation, make_engine
+from orchestrator.engines import Engine
+from orchestrator.plan import AblationOptions, PlanError
+
+REPRODUCE_REPORT = "reproduce_report.json"
+# Arguments that are copied from the original run as they were.
+_COPIED = ("batch_size", "max_new_tokens", "timeout", "parallel", "limit", "dtype", "prompt_template", "shm_size")
+
+
+def _predictions(folder: Path, model: str) -> dict[str, str]:
+    path = results_file(folder, PREDICTIONS_JSONL, model)
+    if not path.exists():
+        return {}
+    return {record.sample_id: record.prediction for record in read_jsonl(path, PredictionRecord)}
+
+
+def _metrics(folder: Path, model: str) -> dict[str, float | None]:
+    path = results_file(folder, METRICS_JSON, model)
+    return read_json(path, MetricsFile).metrics if path.exists() else {}
+
+
+def compare_model(old_dir: Path, new_dir: Path, model: str) -> dict[str, Any]:
+    """How one model's predictions and metrics differ between two results folders."""
+    old, new = _predictions(old_dir, model), _predictions(new_dir, model)
+    shared = sorted(old.keys() & new.keys())
+    differing = [sid for sid in shared if old[sid] != new[sid]]
+    old_metrics, new_metrics = _metrics(old_dir, model), _metrics(new_dir, model)
+    metric_deltas = {}
+    for key in sorted(old_metrics.keys() | new_metrics.keys()):
+        a, b = old_metrics.get(key), new_metrics.get(key)
+        metric_deltas[key] = {
+            "original": a,
+            "reproduced": b,
+            "delta": (b - a) if a is not None and b is not None else None,
+        }
+    return {
+        "samples_compared": len(shared),
+        "identical_predictions": len(shared) - len(differing),
+        "different_predictions": len(differing),
+        "only_in_original": len(old.keys() - new.keys()),
+        "only_in_reproduction": len(new.keys() - old.keys()),
+        "examples": [{"sample_id": s, "original": old[s], "reproduced": new[s]} for s in differing[:3]],
+        "metrics": metric_deltas,
+    }
+
+
+def _pinned_image(engine: Engine, digest: str | None, tag: str | None) -> str | None:
+    """The exact image the original run used when this engine has it, else its tag (with a warning)."""
+    if digest and engine.image_digest(digest):
+        return digest
+    if digest:
+        print(f"warning: image {digest} is not on this engine; using {tag} (differences may come from the image)")
+    return tag
+
+
+def options_from_manifest(manifest: AblationManifest, args: argparse.Namespace, engine: Engine) -> AblationOptions:
+    original = manifest.arguments
+    data_file = Path(args.data or manifest.data_file)
+    if not data_file.is_file():
+        raise PlanError(f"data file {data_file} not found (the original run read it there; pass --data)")
+    digest = file_sha256(data_file)
+    if digest != manifest.data_sha256:
+        raise PlanError(
+            f"data file {data_file} differs from the original run's (sha256 {digest} != {manifest.data_sha256})"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    output_dir = args.output_dir or args.manifest.resolve().parent.with_name(
+        f"{args.manifest.resolve().parent.name}-reproduce-{stamp}"
+    )
+    if output_dir.resolve() == args.manifest.resolve().parent:
+        raise PlanError("--output-dir must be a new folder, not the original run's")
+    images: dict[str, str] = {}
+    if engine.name == "docker":
+        for record in manifest.models:
+            image = _pinned_image(engine, record.image_digest, record.image)
+            if image:
+                images[record.family] = image
+        scoring = _pinned_image(engine, manifest.scoring_image_digest, manifest.scoring_image)
+        if scoring:
+            images["scoring"] = scoring
+    model_path_root = args.model_path_root or original.get("model_path_root")
+    options = AblationOptions(
+        models=[record.model_name for record in manifest.models],
+        data_file=data_file,
+        output_dir=Path(output_dir),
+        gpus=args.gpus or original.get("gpus", "auto"),
+        engine=engine.name,
+        model_path_root=Path(model_path_root) if model_path_root else None,
+        image_root=Path(original["image_root"]) if original.get("image_root") else None,
+        revisions={
+            r.model_name: r.resolved_revision or r.revision
+            for r in manifest.models
+            if r.resolved_revision or r.revision
+        },
+        images=images,
+        report=original.get("report", True),
+    )
+    for key in _COPIED:
+        if key in original and original[key] is not None:
+            setattr(options, key, original[key])
+    return options
+
+
+def reproduce_command(args: argparse.Namespace) -> int:
+    if not args.manifest.is_file():
+        raise PlanError(f"manifest {args.manifest} not found")
+    manifest = read_json(args.manifest, AblationManifest)
+    engine = make_engine(args.engine or manifest.engine)
+    options = options_from_manifest(manifest, args, engine)
+    print(f"reproducing {args.manifest} into {options.output_dir.resolve()}")
+    ablation = Ablation(options, engine)
+    ablation.prepare()
+    outcome = ablation.run()
+    old_dir, new_dir = args.manifest.resolve().parent, outcome.plan.output_dir
+    report = {
+        "original_manifest": str(args.manifest.resolve()),
+        "reproduction_manifest": str(new_dir / ABLATION_MANIFEST),
+        "models": {record.model_name: compare_model(old_dir, new_dir, record.model_name) for record in manifest.models},
+    }
+    write_json_atomic(new_dir / REPRODUCE_REPORT, report)
+    print("Differences from the original run:")
+    for model, diff in report["models"].items():
+        changed = [f"{k} {v['delta']:+.4f}" for k, v in diff["metrics"].items() if v["delta"]]
+        print(
+            f"  {model}: {diff['identical_predictions']}/{diff['samples_compared']} predictions identical, "
+            f"{diff['different_predictions']} different, {diff['only_in_original']} missing; "
+            + ("metrics: " + ", ".join(changed) if changed else "metrics identical")
+        )
+    print(f"written to {new_dir / REPRODUCE_REPORT}")
+    return outcome.exit_code

@@ -1,0 +1,101 @@
+"""python -m runner: caption every sample of a data file with one model and write its predictions.
+
+The LAST stdout line is always RUNNER_RESULT_PREFIX + RunnerResult JSON (also on failure), for the orchestrator.
+Exit codes: 0 completed, 1 the run failed, 2 bad arguments or input (nothing expensive was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from contract import PREDICTIONS_JSONL, RUN_MANIFEST, RUNNER_RESULT_PREFIX, RunnerResult, results_file
+from runner.loop import DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
+from runner.registry import MODELS, UnknownModelError
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help=f"registry name, one of: {', '.join(MODELS)}")
+    parser.add_argument("--data", required=True, type=Path, help="data CSV/TSV (columns url,query,annotation)")
+    parser.add_argument("--output-dir", required=True, type=Path, help="folder for predictions and run manifest")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--min-new-tokens", type=int, default=0)
+    parser.add_argument("--model-path", type=Path, help="load a local checkpoint folder instead of the Hub id")
+    parser.add_argument("--revision", help="Hub revision (default: the registry's); the resolved commit is recorded")
+    parser.add_argument("--limit", type=positive_int, help="caption only the first N samples of the data file")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the registry's on GPU, float32 on CPU")
+    parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help="instruction with a {query} field")
+    parser.add_argument("--image-root", type=Path, help="folder relative image paths are resolved against")
+    parser.add_argument("--max-image-side", type=positive_int, help="downscale images to this longest side")
+    parser.add_argument("--max-image-pixels", type=positive_int, help="downscale images to at most this many pixels")
+    parser.add_argument("--num-workers", type=positive_int, default=2, help="image loading threads")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="move existing predictions made with other arguments aside"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = RunConfig(
+        model_name=args.model,
+        data_file=args.data,
+        output_dir=args.output_dir,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        model_path=args.model_path,
+        revision=args.revision,
+        limit=args.limit,
+        device=args.device,
+        dtype=args.dtype,
+        prompt_template=args.prompt_template,
+        image_root=args.image_root,
+        max_image_side=args.max_image_side,
+        max_image_pixels=args.max_image_pixels,
+        num_workers=args.num_workers,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    exit_code = 0
+    try:
+        result = run(config)
+        if result.status != "completed":
+            exit_code = 1
+    except (RunnerError, UnknownModelError) as error:
+        exit_code = error.exit_code if isinstance(error, RunnerError) else 2
+        print(f"error: {error}", file=sys.stderr)
+        result = failed_result(args.model, args.output_dir, str(error))
+    except Exception as error:  # noqa: BLE001  (reported, with traceback, and turned into a failed result line)
+        traceback.print_exc(file=sys.stderr)
+        exit_code = 1
+        result = failed_result(args.model, args.output_dir, f"{type(error).__name__}: {error}")
+    sys.stdout.flush()
+    print(RUNNER_RESULT_PREFIX + result.model_dump_json(), flush=True)
+    return exit_code
+
+
+def failed_result(model: str, output_dir: Path, message: str) -> RunnerResult:
+    return RunnerResult(
+        model_name=model,
+        status="failed",
+        predictions_file=str(results_file(output_dir, PREDICTIONS_JSONL, model)),
+        manifest_file=str(results_file(output_dir, RUN_MANIFEST, model)),
+        num_samples=0,
+        num_written=0,
+        num_errors=0,
+        message=message,
+    )

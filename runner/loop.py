@@ -1,0 +1,529 @@
+"""The ONE batching loop, shared by every family: data -> prompts -> batched greedy generation -> predictions.
+
+Durability: records are appended after every batch with flush + fsync, so a run killed at any moment loses at
+most the batch in flight. A restart with the same arguments skips every sample already written (a torn last line
+from a kill is cut off first), so no sample is ever written twice. A predictions file made with other arguments is
+never mixed with new ones: the run refuses, or with `overwrite` moves the old files aside (never deletes them).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import string
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from contract import (
+    PREDICTIONS_CSV,
+    PREDICTIONS_JSONL,
+    RUN_MANIFEST,
+    PredictionRecord,
+    RunManifest,
+    RunnerResult,
+    Sample,
+    file_sha256,
+    load_dataset,
+    read_json,
+    read_jsonl,
+    results_file,
+    write_json_atomic,
+    write_text_atomic,
+)
+from runner.registry import ModelSpec, get_model
+
+DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {query} in one or two sentences."
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Manifest fields that change what a prediction is: a file made with other values is never extended.
+COMPATIBILITY_KEYS = ("model_name", "model_id", "model_path", "revision", "prompt_template", "decoding", "dtype")
+
+
+class RunnerError(Exception):
+    """A run that cannot start or go on; the message says what to change. `exit_code` 2 = bad arguments/input."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class RunConfig:
+    model_name: str
+    data_file: Path
+    output_dir: Path
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    model_path: Path | None = None
+    revision: str | None = None
+    limit: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    image_root: Path | None = None
+    max_image_side: int | None = None
+    max_image_pixels: int | None = None
+    num_workers: int = 2
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PendingSample:
+    sample: Sample
+    prompt: str  # exact text given to the processor
+    order: int  # position in the data file
+
+
+@dataclass
+class RunStats:
+    written: int = 0
+    oom_retries: int = 0
+    batch_size_used: int = 0
+    generate_s: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks that run before anything expensive.
+
+
+def validate_prompt_template(template: str) -> None:
+    """The template must contain `{query}` and no other replacement field."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise RunnerError(f"prompt template {template!r} is not a valid format string: {error}", 2) from None
+    others = sorted({name for name in fields if name != "query"})
+    if others:
+        raise RunnerError(
+            f"prompt template {template!r} has field(s) {others}; only {{query}} is filled in "
+            "(write a literal brace as {{ or }})",
+            2,
+        )
+    if "query" not in fields:
+        raise RunnerError(f"prompt template {template!r} has no {{query}} placeholder", 2)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise RunnerError(f"output dir {output_dir} is not writable: {error}", 2) from None
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RunnerError("--device cuda was requested but no CUDA device is available", 2)
+    return requested
+
+
+def resolve_dtype(requested: str, device: str, spec: ModelSpec) -> str:
+    if requested != "auto":
+        return requested
+    # Half precision on CPU is slow and not what the tests pin down; float32 there.
+    return spec.dtype if device == "cuda" else "float32"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The predictions file.
+
+
+def read_done(path: Path) -> list[PredictionRecord]:
+    """Records already written; a torn last line (a kill mid-write) is cut off the file so appends stay clean."""
+    if not path.exists():
+        return []
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+            handle.flush()
+            os.fsync(handle.fileno())
+    try:
+        return list(read_jsonl(path, PredictionRecord))
+    except ValueError as error:
+        raise RunnerError(f"{error}; fix or move that file aside (or pass --overwrite)") from None
+
+
+class PredictionWriter:
+    """Appends one batch of records at a time and makes it durable before returning."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115  (closed in close())
+
+    def write_batch(self, records: list[PredictionRecord]) -> None:
+        # One write call per batch: a kill leaves whole lines plus at most one torn line, which read_done cuts off.
+        self.handle.write("".join(record.model_dump_json() + "\n" for record in records))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def move_aside(paths: list[Path]) -> list[Path]:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    moved = []
+    for path in paths:
+        if path.exists():
+            target = path.with_name(f"{path.name}.replaced-{stamp}")
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
+def compatibility(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {key: manifest.get(key) for key in COMPATIBILITY_KEYS}
+
+
+def write_predictions_csv(path: Path, samples: list[Sample], records: dict[str, PredictionRecord]) -> None:
+    """For people: one row per sample in data-file order; references joined by ' | ' (the JSONL keeps the list)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image_path", "query", "prediction", "references", "error"])
+    for sample in samples:
+        record = records.get(sample.sample_id)
+        if record is not None:
+            writer.writerow(
+                [sample.image, sample.query, record.prediction, " | ".join(record.references), record.error]
+            )
+    write_text_atomic(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Versions and environment for the manifest.
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "tokenizers", "pillow", "accelerate"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        versions["vlm-ablation"] = metadata.version("vlm-ablation")
+    except metadata.PackageNotFoundError:
+        versions["vlm-ablation"] = _project_version()
+    return versions
+
+
+def _project_version() -> str:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run.
+
+
+def batched(items: list[PendingSample], size: int) -> Iterator[list[PendingSample]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run(config: RunConfig, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> RunnerResult:
+    # --- cheap checks first: no model is loaded until all of these pass ----------------------------------
+    spec = get_model(config.model_name)
+    validate_prompt_template(config.prompt_template)
+    if config.batch_size < 1:
+        raise RunnerError(f"--batch-size must be at least 1, got {config.batch_size}", 2)
+    if config.max_new_tokens < 1 or config.min_new_tokens < 0 or config.min_new_tokens > config.max_new_tokens:
+        raise RunnerError(
+            f"need 1 <= max_new_tokens and 0 <= min_new_tokens <= max_new_tokens "
+            f"(got {config.max_new_tokens}, {config.min_new_tokens})",
+            2,
+        )
+    if config.dtype not in DTYPES:
+        raise RunnerError(f"--dtype must be one of {DTYPES}, got {config.dtype!r}", 2)
+    if config.model_path is not None and not config.model_path.is_dir():
+        raise RunnerError(f"--model-path {config.model_path} is not a folder", 2)
+    check_output_dir(config.output_dir)
+    try:
+        dataset = load_dataset(config.data_file, image_root=config.image_root)
+    except ValueError as error:
+        raise RunnerError(str(error), 2) from None
+    samples = dataset.samples[: config.limit] if config.limit is not None else dataset.samples
+    if not samples:
+        raise RunnerError(f"{config.data_file}: no samples to caption ({dataset.summary_line()})", 2)
+    log(dataset.summary_line())
+
+    predictions_path = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
+    manifest_path = results_file(config.output_dir, RUN_MANIFEST, spec.name)
+    csv_path = results_file(config.output_dir, PREDICTIONS_CSV, spec.name)
+
+    device = resolve_device(config.device)
+    dtype_name = resolve_dtype(config.dtype, device, spec)
+    from runner.adapters import adapter_for
+
+    adapter_class = adapter_for(spec.family)
+    max_side = config.max_image_side if config.max_image_side is not None else adapter_class.max_image_side
+
+    manifest = RunManifest(
+        model_name=spec.name,
+        model_id=spec.hub_id,
+        model_path=str(config.model_path.resolve()) if config.model_path else None,
+        revision=config.revision or spec.revision,
+        family=spec.family,
+        dtype=dtype_name,
+        device=device,
+        prompt_template=config.prompt_template,
+        decoding={
+            "do_sample": False,
+            "num_beams": 1,
+            "max_new_tokens": config.max_new_tokens,
+            "min_new_tokens": config.min_new_tokens,
+            "max_image_side": max_side,
+            "max_image_pixels": config.max_image_pixels,
+        },
+        data_file=str(Path(config.data_file).resolve()),
+        data_sha256=file_sha256(config.data_file),
+        num_samples=len(samples),
+        batch_size_requested=config.batch_size,
+        batch_size_used=config.batch_size,
+        started_at=now(),
+        status="running",
+        versions=library_versions(),
+    )
+
+    # --- resume or refuse to mix -------------------------------------------------------------------------
+    if predictions_path.exists() and predictions_path.stat().st_size > 0:
+        previous = _previous_manifest(manifest_path)
+        ours = compatibility(manifest.model_dump())
+        if config.overwrite:
+            moved = move_aside([predictions_path, csv_path, manifest_path])
+            log(f"--overwrite: moved previous files aside: {', '.join(str(p) for p in moved)}")
+        elif previous is None:
+            raise RunnerError(
+                f"{predictions_path} exists but {manifest_path} does not, so it cannot be checked that it was made "
+                "with the same arguments; choose another --output-dir or pass --overwrite (moves it aside)",
+                2,
+            )
+        elif compatibility(previous) != ours:
+            theirs = compatibility(previous)
+            differences = {k: (theirs[k], ours[k]) for k in COMPATIBILITY_KEYS if theirs[k] != ours[k]}
+            raise RunnerError(
+                f"{predictions_path} was made with other arguments {differences} (previous, now); choose another "
+                "--output-dir or pass --overwrite (moves the old files aside)",
+                2,
+            )
+    done = {record.sample_id: record for record in read_done(predictions_path)}
+    todo_samples = [(order, s) for order, s in enumerate(samples) if s.sample_id not in done]
+    if done:
+        log(f"resuming: {len(done)} sample(s) already in {predictions_path}, {len(todo_samples)} to go")
+    write_json_atomic(manifest_path, manifest)
+
+    stats = RunStats(batch_size_used=config.batch_size)
+    timings: dict[str, float] = {}
+    if todo_samples:
+        try:
+            _generate_all(
+                config, spec, adapter_class, device, dtype_name, max_side, todo_samples, predictions_path, manifest,
+                stats, timings, log,
+            )  # fmt: skip
+        except BaseException as error:
+            # What was written stays (a restart resumes); the manifest says the run did not finish, and why.
+            manifest.status = "failed"  # type: ignore[attr-defined]
+            manifest.message = f"{type(error).__name__}: {error}"  # type: ignore[attr-defined]
+            manifest.batch_size_used, manifest.oom_retries, manifest.timings = (
+                stats.batch_size_used, stats.oom_retries, timings,
+            )  # fmt: skip
+            manifest.finished_at = now()
+            write_json_atomic(manifest_path, manifest)
+            raise
+
+    # --- outputs for people and for the orchestrator -------------------------------------------------------
+    all_records = {record.sample_id: record for record in read_done(predictions_path)}
+    wanted = {s.sample_id for s in samples}
+    written = [all_records[s.sample_id] for s in samples if s.sample_id in all_records]
+    write_predictions_csv(csv_path, samples, all_records)
+    errors_by_kind = Counter(record.error.split(":", 1)[0] for record in written if record.error)
+    manifest.batch_size_used = stats.batch_size_used
+    manifest.oom_retries = stats.oom_retries
+    manifest.timings = timings
+    manifest.num_errors = sum(errors_by_kind.values())
+    manifest.errors_by_kind = dict(errors_by_kind)
+    manifest.finished_at = now()
+    manifest.status = "completed"  # type: ignore[attr-defined]
+    manifest.num_written = len(written)  # type: ignore[attr-defined]
+    manifest.num_written_this_run = stats.written  # type: ignore[attr-defined]
+    write_json_atomic(manifest_path, manifest)
+    missing = len(wanted) - len(written)
+    return RunnerResult(
+        model_name=spec.name,
+        status="completed" if missing == 0 else "failed",
+        predictions_file=str(predictions_path),
+        manifest_file=str(manifest_path),
+        num_samples=len(samples),
+        num_written=len(written),
+        num_errors=manifest.num_errors,
+        samples_per_second=timings.get("samples_per_s"),
+        message=None if missing == 0 else f"{missing} sample(s) have no prediction",
+    )
+
+
+def _previous_manifest(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return read_json(path, RunManifest).model_dump()
+    except ValueError as error:
+        raise RunnerError(f"{error}; choose another --output-dir or pass --overwrite", 2) from None
+
+
+def _generate_all(
+    config: RunConfig,
+    spec: ModelSpec,
+    adapter_class: Any,
+    device_str: str,
+    dtype_name: str,
+    max_side: int | None,
+    todo_samples: list[tuple[int, Sample]],
+    predictions_path: Path,
+    manifest: RunManifest,
+    stats: RunStats,
+    timings: dict[str, float],
+    log: Callable[[str], None],
+) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from runner.images import ImageLimits, ImageLoadError, header_pixels, load_image, prefetch_batches
+
+    device = torch.device(device_str)
+    dtype = getattr(torch, dtype_name)
+    source = str(config.model_path) if config.model_path else spec.hub_id
+    log(f"loading {spec.name} from {source} ({dtype_name} on {device_str})")
+    started = time.perf_counter()
+    revision = None if config.model_path else manifest.revision
+    loaded = adapter_class.load(source, revision=revision, dtype=dtype, device=device)
+    adapter = adapter_class(spec, loaded, device, dtype)
+    timings["load_s"] = round(time.perf_counter() - started, 3)
+    manifest.resolved_revision = adapter.resolved_revision
+    manifest.device_name = device_name(device_str)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    pending = [
+        PendingSample(sample, adapter.build_prompt(config.prompt_template.format(query=sample.query)), order)
+        for order, sample in todo_samples
+    ]
+    # Similar image sizes and prompt lengths in one batch waste less padding; the order is deterministic.
+    sizes = {p.sample.image_path: header_pixels(p.sample.image_path) for p in pending}
+    pending.sort(key=lambda p: (sizes[p.sample.image_path], len(p.prompt), p.order))
+    limits = ImageLimits(max_side=max_side, max_pixels=config.max_image_pixels)
+
+    def load(item: PendingSample) -> Any:
+        return load_image(item.sample.image_path, limits)
+
+    writer = PredictionWriter(predictions_path)
+    progress = tqdm(total=len(pending), unit="sample", file=sys.stderr, disable=not config.progress, mininterval=1.0)
+    generated_count = 0
+    try:
+        for batch, images in prefetch_batches(
+            batched(pending, config.batch_size), load, num_workers=config.num_workers
+        ):
+            records: dict[int, PredictionRecord] = {}
+            ready: list[tuple[PendingSample, Any]] = []
+            for item, image in zip(batch, images, strict=True):
+                if isinstance(image, ImageLoadError):
+                    records[id(item)] = _record(spec, item, "", image.record_text())
+                else:
+                    ready.append((item, image))
+            started = time.perf_counter()
+            for item, prediction, error in _generate_with_oom_retry(adapter, ready, config, stats):
+                records[id(item)] = _record(spec, item, prediction, error)
+            stats.generate_s += time.perf_counter() - started
+            generated_count += len(ready)
+            writer.write_batch([records[id(item)] for item in batch])
+            stats.written += len(batch)
+            progress.update(len(batch))
+    finally:
+        writer.close()
+        progress.close()
+    timings["generate_s"] = round(stats.generate_s, 3)
+    timings["samples_per_s"] = round(generated_count / stats.generate_s, 3) if stats.generate_s > 0 else 0.0
+    if device.type == "cuda":
+        manifest.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+
+
+def _record(spec: ModelSpec, item: PendingSample, prediction: str, error: str | None) -> PredictionRecord:
+    sample = item.sample
+    return PredictionRecord(
+        sample_id=sample.sample_id,
+        image=sample.image,
+        query=sample.query,
+        prediction=prediction,
+        references=sample.references,
+        error=error,
+        model_name=spec.name,
+        prompt=item.prompt,
+    )
+
+
+def _generate_with_oom_retry(
+    adapter: Any, ready: list[tuple[PendingSample, Any]], config: RunConfig, stats: RunStats
+) -> list[tuple[PendingSample, str, str | None]]:
+    """Generate for `ready` in chunks of the current batch size; on CUDA OOM halve it and retry, down to 1.
+
+    The reduced size is kept for the rest of the run (the next batch would run out of memory too).
+    """
+    import torch
+
+    results: list[tuple[PendingSample, str, str | None]] = []
+    queue = list(ready)
+    while queue:
+        chunk, queue = queue[: stats.batch_size_used], queue[stats.batch_size_used :]
+        try:
+            inputs = adapter.build_inputs([image for _, image in chunk], [item.prompt for item, _ in chunk])
+            output = adapter.generate(inputs, config.max_new_tokens, config.min_new_tokens)
+            predictions = adapter.decode(output, inputs)
+        except torch.cuda.OutOfMemoryError:
+            inputs = output = None  # free what the failed attempt held before retrying
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            stats.oom_retries += 1
+            if len(chunk) == 1:
+                item, _ = chunk[0]
+                results.append((item, "", "oom: CUDA out of memory even with batch size 1"))
+                continue
+            stats.batch_size_used = max(1, min(stats.batch_size_used, len(chunk)) // 2)
+            queue = chunk + queue
+            continue
+        results.extend((item, prediction, None) for (item, _), prediction in zip(chunk, predictions, strict=True))
+    return results

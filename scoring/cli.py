@@ -1,0 +1,135 @@
+"""`python -m scoring`: score, summarize, human-baseline, fetch-spice, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from scoring.engine import MIN_BOOTSTRAP, ScoringOptions, score_models
+from scoring.java import ScoringError
+
+
+def _model_ids(values: Sequence[str]) -> dict[str, str]:
+    ids = {}
+    for value in values:
+        name, sep, model_id = value.partition("=")
+        if not sep or not name or not model_id:
+            raise ScoringError(f"--model-id expects NAME=ID, got {value!r}")
+        ids[name] = model_id
+    return ids
+
+
+def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", type=Path, required=True, help="where the result files go")
+    parser.add_argument("--spice-jars", type=Path, default=None, help="folder with the Stanford CoreNLP 3.6.0 jars")
+    parser.add_argument("--spice-cache", type=Path, default=None, help="SPICE parse cache folder (optional)")
+    parser.add_argument("--bootstrap", type=int, default=MIN_BOOTSTRAP, help="bootstrap resamples (>= 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--meteor-heap", default="2G", help="METEOR JVM heap (-Xmx)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scoring", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="score one or many models' predictions in one process")
+    score.add_argument("--predictions", type=Path, nargs="+", required=True, help="<model>_predictions.jsonl files")
+    score.add_argument("--data", type=Path, default=None, help="data file; predictions must match its samples")
+    score.add_argument("--intersection", action="store_true", help="score only samples in both data and predictions")
+    score.add_argument("--model-id", action="append", default=[], metavar="NAME=ID", help="model id without manifest")
+    score.add_argument("--report", action="store_true", help="build the HTML report afterwards")
+    _add_scoring_options(score)
+
+    summarize = commands.add_parser("summarize", help="rebuild all_models_summary.json and comparison.csv")
+    summarize.add_argument("results_dir", type=Path)
+    summarize.add_argument("--bootstrap", type=int, default=MIN_BOOTSTRAP)
+    summarize.add_argument("--seed", type=int, default=0)
+
+    human = commands.add_parser("human-baseline", help="leave-one-out human agreement (first reference vs rest)")
+    human.add_argument("--data", type=Path, required=True)
+    human.add_argument("--name", default="human-baseline", help="model name used for the result files")
+    _add_scoring_options(human)
+
+    fetch = commands.add_parser("fetch-spice", help="download Stanford CoreNLP 3.6.0 jars for SPICE (needs network)")
+    fetch.add_argument("--dest", type=Path, default=None, help="folder (default: the SPICE jar cache folder)")
+    fetch.add_argument("--sha256", action="append", default=[], metavar="JAR=HEX", help="expected SHA-256 of a jar")
+
+    report = commands.add_parser("report", help="build report.html from a results folder")
+    report.add_argument("results_dir", type=Path)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> ScoringOptions:
+    return ScoringOptions(
+        spice_jars=args.spice_jars,
+        spice_cache=args.spice_cache,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        meteor_heap=args.meteor_heap,
+    )
+
+
+def _build_report(results_dir: Path) -> Path:
+    from scoring.report import build_report  # written separately; imported only when a report is asked for
+
+    return build_report(results_dir)
+
+
+def _score_and_write(models: list, args: argparse.Namespace) -> None:
+    from scoring.outputs import metric_line, write_model_outputs, write_summary
+
+    started = time.perf_counter()
+    results = score_models(models, _options(args), log=lambda line: print(line, flush=True))
+    for result in results:
+        path = write_model_outputs(result, args.output_dir)
+        metrics = result.metrics_file()
+        print(metric_line(metrics), flush=True)
+        for warning in metrics.warnings:
+            print(f"  WARNING [{metrics.model_name}]: {warning}", flush=True)
+        print(f"  wrote {path}", flush=True)
+    write_summary(args.output_dir, args.bootstrap, args.seed)
+    print(f"scored {len(results)} model(s) in {time.perf_counter() - started:.1f} s; summary in {args.output_dir}")
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "score":
+        from scoring.inputs import load_data, load_model_predictions
+
+        dataset = load_data(args.data) if args.data else None
+        ids = _model_ids(args.model_id)
+        models = [load_model_predictions(path, dataset, args.intersection, ids) for path in args.predictions]
+        _score_and_write(models, args)
+        if args.report:
+            print(f"report: {_build_report(args.output_dir)}")
+    elif args.command == "human-baseline":
+        from scoring.inputs import leave_one_out, load_data
+
+        _score_and_write([leave_one_out(load_data(args.data), args.name)], args)
+    elif args.command == "summarize":
+        from scoring.outputs import write_summary
+
+        summary = write_summary(args.results_dir, args.bootstrap, args.seed)
+        print(f"summarised {len(summary.models)} model(s) in {args.results_dir}")
+    elif args.command == "fetch-spice":
+        from scoring.spice import configured_jar_dir, fetch_corenlp
+
+        expected = dict(value.split("=", 1) for value in args.sha256 if "=" in value)
+        fetch_corenlp(args.dest or configured_jar_dir(None), expected)
+    elif args.command == "report":
+        print(_build_report(args.results_dir))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except ScoringError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. fetch-spice without network, unwritable output folder
+        print(f"error: {error}", file=sys.stderr)
+        return 2

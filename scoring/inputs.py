@@ -1,0 +1,148 @@
+"""Reading predictions (and optionally the data file) into what the engine scores; bad input fails early."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from contract import (
+    PREDICTIONS_JSONL,
+    RUN_MANIFEST,
+    Dataset,
+    PredictionRecord,
+    RunManifest,
+    load_dataset,
+    read_json,
+    read_jsonl,
+)
+from scoring.engine import ModelPredictions
+from scoring.java import ScoringError
+
+_PREDICTIONS_SUFFIX = PREDICTIONS_JSONL.replace("{model}", "")  # "_predictions.jsonl"
+
+
+def model_name_for(path: Path, records: list[PredictionRecord]) -> str:
+    if path.name.endswith(_PREDICTIONS_SUFFIX) and len(path.name) > len(_PREDICTIONS_SUFFIX):
+        return path.name[: -len(_PREDICTIONS_SUFFIX)]
+    names = {record.model_name for record in records if record.model_name}
+    if len(names) == 1:
+        return names.pop()
+    return path.stem
+
+
+def model_id_for(path: Path, model_name: str, overrides: Mapping[str, str]) -> str:
+    """From `<model>_run.json` next to the predictions, else --model-id NAME=ID, else the model name."""
+    manifest = path.parent / RUN_MANIFEST.format(model=model_name)
+    if manifest.is_file():
+        return read_json(manifest, RunManifest).model_id
+    return overrides.get(model_name, model_name)
+
+
+def read_predictions(path: Path) -> list[PredictionRecord]:
+    if not path.is_file():
+        raise ScoringError(f"{path}: predictions file not found")
+    try:
+        records = list(read_jsonl(path, PredictionRecord))
+    except ValueError as error:
+        raise ScoringError(str(error)) from error
+    if not records:
+        raise ScoringError(f"{path}: no prediction records")
+    return records
+
+
+def _deduplicate(path: Path, records: list[PredictionRecord]) -> tuple[list[PredictionRecord], list[str]]:
+    """The runner appends per batch; a resumed run may repeat a sample. The last record wins, with a warning."""
+    by_id: dict[str, PredictionRecord] = {}
+    for record in records:
+        by_id[record.sample_id] = record
+    warnings = []
+    if len(by_id) != len(records):
+        warnings.append(f"{path}: {len(records) - len(by_id)} repeated sample_id lines; the last one of each is used")
+    return list(by_id.values()), warnings
+
+
+def load_model_predictions(
+    path: Path,
+    dataset: Dataset | None = None,
+    intersection: bool = False,
+    model_ids: Mapping[str, str] | None = None,
+) -> ModelPredictions:
+    records, warnings = _deduplicate(path, read_predictions(path))
+    name = model_name_for(path, records)
+    model_id = model_id_for(path, name, model_ids or {})
+    missing = unknown = 0
+    if dataset is not None:
+        samples = {sample.sample_id: sample for sample in dataset.samples}
+        known = [record for record in records if record.sample_id in samples]
+        unknown_ids = [record.sample_id for record in records if record.sample_id not in samples]
+        predicted = {record.sample_id for record in records}
+        missing_ids = [sample.sample_id for sample in dataset.samples if sample.sample_id not in predicted]
+        if (unknown_ids or missing_ids) and not intersection:
+            raise ScoringError(
+                f"{path}: predictions do not match {dataset.path}: {len(unknown_ids)} sample_ids not in the data "
+                f"(first: {unknown_ids[:3]}), {len(missing_ids)} data samples without a prediction "
+                f"(first: {missing_ids[:3]}). Pass --intersection to score only the samples present in both."
+            )
+        if not known:
+            raise ScoringError(f"{path}: no prediction matches a sample of {dataset.path}")
+        missing, unknown = len(missing_ids), len(unknown_ids)
+        if missing or unknown:
+            warnings.append(
+                f"scored the intersection: {len(known)} samples; {missing} data samples without a prediction, "
+                f"{unknown} predictions not in the data were left out"
+            )
+        # Data-file order, references from the data file (the source of truth).
+        order = {sample.sample_id: index for index, sample in enumerate(dataset.samples)}
+        known.sort(key=lambda record: order[record.sample_id])
+        references = [list(samples[record.sample_id].references) for record in known]
+        queries = [samples[record.sample_id].query for record in known]
+        records = known
+    else:
+        for number, record in enumerate(records, start=1):
+            if not any(ref.strip() for ref in record.references):
+                raise ScoringError(
+                    f"{path}: sample {record.sample_id} (record {number}) has no references; pass --data FILE"
+                )
+        references = [list(record.references) for record in records]
+        queries = [record.query for record in records]
+    return ModelPredictions(
+        model_name=name,
+        model_id=model_id,
+        sample_ids=[record.sample_id for record in records],
+        queries=queries,
+        raw_predictions=[record.prediction if record.error is None else "" for record in records],
+        references=references,
+        errors=[record.error for record in records],
+        missing=missing,
+        unknown=unknown,
+        warnings=warnings,
+        source=str(path),
+    )
+
+
+def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> ModelPredictions:
+    """Human agreement: each sample's first reference scored against the others (samples with >= 2)."""
+    samples = [sample for sample in dataset.samples if len(sample.references) >= 2]
+    if not samples:
+        raise ScoringError(f"{dataset.path}: no sample has two or more references")
+    return ModelPredictions(
+        model_name=model_name,
+        model_id="human (leave-one-out: first reference vs the rest)",
+        sample_ids=[sample.sample_id for sample in samples],
+        queries=[sample.query for sample in samples],
+        raw_predictions=[sample.references[0] for sample in samples],
+        references=[list(sample.references[1:]) for sample in samples],
+        errors=[None] * len(samples),
+        warnings=[f"{len(dataset.samples) - len(samples)} samples with fewer than 2 references left out"],
+        source=str(dataset.path),
+        apply_cleanup=False,
+    )
+
+
+def load_data(path: Path) -> Dataset:
+    from contract import DataFileError
+
+    try:
+        return load_dataset(path)
+    except DataFileError as error:
+        raise ScoringError(str(error)) from error

@@ -1,0 +1,156 @@
+"""The throughput benchmark: full-size configs, full-size processors, the GPU script in its CPU (--tiny) mode,
+the CPU pipeline benchmark and the projection arithmetic. Small and fast: no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.fullsize import BenchConfigError, ParameterCounts, count_parameters, load_bench_config
+from runner.registry import MODELS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Parameter counts the model cards state ("Model size" on the Hub pages of the repos named in bench/configs).
+PUBLISHED_PARAMETERS = {
+    "blip2-opt-2.7b": 3.74e9,
+    "internvl2-2b": 2.21e9,
+    "blip2-flan-t5-xl": 3.94e9,
+    "qwen2.5-vl-3b": 3.75e9,
+    "gemma-3-4b": 4.30e9,
+    "llava-1.5-7b": 7.06e9,
+    "llava-1.6-mistral-7b": 7.57e9,
+    "instructblip-vicuna-7b": 7.91e9,
+}
+
+
+def bench_env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_module(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=bench_env(), cwd=REPO_ROOT
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bench_config_builds_the_published_model_size(name: str) -> None:
+    bench = load_bench_config(name)
+    assert bench.hub_id == MODELS[name].hub_id
+    assert bench.source.startswith("https://huggingface.co/")
+    counts = count_parameters(bench)  # meta device: no memory
+    assert counts.total == pytest.approx(PUBLISHED_PARAMETERS[name], rel=0.03)
+    assert 0 < counts.vision_side < counts.total
+    assert counts.per_token + counts.vision_side + counts.encoder_only == counts.total
+
+
+def test_unknown_bench_config_names_the_file() -> None:
+    with pytest.raises(BenchConfigError, match=r"nope\.json.*known: \["):
+        load_bench_config("nope")
+
+
+@pytest.mark.parametrize(
+    ("name", "image_tokens", "runner_image_size"),
+    [("gemma-3-4b", 256, [1792, 896]), ("llava-1.5-7b", 576, [672, 336]), ("blip2-opt-2.7b", 32, [448, 224])],
+)
+def test_full_size_processor_gives_the_published_image_token_count(
+    name: str, image_tokens: int, runner_image_size: list[int], tmp_path: Path
+) -> None:
+    from bench.projection import prompt_shape
+    from bench.synthetic import write_panorama_jpeg
+
+    panorama = write_panorama_jpeg(tmp_path / "pano.jpg", 2048, 1024, seed=0)
+    shape = prompt_shape(MODELS[name], panorama, tmp_path / "tiny")
+    assert shape["image_tokens"] == image_tokens
+    assert shape["image_size"] == runner_image_size
+    assert shape["prompt_tokens"] > image_tokens
+
+
+def test_gpu_bench_tiny_mode_runs_both_paths_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_bench.json"
+    completed = run_module(
+        "bench.gpu_bench", "--tiny", "--families", "llava-1.5-7b", "gemma-3-4b", "--image-size", "256x128",
+        "--num-samples", "3", "--old-way-samples", "2", "--batch-size", "2", "--max-new-tokens", "6",
+        "--work-dir", str(tmp_path / "work"), "--out", str(out),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["mode"] == "tiny"
+    assert report["settings"]["min_new_tokens"] == report["settings"]["max_new_tokens"] == 6
+    by_model = {entry["model"]: entry for entry in report["models"]}
+    assert set(by_model) == {"llava-1.5-7b", "gemma-3-4b"}
+    for name, old_batch in (("llava-1.5-7b", 2), ("gemma-3-4b", 1)):
+        entry = by_model[name]
+        assert entry["runner"]["num_samples"] == 3 and entry["runner"]["batch_size"] == 2
+        assert entry["old_way"]["num_samples"] == 2 and entry["old_way"]["batch_size"] == old_batch
+        for path in ("runner", "old_way"):
+            assert entry[path]["new_tokens_per_sample"] == [6]  # every sample did the same decoding work
+            assert entry[path]["samples_per_s"] > 0 and entry[path]["generate_s"] > 0
+            assert entry[path]["mean_prompt_tokens"] > 0
+        assert entry["speedup"] == pytest.approx(entry["runner"]["samples_per_s"] / entry["old_way"]["samples_per_s"],
+                                                 abs=0.01)  # fmt: skip
+        # The runner path is the runner's own loop: its predictions file holds one record per sample.
+        predictions = tmp_path / "work" / name / "runner" / f"{name}_predictions.jsonl"
+        assert len(predictions.read_text().splitlines()) == 3
+    assert "llava-1.5-7b" in completed.stdout and "ratio" in completed.stdout
+
+
+def test_gpu_bench_rejects_an_unknown_family(tmp_path: Path) -> None:
+    completed = run_module("bench.gpu_bench", "--tiny", "--families", "nope", "--out", str(tmp_path / "x.json"))
+    assert completed.returncode != 0
+    assert "'nope' is neither a model" in completed.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_cpu_pipeline_measures_runner_and_naive_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "cpu.json"
+    completed = run_module(
+        "bench.cpu_pipeline", "--images", "1", "--repeats", "1", "--skip-4k", "--families", "llava-1.5-7b",
+        "--tiny-samples", "2", "--batch", "2", "--out", str(out),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    sides = {row["max_side"] for row in report["decode"]}
+    assert 672 in sides and all(row["source"] == "2048x1024 JPEG" for row in report["decode"])
+    for row in report["decode"]:
+        assert row["naive_images_per_s"] > 0 and row["runner_images_per_s"] > 0
+        assert row["ratio_runner_vs_naive"] == pytest.approx(row["runner_images_per_s"] / row["naive_images_per_s"],
+                                                             rel=0.05)  # fmt: skip
+    (pre,) = report["preprocessing"]
+    assert pre["model"] == "llava-1.5-7b" and pre["runner_input_size"] == [672, 336]
+    (tiny,) = report["tiny_runner"]
+    assert tiny["samples"] == 2 and tiny["errors"] == 0
+    assert report["writing"]["records_per_s"] > 0
+
+
+def test_projection_is_the_stated_bandwidth_arithmetic() -> None:
+    import argparse
+
+    from bench.projection import project_model
+
+    counts = ParameterCounts(total=7_000_000_000, vision_side=300_000_000, per_token=6_700_000_000, encoder_only=0,
+                             kv_bytes_per_token_bf16=524_288)  # fmt: skip
+    shape = {"prompt_tokens": 600, "image_tokens": 576, "image_size": [672, 336]}
+    args = argparse.Namespace(samples=1211, new_tokens=64, batch_size=32, bandwidth=3.35e12, peak_flops=989e12,
+                              mfu=0.4, disk_bytes_per_s=2e9, startup_s=10.0, step_overhead_ms=10.0)  # fmt: skip
+    row = project_model(MODELS["llava-1.5-7b"], counts, shape, args)
+    steps = 38 * 64  # ceil(1211 / 32) batches x 64 tokens
+    step_s = (2 * 6.7e9 + 32 * (600 + 32) * 524_288) / 3.35e12
+    assert row["decode_steps"] == steps
+    assert row["decode_s"] == pytest.approx(steps * step_s, abs=0.05)
+    assert row["load_s"] == pytest.approx(2 * 7e9 / 2e9 + 10, abs=0.05)
+    assert row["step_overhead_s"] == pytest.approx(steps * 0.010, abs=0.05)
+    prefill = 2 * 1211 * (6.7e9 * 600 + 0.3e9 * 577) / (989e12 * 0.4)
+    assert row["prefill_s"] == pytest.approx(prefill, abs=0.05)
+    assert row["total_s"] == pytest.approx(row["decode_s"] + row["prefill_s"] + row["load_s"] + row["step_overhead_s"],
+                                           abs=0.2)  # fmt: skip

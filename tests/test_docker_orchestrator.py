@@ -1,0 +1,228 @@
+"""The orchestrator on a REAL Docker engine (DOCKER_HOST), with the blip2, llava and scoring images built FROM the
+local base (.ci/run does that). Skipped with a reason where no engine answers; required in CI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from _orchestrator_helpers import (
+    FAMILY_IMAGES,
+    REPO_ROOT,
+    SCORING_IMAGE,
+    break_checkpoint,
+    docker_client,
+    managed_containers,
+    manifest,
+    model_root,
+    orchestrator_command,
+    orchestrator_env,
+    predictions,
+    readable_by_all,
+    run_orchestrator,
+    statuses,
+)
+
+from contract import METRICS_JSON, SUMMARY_JSON, MetricsFile, Summary, read_json
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def client():
+    engine = docker_client()
+    from _orchestrator_helpers import require_images
+
+    require_images(engine, [*FAMILY_IMAGES.values(), SCORING_IMAGE])
+    yield engine
+    engine.close()
+
+
+def _data(make_panorama_data, folder: Path, **kwargs):
+    data = make_panorama_data(folder, **kwargs)
+    readable_by_all(folder)
+    return data
+
+
+def _expected_owner() -> int:
+    return 1000 if os.getuid() == 0 else os.getuid()
+
+
+def test_ablation_in_containers_with_one_failing_model(client, tmp_path: Path, tiny_checkpoint, make_panorama_data):
+    """Three models in containers: two finish, one (broken checkpoint) fails, then one scoring container."""
+    data = _data(make_panorama_data, tmp_path / "data", num_images=3)
+    models = ["blip2-opt-2.7b", "blip2-flan-t5-xl", "llava-1.5-7b"]
+    root = model_root(tmp_path, tiny_checkpoint, models)
+    break_checkpoint(root / "blip2-flan-t5-xl")
+    out = tmp_path / "results"
+    run = run_orchestrator(
+        "ablation", "--engine", "docker", "--gpus", "none", "--models", ",".join(models),
+        "--data", data.data_file, "--output-dir", out, "--model-path-root", root,
+        "--batch-size", "2", "--max-new-tokens", "6", "--timeout", "300",
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout[-4000:] + run.stderr
+    assert statuses(out) == {"blip2-opt-2.7b": "completed", "blip2-flan-t5-xl": "failed", "llava-1.5-7b": "completed"}
+
+    for model in ("blip2-opt-2.7b", "llava-1.5-7b"):
+        records = predictions(out, model)
+        assert len(records) == len({r.sample_id for r in records}) == data.num_samples == 6
+        metrics = read_json(out / METRICS_JSON.format(model=model), MetricsFile)
+        assert metrics.model_name == model and metrics.num_samples == 6
+        assert metrics.metrics["spice"] is None and "spice" in metrics.unavailable  # no CoreNLP jars in CI
+        # Written by the container as the host user (uid 1000 when the tests run as root), not as root.
+        assert (out / f"{model}_predictions.jsonl").stat().st_uid == _expected_owner()
+    summary = read_json(out / SUMMARY_JSON, Summary)
+    assert sorted(e.model_name for e in summary.models) == ["blip2-opt-2.7b", "llava-1.5-7b"]
+    assert (out / "report.html").is_file()
+
+    recorded = manifest(out)
+    assert recorded.engine == "docker"
+    by_name = {r.model_name: r for r in recorded.models}
+    assert by_name["llava-1.5-7b"].image == FAMILY_IMAGES["llava"]
+    assert by_name["llava-1.5-7b"].image_digest == client.images.get(FAMILY_IMAGES["llava"]).id
+    assert by_name["blip2-opt-2.7b"].image_digest == client.images.get(FAMILY_IMAGES["blip2"]).id
+    assert recorded.scoring_image_digest == client.images.get(SCORING_IMAGE).id
+    assert "container exited with code 1" in (by_name["blip2-flan-t5-xl"].message or "")
+    assert "[2/3] blip2-flan-t5-xl FAILED: container exited with code 1" in run.stdout
+    assert "  completed : 2/3" in run.stdout and "  failed    : 1/3" in run.stdout
+    assert managed_containers(client) == []  # every container was removed
+
+
+def test_inference_container_is_locked_down(client, tmp_path: Path, tiny_checkpoint, make_panorama_data) -> None:
+    """The HostConfig the engine really receives: no network, read-only inputs, no capabilities, non-root."""
+    from orchestrator.docker_engine import DockerEngine
+    from orchestrator.engines import Task
+    from orchestrator.plan import AblationOptions, GpuSelection, build_plan
+
+    data = _data(make_panorama_data, tmp_path / "data", num_images=1)
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
+    plan = build_plan(
+        AblationOptions(
+            models=["llava-1.5-7b"], data_file=data.data_file, output_dir=tmp_path / "out", model_path_root=root
+        )
+    )
+    engine = DockerEngine(client=client)
+    engine.preflight(plan, [FAMILY_IMAGES["llava"]])
+    task = Task("llava-1.5-7b", "runner", FAMILY_IMAGES["llava"], ["--help"], GpuSelection("none"))
+    container = engine.create(task)
+    try:
+        host = client.api.inspect_container(container.id)["HostConfig"]
+        assert host["NetworkMode"] == "none"
+        assert host["CapDrop"] == ["ALL"]
+        assert host["SecurityOpt"] == ["no-new-privileges"]
+        assert host["ShmSize"] == 2 * 1024**3
+        mounts = {m["Target"]: m.get("ReadOnly", False) for m in host["Mounts"]}
+        assert mounts == {"/data": True, "/models": True, "/results": False}
+        config = client.api.inspect_container(container.id)["Config"]
+        assert config["User"] == f"{_expected_owner()}:{1000 if os.getuid() == 0 else os.getgid()}"
+        assert config["Labels"]["io.vlm-ablation.run-id"] == engine.run_id
+    finally:
+        engine.stop_all()
+    assert managed_containers(client) == []
+
+
+def _start(out: Path, data_file: Path, root: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        orchestrator_command(
+            "ablation", "--engine", "docker", "--gpus", "none", "--models", "llava-1.5-7b",
+            "--data", data_file, "--output-dir", out, "--model-path-root", root, "--batch-size", "1",
+            "--max-new-tokens", "48", *extra,
+        ),
+        cwd=REPO_ROOT, env=orchestrator_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_predictions(process: subprocess.Popen[str], path: Path, count: int, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().count("\n") if path.exists() else 0
+        if lines >= count:
+            return lines
+        assert process.poll() is None, f"the orchestrator ended early: {process.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, "no predictions appeared in time"
+        time.sleep(0.1)
+
+
+def test_killed_container_is_marked_failed_and_a_rerun_resumes(
+    client, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    data = _data(
+        make_panorama_data, tmp_path / "data", num_images=6, queries=("location", "people", "weather", "sky")
+    )
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
+    out = tmp_path / "results"
+    jsonl = out / "llava-1.5-7b_predictions.jsonl"
+    process = _start(out, data.data_file, root)
+    _wait_for_predictions(process, jsonl, 2)
+    running = managed_containers(client)
+    assert len(running) == 1 and running[0].labels["io.vlm-ablation.task"] == "llava-1.5-7b"
+    running[0].kill()  # as the OOM killer or a crash would
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, stdout[-3000:]
+    written = len(predictions(out, "llava-1.5-7b"))
+    assert 2 <= written < data.num_samples == 24, "the kill must land mid-run"
+    assert statuses(out) == {"llava-1.5-7b": "failed"}
+    assert "container was killed (exit 137)" in (manifest(out).models[0].message or "")
+    assert "no model completed: nothing to score" in stdout
+
+    rerun = run_orchestrator(
+        "ablation", "--engine", "docker", "--gpus", "none", "--models", "llava-1.5-7b", "--data", data.data_file,
+        "--output-dir", out, "--model-path-root", root, "--batch-size", "1", "--max-new-tokens", "48",
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr
+    assert f"resuming: {written} sample(s) already in" in rerun.stdout
+    ids = [r.sample_id for r in predictions(out, "llava-1.5-7b")]
+    assert len(ids) == len(set(ids)) == data.num_samples  # nothing lost, nothing twice
+    assert statuses(out) == {"llava-1.5-7b": "completed"}
+    assert managed_containers(client) == []
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_removes_every_container(
+    client, tmp_path: Path, tiny_checkpoint, make_panorama_data, stop_signal: signal.Signals
+) -> None:
+    data = _data(make_panorama_data, tmp_path / "data", num_images=6, queries=("location", "people", "weather"))
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
+    out = tmp_path / "results"
+    process = _start(out, data.data_file, root)
+    _wait_for_predictions(process, out / "llava-1.5-7b_predictions.jsonl", 1)
+    assert len(managed_containers(client)) == 1
+    process.send_signal(stop_signal)
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout[-3000:]
+    assert "interrupted: stopping and removing everything this run started" in stdout
+    assert managed_containers(client) == []  # no orphan, running or stopped
+    assert statuses(out) == {"llava-1.5-7b": "failed"}
+
+
+def test_unwritable_results_folder_starts_no_container(client, tmp_path: Path, make_panorama_data) -> None:
+    data = _data(make_panorama_data, tmp_path / "data", num_images=1)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    events_since = int(time.time())
+    run = run_orchestrator(
+        "ablation", "--engine", "docker", "--models", "llava-1.5-7b", "--data", data.data_file,
+        "--output-dir", blocker / "results", "--skip-fetch", timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "results folder" in run.stderr and "cannot be created" in run.stderr
+    created = client.events(
+        since=events_since, until=int(time.time()) + 1, decode=True, filters={"type": "container", "event": "create"}
+    )
+    assert [e for e in created if e.get("Actor", {}).get("Attributes", {}).get("io.vlm-ablation.managed")] == []
+
+
+def test_missing_image_is_reported_before_any_work(client, tmp_path: Path, make_panorama_data) -> None:
+    data = _data(make_panorama_data, tmp_path / "data", num_images=1)
+    run = run_orchestrator(
+        "ablation", "--engine", "docker", "--models", "llava-1.5-7b", "--data", data.data_file,
+        "--output-dir", tmp_path / "out", "--image", "llava=vlm-ablation/llava:not-built", "--skip-fetch",
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "image(s) not found on the engine" in run.stderr and "vlm-ablation/llava:not-built" in run.stderr
+    assert "make images" in run.stderr

@@ -1,0 +1,323 @@
+"""The report opened in real headless Chromium: no console errors, leaderboard and every model's prediction visible.
+
+Chromium is driven through the DevTools protocol over `--remote-debugging-pipe` (file descriptors 3 and 4, JSON
+messages ending in NUL): no websocket library, no port to find or race for, and the browser exits with us. We
+listen to the three places a page error can surface: `Runtime.exceptionThrown` (uncaught exceptions, including a
+broken JSON payload), `Runtime.consoleAPICalled` with type error/assert (console.error), and `Log.entryAdded` at
+level error (failed resource loads, such as a thumbnail path that does not exist). Parsing `--enable-logging`
+stderr was the alternative; its format changes between Chromium versions, the protocol's events do not.
+
+Skips with a reason when Debian's `chromium` is not installed (`apt-get install -y chromium`).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_report import ReportFolder, demo_results_folder, synthetic_folder
+
+from contract import SAMPLE_SCORES_JSONL, MetricsFile, SampleScores, read_json, read_jsonl, results_file
+from scoring.report import build_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+
+SCREENSHOT_DIR_ENV = "REPORT_SCREENSHOT_DIR"  # copy screenshots there too, to look at them after the run
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools pipe."""
+
+    def __init__(self, user_data_dir: Path, width: int = 1400, height: int = 1000) -> None:
+        to_browser_read, self._to_browser = os.pipe()
+        self._from_browser, from_browser_write = os.pipe()
+
+        def give_child_the_pipe() -> None:
+            # Move both ends above 10 first so dup2 onto 3/4 cannot clobber the other one.
+            high_read = fcntl.fcntl(to_browser_read, fcntl.F_DUPFD, 10)
+            high_write = fcntl.fcntl(from_browser_write, fcntl.F_DUPFD, 10)
+            os.dup2(high_read, 3)
+            os.dup2(high_write, 4)
+
+        assert CHROMIUM is not None
+        command = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={user_data_dir}",
+            f"--window-size={width},{height}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
+        self.process = subprocess.Popen(
+            command,
+            preexec_fn=give_child_the_pipe,
+            close_fds=False,  # our other descriptors are non-inheritable (PEP 446); 3 and 4 are the pipe
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_browser_read)
+        os.close(from_browser_write)
+        self._messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def _read(self) -> None:
+        buffer = b""
+        while chunk := os.read(self._from_browser, 1 << 16):
+            buffer += chunk
+            *messages, buffer = buffer.split(b"\0")
+            for message in messages:
+                self._messages.put(json.loads(message))
+        self._messages.put(None)
+
+    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._next_message(timeout=30)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def wait_for_event(self, method: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        for event in self.events:
+            if event.get("method") == method:
+                return event
+        while True:
+            event = self._next_message(timeout=max(0.1, deadline - time.monotonic()))
+            if event.get("method") == method:
+                return event
+
+    def _next_message(self, timeout: float) -> dict[str, Any]:
+        try:
+            message = self._messages.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("Chromium did not answer in time") from None
+        if message is None:
+            raise RuntimeError(f"Chromium closed the DevTools pipe (exit code {self.process.poll()})")
+        if "method" in message:
+            self.events.append(message)
+        return message
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self._to_browser)
+        self._reader.join(timeout=5)
+        os.close(self._from_browser)
+
+
+class Page:
+    def __init__(self, browser: Chromium, width: int = 1400, height: int = 1000) -> None:
+        self.browser = browser
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+            self.send(domain)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.browser.send(method, params, session=self.session)
+
+    def open(self, path: Path) -> None:
+        self.browser.events.clear()
+        self.send("Page.navigate", {"url": path.resolve().as_uri()})
+        self.browser.wait_for_event("Page.loadEventFired")
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        if "exceptionDetails" in result:
+            raise AssertionError(f"page script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def errors(self) -> list[str]:
+        found = []
+        for event in self.browser.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                details = params["exceptionDetails"]
+                found.append(f"exception: {details.get('exception', {}).get('description') or details.get('text')}")
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                found.append(f"console.{params['type']}: {[a.get('value') for a in params.get('args', [])]}")
+            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+                found.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
+        return found
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
+        path.write_bytes(base64.b64decode(data))
+        copy_dir = os.environ.get(SCREENSHOT_DIR_ENV)
+        if copy_dir:
+            Path(copy_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, Path(copy_dir) / path.name)
+        return path
+
+
+@pytest.fixture
+def page(tmp_path: Path):
+    browser = Chromium(tmp_path / "chromium-profile")
+    try:
+        yield Page(browser)
+    finally:
+        browser.close()
+
+
+# Collects what the checks need in one evaluation; `checkVisibility` is false for display:none/hidden/zero-size.
+STATE_JS = """
+(() => {
+  const visible = (e) => !!e && e.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})
+    && e.getBoundingClientRect().width > 0 && e.getBoundingClientRect().height > 0;
+  const board = document.getElementById("leaderboard");
+  const sample = document.querySelector("#samples .sample");
+  if (sample) sample.scrollIntoView();
+  return {
+    ready: document.body.dataset.ready || null,
+    jsErrors: document.getElementById("js-errors").textContent,
+    boardVisible: visible(board),
+    boardRows: Array.from(board.tBodies[0].rows).map((r) => [r.dataset.model, visible(r)]),
+    firstSample: sample ? sample.dataset.sample : null,
+    predictions: sample ? Array.from(sample.querySelectorAll(".pred")).map((p) =>
+      [p.dataset.model, p.querySelector(".text").textContent, visible(p)]) : [],
+    pageInfo: document.getElementById("page-info").textContent,
+  };
+})()
+"""
+
+
+def check_report_in_browser(page: Page, folder: ReportFolder, report: Path, screenshot: Path) -> dict[str, Any]:
+    page.open(report)
+    state = page.evaluate(STATE_JS)
+    assert state["ready"] == "1", state
+    assert page.errors() == [] and state["jsErrors"] == ""
+    assert state["boardVisible"]
+    assert [name for name, _ in state["boardRows"]] == folder.models
+    assert all(shown for _, shown in state["boardRows"])
+
+    # The first sample in file order shows every model that produced outputs, with the cleaned prediction.
+    first = folder.sample_ids[0]
+    assert state["firstSample"] == first
+    expected = {}
+    for model in folder.scored_models:
+        scores = {
+            s.sample_id: s for s in read_jsonl(results_file(folder.results, SAMPLE_SCORES_JSONL, model), SampleScores)
+        }
+        expected[model] = scores[first].prediction or "(empty)"
+    shown = {model: text for model, text, is_visible in state["predictions"] if is_visible}
+    assert {m: shown.get(m) for m in expected} == expected
+    page.screenshot(screenshot.with_name(screenshot.stem + "-samples.png"))
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(screenshot)
+    return state
+
+
+def test_report_opens_without_errors_and_shows_every_model(page: Page, tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request)
+    report = build_report(folder.results, data_file=folder.data_file)
+    check_report_in_browser(page, folder, report, tmp_path / "report-synthetic.png")
+    assert (tmp_path / "report-synthetic.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_report_of_demo_results_in_browser(page: Page, tmp_path: Path, request) -> None:
+    """The real pipeline: tiny models -> runner -> `python -m scoring score --report` (no --data given to the
+    report: samples, references and images come from the data file the run manifests name)."""
+    folder = demo_results_folder(tmp_path, request)
+    state = check_report_in_browser(page, folder, folder.results / "report.html", tmp_path / "report-demo.png")
+    # The first sample's thumbnail exists next to the page and decodes (images below the fold load lazily).
+    width = page.evaluate(
+        "(() => { const i = document.querySelector('#samples .sample img'); "
+        "return i.decode().then(() => i.naturalWidth); })()"
+    )
+    assert 0 < width <= 256, state
+    human = page.evaluate(
+        "(() => { const r = document.querySelector('#leaderboard tfoot tr.human'); "
+        "return r && r.checkVisibility() ? r.cells[0].textContent : null; })()"
+    )
+    assert human == "human (leave-one-out)"
+
+
+def test_leaderboard_sorts_and_browser_filters_sorts(page: Page, tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request)
+    planted = folder.plant_prediction(folder.scored_models[1], 4, "A Zebracorn grazing near the pier.")
+    page.open(build_report(folder.results, data_file=folder.data_file))
+
+    # Clicking BLEU-4 sorts scored models by their corpus value, highest first; failed rows (-1) go last.
+    order = page.evaluate(
+        """(() => { const th = Array.from(document.querySelectorAll('#leaderboard th'))
+              .find((h) => h.textContent.startsWith('BLEU-4')); th.click();
+            return Array.from(document.querySelectorAll('#leaderboard tbody tr')).map((r) => r.dataset.model); })()"""
+    )
+    bleu = {
+        m: read_json(folder.results / f"{m}_metrics.json", MetricsFile).metrics["bleu4"] for m in folder.scored_models
+    }
+    assert order == sorted(bleu, key=lambda m: -bleu[m]) + [m for m in folder.models if m not in bleu]
+
+    # Query filter: exactly the samples of that query.
+    query = folder.queries[1]
+    info = page.evaluate(
+        f"""(() => {{ const s = document.getElementById('filter-query');
+            s.value = String({folder.queries.index(query)}); s.dispatchEvent(new Event('change'));
+            return [document.getElementById('page-info').textContent,
+                    Array.from(document.querySelectorAll('#samples .sample .query'))
+                      .map((q) => q.textContent)]; }})()"""
+    )
+    expected_count = sum(1 for q in folder.sample_queries if q == query)
+    assert info[0].startswith(f"1–{expected_count} of {expected_count}")
+    assert set(info[1]) == {query}
+
+    # Sort by disagreement: the first sample is the one whose BLEU-4 scores spread most across models.
+    first = page.evaluate(
+        """(() => { document.getElementById('filter-query').value = '';
+            document.getElementById('score-metric').value = 'bleu4';
+            const s = document.getElementById('sort-order'); s.value = 'spread-desc';
+            s.dispatchEvent(new Event('change'));
+            return document.querySelector('#samples .sample').dataset.sample; })()"""
+    )
+    assert first == folder.most_disagreed("bleu4")
+
+    # Text search (case-insensitive, after the input's debounce) finds the one sample whose prediction has the word.
+    found = page.evaluate(
+        """new Promise((done) => { const input = document.getElementById('filter-text');
+            input.value = 'zebraCORN'; input.dispatchEvent(new Event('input'));
+            setTimeout(() => done(Array.from(document.querySelectorAll('#samples .sample'))
+              .map((s) => s.dataset.sample)), 400); })"""
+    )
+    assert found == [planted]
+    assert page.errors() == []

@@ -1,0 +1,229 @@
+"""`python -m scoring` on small data: counts, cleanup in context, model ids, bad input, dying tools, no Java.
+
+Real subprocesses, real Java and jars; a tool is made to die by real means (a heap too small for METEOR, jars
+that are not CoreNLP for SPICE), never by a mock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contract import (
+    SUMMARY_JSON,
+    MetricsFile,
+    PredictionRecord,
+    RunManifest,
+    SampleScores,
+    load_dataset,
+    read_json,
+    read_jsonl,
+)
+from tests.conftest import REPO_ROOT, runner_env, write_quic_csv
+
+ROWS = [
+    ("pano_0.jpg", "location", "A sandy beach next to the blue sea."),
+    ("pano_0.jpg", "location", "The beach is wide and sunny."),
+    ("pano_0.jpg", "location", "Sea and sand under a clear sky."),
+    ("pano_0.jpg", "people", "Two people walk along the shore."),
+    ("pano_0.jpg", "people", "A couple is walking on the beach."),
+    ("pano_1.jpg", "location", "A busy city street with tall buildings."),
+    ("pano_1.jpg", "location", "Buildings line a street in a city."),
+    ("pano_1.jpg", "weather", "It is cloudy and grey."),
+    ("pano_1.jpg", "weather", "The sky is overcast."),
+    ("pano_2.jpg", "location", "A quiet forest path."),
+    ("pano_2.jpg", "location", "Trees on both sides of a trail."),
+]
+
+
+def scoring(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "scoring", *(str(arg) for arg in args)]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env or runner_env(), cwd=REPO_ROOT, timeout=timeout
+    )
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    return write_quic_csv(tmp_path / "data.csv", ROWS)
+
+
+def write_predictions(path: Path, data_file: Path, predictions: dict[int, tuple[str, str | None]]) -> Path:
+    """predictions: sample index -> (prediction, error); samples not listed get no line."""
+    samples = load_dataset(data_file).samples
+    with open(path, "w", encoding="utf-8") as handle:
+        for index, (prediction, error) in predictions.items():
+            sample = samples[index]
+            record = PredictionRecord(
+                sample_id=sample.sample_id,
+                image=sample.image,
+                query=sample.query,
+                prediction=prediction,
+                references=sample.references,
+                error=error,
+            )
+            handle.write(record.model_dump_json() + "\n")
+    return path
+
+
+def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Path) -> None:
+    # 5 samples in the data; model "alpha" misses sample 4 and has one id the data does not know.
+    alpha = write_predictions(
+        tmp_path / "alpha_predictions.jsonl",
+        data_file,
+        {
+            0: ("<|im_start|>assistant\nA sandy beach\u2028by the sea.<|im_end|>", None),
+            1: ("   </s>", None),  # empty after cleanup
+            2: ("", "CUDA out of memory"),  # the runner failed on this sample
+            3: ("<think>grey?</think>ASSISTANT: The sky is cloudy.\r\nGrey.", None),
+        },
+    )
+    with open(alpha, "a", encoding="utf-8") as handle:
+        stray = PredictionRecord(sample_id="0123456789abcdef", image="x.jpg", query="q", prediction="x", references=[])
+        handle.write(stray.model_dump_json() + "\n")
+    beta = write_predictions(
+        tmp_path / "beta_predictions.jsonl", data_file, {i: ("A street in a city.", None) for i in range(5)}
+    )
+    manifest = RunManifest(
+        model_name="beta",
+        model_id="Org/Beta-1B",
+        family="llava",
+        dtype="float16",
+        device="cpu",
+        prompt_template="{query}",
+        data_file=str(data_file),
+        data_sha256="0" * 64,
+        num_samples=5,
+        batch_size_requested=1,
+        batch_size_used=1,
+    )
+    (tmp_path / "beta_run.json").write_text(manifest.model_dump_json())
+    out = tmp_path / "results"
+
+    refused = scoring("score", "--predictions", alpha, beta, "--data", data_file, "--output-dir", out)
+    assert refused.returncode == 2
+    assert "1 sample_ids not in the data" in refused.stderr and "1 data samples without a prediction" in refused.stderr
+    assert "--intersection" in refused.stderr and str(alpha) in refused.stderr
+    assert not out.exists()
+
+    completed = scoring(
+        "score", "--predictions", alpha, beta, "--data", data_file, "--intersection",
+        "--model-id", "alpha=Org/Alpha-2B", "--output-dir", out, "--spice-jars", tmp_path / "none",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    alpha_metrics = read_json(out / "alpha_metrics.json", MetricsFile)
+    beta_metrics = read_json(out / "beta_metrics.json", MetricsFile)
+    assert alpha_metrics.model_id == "Org/Alpha-2B" and beta_metrics.model_id == "Org/Beta-1B"
+    assert alpha_metrics.num_samples == 4
+    assert alpha_metrics.counts.model_dump() == {"scored": 4, "empty": 1, "failed": 1, "missing": 1, "unknown": 1}
+    assert beta_metrics.counts.model_dump() == {"scored": 5, "empty": 0, "failed": 0, "missing": 0, "unknown": 0}
+    assert {"bleu4", "meteor", "rougeL", "cider", "spice"} <= set(alpha_metrics.metrics)
+    assert all(0.0 <= v <= 1.0 for k, v in alpha_metrics.metrics.items() if k not in ("spice", "cider"))
+
+    rows = {row.sample_id: row for row in read_jsonl(out / "alpha_sample_scores.jsonl", SampleScores)}
+    samples = load_dataset(data_file).samples
+    first, empty, failed, fourth = (rows[samples[i].sample_id] for i in range(4))
+    assert first.prediction == "A sandy beach by the sea."
+    assert first.raw_prediction == "<|im_start|>assistant\nA sandy beach\u2028by the sea.<|im_end|>"
+    assert first.references == samples[0].references
+    assert fourth.prediction == "The sky is cloudy. Grey."
+    assert empty.prediction == "" and empty.scores["meteor"] == 0.0 and empty.scores["bleu4"] == 0.0
+    assert failed.prediction == "" and failed.error == "CUDA out of memory"
+    assert first.scores["meteor"] > 0.2 and first.scores["spice"] is None
+
+    printed = completed.stdout
+    assert "alpha (Org/Alpha-2B): n=4 (empty 1, failed 1, missing 1)" in printed
+    assert "1 samples failed in the runner" in printed
+    summary = json.loads((out / SUMMARY_JSON).read_text())
+    assert [m["model_name"] for m in summary["models"]] == ["alpha", "beta"]
+    assert summary["significance"] == {}  # different sample sets: no paired test
+
+
+def test_human_baseline_scores_first_reference_against_the_rest(tmp_path: Path, data_file: Path) -> None:
+    out = tmp_path / "results"
+    completed = scoring("human-baseline", "--data", data_file, "--output-dir", out, "--spice-jars", tmp_path / "none")
+    assert completed.returncode == 0, completed.stderr
+    metrics = read_json(out / "human-baseline_metrics.json", MetricsFile)
+    assert metrics.num_samples == 5  # every sample here has >= 2 captions
+    assert metrics.model_id.startswith("human")
+    rows = list(read_jsonl(out / "human-baseline_sample_scores.jsonl", SampleScores))
+    by_sample = {sample.sample_id: sample for sample in load_dataset(data_file).samples}
+    for row in rows:
+        assert row.prediction == by_sample[row.sample_id].references[0]
+        assert row.references == by_sample[row.sample_id].references[1:]
+    assert metrics.metrics["meteor"] > 0
+
+
+def test_meteor_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, data_file: Path) -> None:
+    predictions = write_predictions(tmp_path / "m_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)})
+    out = tmp_path / "results"
+    completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--meteor-heap", "8m")
+    assert completed.returncode == 2
+    assert "METEOR (meteor-1.5.jar) died" in completed.stderr
+    assert "OutOfMemoryError" in completed.stderr  # the JVM's own stderr tail
+    assert not list(out.glob("*_metrics.json")) if out.exists() else True
+
+
+def test_spice_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, data_file: Path) -> None:
+    jars = tmp_path / "fake-corenlp"
+    jars.mkdir()
+    for name in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar"):
+        (jars / name).write_bytes(b"not a jar")
+    predictions = write_predictions(tmp_path / "s_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)})
+    out = tmp_path / "results"
+    completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--spice-jars", jars)
+    assert completed.returncode == 2
+    assert "SPICE exited with status" in completed.stderr
+    assert "Exception" in completed.stderr or "Error" in completed.stderr.split("SPICE exited", 1)[1]
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_java_missing_names_the_package(tmp_path: Path, data_file: Path) -> None:
+    predictions = write_predictions(tmp_path / "j_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)})
+    env = runner_env()
+    env["PATH"] = str(tmp_path / "empty-bin")
+    env.pop("SCORING_JAVA", None)
+    completed = scoring("score", "--predictions", predictions, "--output-dir", tmp_path / "results", env=env)
+    assert completed.returncode == 2
+    assert "default-jre-headless" in completed.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_prediction_files_are_refused_before_any_work(tmp_path: Path, data_file: Path) -> None:
+    out = tmp_path / "results"
+    no_refs = tmp_path / "n_predictions.jsonl"
+    no_refs.write_text(
+        PredictionRecord(sample_id="a", image="i", query="q", prediction="p", references=[]).model_dump_json() + "\n"
+    )
+    completed = scoring("score", "--predictions", no_refs, "--output-dir", out)
+    assert completed.returncode == 2 and "has no references; pass --data FILE" in completed.stderr
+
+    broken = tmp_path / "b_predictions.jsonl"
+    broken.write_text('{"sample_id": "a"}\n')
+    completed = scoring("score", "--predictions", broken, "--output-dir", out)
+    assert completed.returncode == 2 and f"{broken}:1: not a valid PredictionRecord" in completed.stderr
+
+    completed = scoring("score", "--predictions", tmp_path / "absent.jsonl", "--output-dir", out)
+    assert completed.returncode == 2 and "predictions file not found" in completed.stderr
+
+    good = write_predictions(tmp_path / "g_predictions.jsonl", data_file, {0: ("x", None)})
+    completed = scoring("score", "--predictions", good, "--output-dir", out, "--bootstrap", "100")
+    assert completed.returncode == 2 and "at least 1000" in completed.stderr
+    assert not out.exists()
+
+
+def test_java_is_not_needed_to_summarise(tmp_path: Path) -> None:
+    completed = scoring("summarize", tmp_path)
+    assert completed.returncode == 2 and "no *_metrics.json files" in completed.stderr
+
+
+@pytest.mark.skipif(os.environ.get("SCORING_TEST_NETWORK") != "1", reason="needs Maven Central (set SCORING_TEST_NETWORK=1)")
+def test_fetch_spice_downloads_verified_jars(tmp_path: Path) -> None:
+    completed = scoring("fetch-spice", "--dest", tmp_path, timeout=1800)
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "stanford-corenlp-3.6.0.jar").is_file()
