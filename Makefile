@@ -59,7 +59,6 @@ demo:
 	$(PYTHON) -m orchestrator ablation --engine local --gpus none --models all \
 		--data data/sample/sample.csv --output-dir $(DEMO_DIR) --model-path-root $(TINY_DIR) \
 		--batch-size 4 --max-new-tokens 16 $(EXTRA_ARGS)
-	$(PYTHON) -m scoring summarize $(DEMO_DIR)
 	@echo "=== DEMO done: results in $(DEMO_DIR)/ (open $(DEMO_DIR)/report.html)."
 	@echo "=== Reminder: tiny random-weight models, so the captions and the numbers above are meaningless."
 

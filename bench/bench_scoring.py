@@ -130,9 +130,7 @@ def main() -> int:
     items = leave_one_out()
     references = [item[3] for item in items]
     names = list(PERTURBATIONS)[: args.models]
-    candidates = {
-        name: [" ".join(PERTURBATIONS[name](item[2].split())) for item in items] for name in names
-    }
+    candidates = {name: [" ".join(PERTURBATIONS[name](item[2].split())) for item in items] for name in names}
     print(f"{len(items)} leave-one-out samples x {len(names)} models: {', '.join(names)}")
 
     models = [

@@ -226,7 +226,7 @@ def print_report(report: dict[str, Any], workers: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=6, help="panoramas per size (default 6)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats, best kept (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="image worker threads (default 2: this machine)")
     parser.add_argument("--batch", type=int, default=8, help="preprocessing batch (default 8)")
     parser.add_argument("--tiny-samples", type=int, default=16, help="samples per tiny runner run (default 16)")

@@ -335,9 +335,10 @@ class Ablation:
         for outcome in runnable:
             work.put(outcome)
         errors: list[BaseException] = []
+        stopping = threading.Event()
 
         def worker(gpu_id: str) -> None:
-            while True:
+            while not stopping.is_set():
                 try:
                     outcome = work.get_nowait()
                 except queue.Empty:
@@ -351,9 +352,17 @@ class Ablation:
         threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in self.gpus.ids]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.5)  # short joins keep Ctrl-C responsive
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.5)  # short joins keep Ctrl-C responsive
+        except BaseException:
+            # Ctrl-C: no worker takes another model; what runs is stopped, then the workers are waited for.
+            stopping.set()
+            self.engine.stop_all()
+            for thread in threads:
+                thread.join(timeout=60)
+            raise
         if errors:
             raise errors[0]
 

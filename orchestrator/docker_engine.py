@@ -132,8 +132,18 @@ class DockerEngine(Engine):
                     f"{shown} cannot be read by others, and the containers run as uid {self.user[0]} "
                     "(never root): `chmod -R o+rX` them"
                 )
-            # ... and write the results.
             uid, gid = self.user
+            # ... write the Hugging Face cache where the fetch step fills it ...
+            if plan.hf_cache is not None and plan.model_path_root is None and not plan.options.skip_fetch:
+                if not plan.hf_cache.exists():
+                    plan.hf_cache.mkdir(parents=True)
+                    os.chown(plan.hf_cache, uid, gid)
+                elif plan.hf_cache.stat().st_uid != uid:
+                    raise PlanError(
+                        f"the Hugging Face cache {plan.hf_cache} belongs to another user, and the fetch container "
+                        f"runs as uid {uid} (never root): pass --hf-cache with a folder of uid {uid}, or --skip-fetch"
+                    )
+            # ... and write the results.
             for folder, _dirs, files in os.walk(plan.output_dir):
                 os.chown(folder, uid, gid)
                 for name in files:

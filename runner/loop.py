@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,6 +178,24 @@ class PredictionWriter:
         self.handle.close()
 
 
+@contextmanager
+def run_lock(predictions_path: Path) -> Iterator[None]:
+    """One runner per predictions file: a second one at the same time would caption (and write) samples twice."""
+    import fcntl
+
+    lock_path = predictions_path.with_name(f".{predictions_path.name}.lock")
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunnerError(
+                f"another runner is writing {predictions_path} (lock {lock_path}); wait for it or use another "
+                "--output-dir",
+                2,
+            ) from None
+        yield  # the lock is released when the file closes, also when the process is killed
+
+
 def move_aside(paths: list[Path]) -> list[Path]:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     moved = []
@@ -286,115 +305,115 @@ def run(config: RunConfig, log: Callable[[str], None] = lambda line: print(line,
     predictions_path = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
     manifest_path = results_file(config.output_dir, RUN_MANIFEST, spec.name)
     csv_path = results_file(config.output_dir, PREDICTIONS_CSV, spec.name)
+    with run_lock(predictions_path):
+        device = resolve_device(config.device)
+        dtype_name = resolve_dtype(config.dtype, device, spec)
+        from runner.adapters import adapter_for
+        from runner.adapters.base import GREEDY
 
-    device = resolve_device(config.device)
-    dtype_name = resolve_dtype(config.dtype, device, spec)
-    from runner.adapters import adapter_for
+        adapter_class = adapter_for(spec.family)
+        max_side = config.max_image_side if config.max_image_side is not None else adapter_class.max_image_side
 
-    adapter_class = adapter_for(spec.family)
-    max_side = config.max_image_side if config.max_image_side is not None else adapter_class.max_image_side
+        manifest = RunManifest(
+            model_name=spec.name,
+            model_id=spec.hub_id,
+            model_path=str(config.model_path.resolve()) if config.model_path else None,
+            revision=config.revision or spec.revision,
+            family=spec.family,
+            dtype=dtype_name,
+            device=device,
+            prompt_template=config.prompt_template,
+            decoding={
+                **GREEDY,
+                "max_new_tokens": config.max_new_tokens,
+                "min_new_tokens": config.min_new_tokens,
+                "max_image_side": max_side,
+                "max_image_pixels": config.max_image_pixels,
+            },
+            data_file=str(Path(config.data_file).resolve()),
+            data_sha256=file_sha256(config.data_file),
+            num_samples=len(samples),
+            batch_size_requested=config.batch_size,
+            batch_size_used=config.batch_size,
+            started_at=now(),
+            status="running",
+            versions=library_versions(),
+        )
 
-    manifest = RunManifest(
-        model_name=spec.name,
-        model_id=spec.hub_id,
-        model_path=str(config.model_path.resolve()) if config.model_path else None,
-        revision=config.revision or spec.revision,
-        family=spec.family,
-        dtype=dtype_name,
-        device=device,
-        prompt_template=config.prompt_template,
-        decoding={
-            "do_sample": False,
-            "num_beams": 1,
-            "max_new_tokens": config.max_new_tokens,
-            "min_new_tokens": config.min_new_tokens,
-            "max_image_side": max_side,
-            "max_image_pixels": config.max_image_pixels,
-        },
-        data_file=str(Path(config.data_file).resolve()),
-        data_sha256=file_sha256(config.data_file),
-        num_samples=len(samples),
-        batch_size_requested=config.batch_size,
-        batch_size_used=config.batch_size,
-        started_at=now(),
-        status="running",
-        versions=library_versions(),
-    )
+        # --- resume or refuse to mix -------------------------------------------------------------------------
+        if predictions_path.exists() and predictions_path.stat().st_size > 0:
+            previous = _previous_manifest(manifest_path)
+            ours = compatibility(manifest.model_dump())
+            if config.overwrite:
+                moved = move_aside([predictions_path, csv_path, manifest_path])
+                log(f"--overwrite: moved previous files aside: {', '.join(str(p) for p in moved)}")
+            elif previous is None:
+                raise RunnerError(
+                    f"{predictions_path} exists but {manifest_path} does not, so it cannot be checked that it was made "
+                    "with the same arguments; choose another --output-dir or pass --overwrite (moves it aside)",
+                    2,
+                )
+            elif compatibility(previous) != ours:
+                theirs = compatibility(previous)
+                differences = {k: (theirs[k], ours[k]) for k in COMPATIBILITY_KEYS if theirs[k] != ours[k]}
+                raise RunnerError(
+                    f"{predictions_path} was made with other arguments {differences} (previous, now); choose another "
+                    "--output-dir or pass --overwrite (moves the old files aside)",
+                    2,
+                )
+        done = {record.sample_id: record for record in read_done(predictions_path)}
+        todo_samples = [(order, s) for order, s in enumerate(samples) if s.sample_id not in done]
+        if done:
+            log(f"resuming: {len(done)} sample(s) already in {predictions_path}, {len(todo_samples)} to go")
+        write_json_atomic(manifest_path, manifest)
 
-    # --- resume or refuse to mix -------------------------------------------------------------------------
-    if predictions_path.exists() and predictions_path.stat().st_size > 0:
-        previous = _previous_manifest(manifest_path)
-        ours = compatibility(manifest.model_dump())
-        if config.overwrite:
-            moved = move_aside([predictions_path, csv_path, manifest_path])
-            log(f"--overwrite: moved previous files aside: {', '.join(str(p) for p in moved)}")
-        elif previous is None:
-            raise RunnerError(
-                f"{predictions_path} exists but {manifest_path} does not, so it cannot be checked that it was made "
-                "with the same arguments; choose another --output-dir or pass --overwrite (moves it aside)",
-                2,
-            )
-        elif compatibility(previous) != ours:
-            theirs = compatibility(previous)
-            differences = {k: (theirs[k], ours[k]) for k in COMPATIBILITY_KEYS if theirs[k] != ours[k]}
-            raise RunnerError(
-                f"{predictions_path} was made with other arguments {differences} (previous, now); choose another "
-                "--output-dir or pass --overwrite (moves the old files aside)",
-                2,
-            )
-    done = {record.sample_id: record for record in read_done(predictions_path)}
-    todo_samples = [(order, s) for order, s in enumerate(samples) if s.sample_id not in done]
-    if done:
-        log(f"resuming: {len(done)} sample(s) already in {predictions_path}, {len(todo_samples)} to go")
-    write_json_atomic(manifest_path, manifest)
+        stats = RunStats(batch_size_used=config.batch_size)
+        timings: dict[str, float] = {}
+        if todo_samples:
+            try:
+                _generate_all(
+                    config, spec, adapter_class, device, dtype_name, max_side, todo_samples, predictions_path, manifest,
+                    stats, timings, log,
+                )  # fmt: skip
+            except BaseException as error:
+                # What was written stays (a restart resumes); the manifest says the run did not finish, and why.
+                manifest.status = "failed"  # type: ignore[attr-defined]
+                manifest.message = f"{type(error).__name__}: {error}"  # type: ignore[attr-defined]
+                manifest.batch_size_used, manifest.oom_retries, manifest.timings = (
+                    stats.batch_size_used, stats.oom_retries, timings,
+                )  # fmt: skip
+                manifest.finished_at = now()
+                write_json_atomic(manifest_path, manifest)
+                raise
 
-    stats = RunStats(batch_size_used=config.batch_size)
-    timings: dict[str, float] = {}
-    if todo_samples:
-        try:
-            _generate_all(
-                config, spec, adapter_class, device, dtype_name, max_side, todo_samples, predictions_path, manifest,
-                stats, timings, log,
-            )  # fmt: skip
-        except BaseException as error:
-            # What was written stays (a restart resumes); the manifest says the run did not finish, and why.
-            manifest.status = "failed"  # type: ignore[attr-defined]
-            manifest.message = f"{type(error).__name__}: {error}"  # type: ignore[attr-defined]
-            manifest.batch_size_used, manifest.oom_retries, manifest.timings = (
-                stats.batch_size_used, stats.oom_retries, timings,
-            )  # fmt: skip
-            manifest.finished_at = now()
-            write_json_atomic(manifest_path, manifest)
-            raise
-
-    # --- outputs for people and for the orchestrator -------------------------------------------------------
-    all_records = {record.sample_id: record for record in read_done(predictions_path)}
-    wanted = {s.sample_id for s in samples}
-    written = [all_records[s.sample_id] for s in samples if s.sample_id in all_records]
-    write_predictions_csv(csv_path, samples, all_records)
-    errors_by_kind = Counter(record.error.split(":", 1)[0] for record in written if record.error)
-    manifest.batch_size_used = stats.batch_size_used
-    manifest.oom_retries = stats.oom_retries
-    manifest.timings = timings
-    manifest.num_errors = sum(errors_by_kind.values())
-    manifest.errors_by_kind = dict(errors_by_kind)
-    manifest.finished_at = now()
-    manifest.status = "completed"  # type: ignore[attr-defined]
-    manifest.num_written = len(written)  # type: ignore[attr-defined]
-    manifest.num_written_this_run = stats.written  # type: ignore[attr-defined]
-    write_json_atomic(manifest_path, manifest)
-    missing = len(wanted) - len(written)
-    return RunnerResult(
-        model_name=spec.name,
-        status="completed" if missing == 0 else "failed",
-        predictions_file=str(predictions_path),
-        manifest_file=str(manifest_path),
-        num_samples=len(samples),
-        num_written=len(written),
-        num_errors=manifest.num_errors,
-        samples_per_second=timings.get("samples_per_s"),
-        message=None if missing == 0 else f"{missing} sample(s) have no prediction",
-    )
+        # --- outputs for people and for the orchestrator -------------------------------------------------------
+        all_records = {record.sample_id: record for record in read_done(predictions_path)}
+        wanted = {s.sample_id for s in samples}
+        written = [all_records[s.sample_id] for s in samples if s.sample_id in all_records]
+        write_predictions_csv(csv_path, samples, all_records)
+        errors_by_kind = Counter(record.error.split(":", 1)[0] for record in written if record.error)
+        manifest.batch_size_used = stats.batch_size_used
+        manifest.oom_retries = stats.oom_retries
+        manifest.timings = timings
+        manifest.num_errors = sum(errors_by_kind.values())
+        manifest.errors_by_kind = dict(errors_by_kind)
+        manifest.finished_at = now()
+        manifest.status = "completed"  # type: ignore[attr-defined]
+        manifest.num_written = len(written)  # type: ignore[attr-defined]
+        manifest.num_written_this_run = stats.written  # type: ignore[attr-defined]
+        write_json_atomic(manifest_path, manifest)
+        missing = len(wanted) - len(written)
+        return RunnerResult(
+            model_name=spec.name,
+            status="completed" if missing == 0 else "failed",
+            predictions_file=str(predictions_path),
+            manifest_file=str(manifest_path),
+            num_samples=len(samples),
+            num_written=len(written),
+            num_errors=manifest.num_errors,
+            samples_per_second=timings.get("samples_per_s"),
+            message=None if missing == 0 else f"{missing} sample(s) have no prediction",
+        )
 
 
 def _previous_manifest(path: Path) -> dict[str, Any] | None:

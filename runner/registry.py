@@ -27,7 +27,9 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         _spec("blip2-opt-2.7b", "blip2", "Salesforce/blip2-opt-2.7b"),
-        _spec("internvl2-2b", "internvl2", "OpenGVLab/InternVL2-2B"),
+        # The published checkpoint is remote code (InternLM2 LM) that runs on transformers 4.46.x only; its image
+        # pins 4.46.3. The adapter also loads native (converted) InternVL checkpoints on 5.x: see docs/RUNNER.md.
+        _spec("internvl2-2b", "internvl2", "OpenGVLab/InternVL2-2B", transformers="==4.46.3"),
         _spec("blip2-flan-t5-xl", "blip2", "Salesforce/blip2-flan-t5-xl"),
         _spec("qwen2.5-vl-3b", "qwen2.5-vl", "Qwen/Qwen2.5-VL-3B-Instruct"),
         _spec("gemma-3-4b", "gemma3", "google/gemma-3-4b-it"),

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pycocoevalcap  # noqa: F401  (imported for its version lookup below)
 import sacrebleu
 
 from contract import COCO_BLEU_METRICS, HEADLINE_METRICS, MetricsFile, SampleCounts, SampleScores
@@ -195,7 +194,9 @@ def _score_with(
         ]
         for m in models
     ]
-    references = [[[normalise_text(ref) for ref in refs if normalise_text(ref)] for refs in m.references] for m in models]
+    references = [
+        [[normalise_text(ref) for ref in refs if normalise_text(ref)] for refs in m.references] for m in models
+    ]
     texts = [text for model_refs in references for refs in model_refs for text in refs]
     texts += [text for model_predictions in predictions for text in model_predictions]
     log(f"tokenizing {len(set(texts))} distinct texts (PTB, one JVM)")
@@ -239,7 +240,7 @@ def _score_with(
         for m_index, model in enumerate(models):
             spice_scores[m_index] = np.array([by_key[f"{m_index}/{s}"] for s in range(len(model.sample_ids))])
 
-    log("METEOR 1.5 (one JVM for all models)")
+    log("waiting for METEOR 1.5 (one JVM for all models)")
     meteor_job.join()
     if meteor_job.error is not None:
         raise meteor_job.error

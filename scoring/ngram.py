@@ -70,22 +70,33 @@ class ReferenceSet:
             for ngram in {ngram for ref in refs for ngram in ref}:
                 self.document_frequency[ngram] += 1
         self.log_num_references = np.log(float(len(cooked)))
+        # idf = log(#samples) - log(max(1, df)), computed once per n-gram (np.log, as pycocoevalcap does); an
+        # n-gram no reference has gets log(#samples).
+        self.idf = {
+            ngram: float(self.log_num_references - np.log(max(1.0, frequency)))
+            for ngram, frequency in self.document_frequency.items()
+        }
+        self.unseen_idf = float(self.log_num_references - np.log(1.0))
         self.cider_refs = [[self._tfidf(ref) for ref in refs] for refs in cooked]
 
     def _tfidf(self, counts: dict[tuple[str, ...], int]) -> tuple[list[dict], list[float], int]:
-        """tf-idf vector per n-gram order, its norms, and pycocoevalcap's "length" (the bigram count)."""
+        """tf-idf vector per n-gram order, its norms, and pycocoevalcap's "length" (the bigram count).
+
+        Plain IEEE double arithmetic in the same order as pycocoevalcap (x*x and sqrt are correctly rounded,
+        like its pow(x, 2) and np.sqrt), so the values are the same bits.
+        """
         vectors: list[dict[tuple[str, ...], float]] = [{} for _ in range(MAX_ORDER)]
         norms = [0.0] * MAX_ORDER
         length = 0
+        idf, unseen = self.idf, self.unseen_idf
         for ngram, term_frequency in counts.items():
-            log_df = np.log(max(1.0, self.document_frequency.get(ngram, 0.0)))
             order = len(ngram) - 1
-            value = float(term_frequency) * (self.log_num_references - log_df)
+            value = float(term_frequency) * idf.get(ngram, unseen)
             vectors[order][ngram] = value
-            norms[order] += pow(value, 2)
+            norms[order] += value * value
             if order == 1:
                 length += term_frequency
-        return vectors, [np.sqrt(norm) for norm in norms], length
+        return vectors, [math.sqrt(norm) for norm in norms], length
 
     # -- metrics -----------------------------------------------------------------------------------------
 
@@ -101,7 +112,9 @@ class ReferenceSet:
         """pycocoevalcap Bleu(4) with its 'closest' reference length, on PTB-tokenized text."""
         scorer = BleuScorer(n=MAX_ORDER)
         scorer.crefs = list(self.coco_cooked)
-        scorer.ctest = [cook_test(hyp, refs, n=MAX_ORDER) for hyp, refs in zip(hypotheses, self.coco_cooked, strict=True)]
+        scorer.ctest = [
+            cook_test(hyp, refs, n=MAX_ORDER) for hyp, refs in zip(hypotheses, self.coco_cooked, strict=True)
+        ]
         corpus, _ = scorer.compute_score(option="closest", verbose=0)
         stats = np.zeros((len(hypotheses), 2 + 2 * MAX_ORDER))
         for index, comps in enumerate(scorer.ctest):
@@ -123,7 +136,9 @@ class ReferenceSet:
             best_precision, best_recall = max(precisions), max(recalls)
             if best_precision != 0 and best_recall != 0:
                 beta2 = ROUGE_BETA**2
-                scores[index] = ((1 + beta2) * best_precision * best_recall) / float(best_recall + beta2 * best_precision)
+                scores[index] = ((1 + beta2) * best_precision * best_recall) / float(
+                    best_recall + beta2 * best_precision
+                )
         return float(np.mean(scores)), scores
 
     def cider_d(self, hypotheses: Sequence[str]) -> tuple[float, np.ndarray]:
@@ -162,16 +177,18 @@ def _cider_similarity(
     vec_hyp: list[dict], vec_ref: list[dict], norm_hyp: list[float], norm_ref: list[float], len_hyp: int, len_ref: int
 ) -> np.ndarray:
     delta = float(len_hyp - len_ref)
-    value = np.array([0.0] * MAX_ORDER)
+    penalty = np.e ** (-(delta**2) / (2 * CIDER_SIGMA**2))
+    values = []
     for order in range(MAX_ORDER):
         reference = vec_ref[order]
+        value = 0.0
         for ngram, weight in vec_hyp[order].items():
             ref_weight = reference.get(ngram, 0.0)
-            value[order] += min(weight, ref_weight) * ref_weight
+            value += min(weight, ref_weight) * ref_weight
         if norm_hyp[order] != 0 and norm_ref[order] != 0:
-            value[order] /= norm_hyp[order] * norm_ref[order]
-        value[order] *= np.e ** (-(delta**2) / (2 * CIDER_SIGMA**2))
-    return value
+            value /= norm_hyp[order] * norm_ref[order]
+        values.append(value * penalty)
+    return np.array(values)
 
 
 def sacrebleu_from_stats(stats: np.ndarray) -> float:

@@ -6,8 +6,9 @@ per-sample data is embedded ONCE as JSON that plain JS renders page by page (1,2
 responsive because only one page of rows is ever in the DOM).
 
 Panorama thumbnails are small JPEGs written next to the page in `thumbs/` (not embedded): QuIC-360 test has 393
-distinct panoramas, which as base64 data URIs would add about 5 MB that the browser must parse before showing
-anything, while files next to the page load lazily, only for the rows on screen, and are reused on rebuilds.
+distinct panoramas; a 256x128 photo thumbnail is about 7 kB, so as base64 data URIs they would add about 3.6 MB
+(more than the 2.2 MB of data itself) that the browser must parse before showing anything, while files next to
+the page load lazily, only for the rows on screen, and are reused on rebuilds.
 """
 
 from __future__ import annotations
@@ -116,7 +117,6 @@ class ReportInputs:
     ablation: AblationManifest | None = None
     human: MetricsFile | None = None
     image_note: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def scored(self) -> list[ModelView]:
@@ -327,8 +327,11 @@ def _half_width(ci: tuple[float, float] | None) -> float | None:
 
 
 def best_values(models: list[ModelView], digits: int) -> dict[str, float]:
-    """metric -> the best value rounded as displayed, so ties at the shown precision are all bold."""
+    """metric -> the best value rounded as displayed, so ties at the shown precision are all bold. Nothing is
+    bold with fewer than two models to compare."""
     best: dict[str, float] = {}
+    if len(models) < 2:
+        return best
     for metric in HEADLINE_METRICS:
         values = [round(v * SCALE, digits) for m in models if (v := m.metric(metric)) is not None]
         if values:
@@ -487,6 +490,8 @@ def metric_charts(inputs: ReportInputs) -> dict[str, str]:
             human = inputs.human.metrics.get(metric) if inputs.human else None
             if human is not None:  # the figure caption in the page names the line
                 axes.axvline(human * SCALE, color="#e45756", linestyle="--", linewidth=1)
+            reach = max([v + h for v, h in zip(values, high, strict=True)] + [human * SCALE if human else 0.0])
+            axes.set_xlim(0, reach * 1.05 if reach > 0 else 1)  # bars start at 0; an all-zero chart still has a scale
             axes.set_xlabel(f"{METRIC_LABELS[metric]} (x100), error bars: 95% CI")
             axes.spines[["top", "right"]].set_visible(False)
             buffer = io.StringIO()
@@ -531,8 +536,11 @@ def _leaderboard(inputs: ReportInputs) -> str:
             cells.append(f'<td data-value="{counts.failed}" class="num">{counts.failed} / {counts.empty}</td>')
         else:
             cells.append('<td data-value="-1" class="na">—</td>')
-        status = _e(model.status) + (f": {_e(model.message)}" if model.message and model.status != "scored" else "")
-        cells.append(f'<td data-value="{_e(model.status)}" class="status-{_e(model.status)}">{status}</td>')
+        message = model.message if model.message and model.status != "scored" else ""
+        status = _e(model.status) + (f": {_e(_clip(message, 160))}" if message else "")
+        cells.append(
+            f'<td data-value="{_e(model.status)}" class="status-{_e(model.status)}" title="{_e(message)}">{status}</td>'
+        )
         rows.append(f'<tr data-model="{_e(model.name)}">' + "".join(cells) + "</tr>")
     foot = ""
     if inputs.human:

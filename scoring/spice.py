@@ -14,12 +14,13 @@ import math
 import os
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoring.java import JVM_LOCALE_FLAGS, ToolProcessError, spice_jar, spice_lib_dir, stderr_tail
+from scoring.java import JVM_LOCALE_FLAGS, ScoringError, ToolProcessError, spice_jar, spice_lib_dir, stderr_tail
 
 CORENLP_VERSION = "3.6.0"
 CORENLP_JARS = (f"stanford-corenlp-{CORENLP_VERSION}.jar", f"stanford-corenlp-{CORENLP_VERSION}-models.jar")
@@ -88,9 +89,7 @@ def run_spice(
             command += ["-cache", str(cache_dir)]
         completed = subprocess.run(command, capture_output=True, cwd=temp, check=False)
         if completed.returncode != 0 or not output_file.is_file():
-            raise ToolProcessError(
-                f"SPICE exited with status {completed.returncode}:\n{stderr_tail(completed.stderr)}"
-            )
+            raise ToolProcessError(f"SPICE exited with status {completed.returncode}:\n{stderr_tail(completed.stderr)}")
         results = json.loads(output_file.read_text(encoding="utf-8"))
     scores: dict[str, float] = {}
     for result in results:
@@ -115,6 +114,13 @@ def _sha_of(path: Path, algorithm: str) -> str:
 
 def fetch_corenlp(dest: Path, sha256: dict[str, str] | None = None, timeout: float = 120.0) -> list[Path]:
     """Download the two CoreNLP jars from Maven Central into dest, verified, written atomically."""
+    try:
+        return _fetch_corenlp(dest, sha256, timeout)
+    except (urllib.error.URLError, TimeoutError) as error:
+        raise ScoringError(f"could not download from {MAVEN_CENTRAL} (this needs network access): {error}") from error
+
+
+def _fetch_corenlp(dest: Path, sha256: dict[str, str] | None, timeout: float) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for name in CORENLP_JARS:

@@ -150,9 +150,7 @@ def _wait_for_predictions(process: subprocess.Popen[str], path: Path, count: int
 def test_killed_container_is_marked_failed_and_a_rerun_resumes(
     client, tmp_path: Path, tiny_checkpoint, make_panorama_data
 ) -> None:
-    data = _data(
-        make_panorama_data, tmp_path / "data", num_images=6, queries=("location", "people", "weather", "sky")
-    )
+    data = _data(make_panorama_data, tmp_path / "data", num_images=6, queries=("location", "people", "weather", "sky"))
     root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
     out = tmp_path / "results"
     jsonl = out / "llava-1.5-7b_predictions.jsonl"

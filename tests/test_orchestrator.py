@@ -279,3 +279,32 @@ def test_ctrl_c_stops_the_local_runner(tmp_path: Path, tiny_checkpoint, make_pan
     assert processes_mentioning(str(out)) == [], "a runner process outlived the orchestrator"
     assert statuses(out) == {"llava-1.5-7b": "failed"}
     assert "interrupted" in (manifest(out).models[0].message or "")
+
+
+def test_parallel_runs_one_model_per_gpu(tmp_path: Path, tiny_checkpoint, make_panorama_data) -> None:
+    """--parallel with --gpus 0,1: each model gets its own CUDA_VISIBLE_DEVICES id (CPU here: no GPU exists)."""
+    data = make_panorama_data(tmp_path / "data", num_images=1)
+    models = ["blip2-opt-2.7b", "llava-1.5-7b"]
+    root = model_root(tmp_path, tiny_checkpoint, models)
+    out = tmp_path / "results"
+    run = run_orchestrator(
+        "ablation", "--engine", "local", "--gpus", "0,1", "--parallel", "--models", ",".join(models),
+        "--data", data.data_file, "--output-dir", out, "--model-path-root", root, "--max-new-tokens", "4",
+        "--no-report",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+    started = sorted(
+        line.split(" started at ")[1].split(" ", 1)[1] for line in run.stdout.splitlines() if " started at " in line
+    )
+    assert started == ["(GPU 0)", "(GPU 1)"]
+    assert "one model per GPU, in parallel" in run.stdout
+    assert statuses(out) == {"blip2-opt-2.7b": "completed", "llava-1.5-7b": "completed"}
+
+
+def test_parallel_needs_listed_gpus(tmp_path: Path, panorama_data) -> None:
+    run = run_orchestrator(
+        "ablation", "--engine", "local", "--gpus", "all", "--parallel", "--models", "llava-1.5-7b",
+        "--data", panorama_data.data_file, "--output-dir", tmp_path / "out", timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "--parallel runs one model per GPU and needs the GPUs listed" in run.stderr

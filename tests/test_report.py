@@ -435,3 +435,15 @@ def test_multiline_reasons_stay_inside_latex_comments_and_markdown_items(tmp_pat
     assert "\n\n" not in tex  # a blank line would end the caption's paragraph
     md = (folder.results / COMPARISON_MD).read_text()
     assert f"- Not shown: {FAILED} (failed: Traceback: RuntimeError: boom)\n" in md
+
+
+def test_single_model_has_nothing_bold(tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request, failed_model=None, human_baseline=False)
+    for path in folder.results.iterdir():
+        if path.is_file() and not path.name.startswith(MODELS[0]):
+            path.unlink()
+    page = build_report(folder.results, data_file=folder.data_file).read_text(encoding="utf-8")
+    assert "**" not in (folder.results / COMPARISON_MD).read_text()
+    assert "\\textbf" not in (folder.results / COMPARISON_TEX).read_text()
+    assert 'class="num best"' not in page
+    assert f"| {MODELS[0]} |" in (folder.results / COMPARISON_MD).read_text()

@@ -321,3 +321,30 @@ def test_leaderboard_sorts_and_browser_filters_sorts(page: Page, tmp_path: Path,
     )
     assert found == [planted]
     assert page.errors() == []
+
+
+@pytest.mark.parametrize("variant", ["spice-unavailable", "metrics-only", "images-missing", "one-model"])
+def test_report_with_missing_pieces_has_no_page_errors(page: Page, tmp_path: Path, request, variant: str) -> None:
+    options: dict[str, object] = {"spice_available": variant != "spice-unavailable"}
+    folder = synthetic_folder(tmp_path, request, **options)
+    if variant == "metrics-only":
+        for path in folder.results.iterdir():
+            if not path.name.endswith("_metrics.json"):
+                path.unlink()
+    elif variant == "images-missing":
+        for image in (folder.data_file.parent / "images").iterdir():
+            image.unlink()
+    elif variant == "one-model":
+        for path in folder.results.iterdir():
+            if path.is_file() and not path.name.startswith(folder.scored_models[0]):
+                path.unlink()
+    page.open(build_report(folder.results, data_file=None if variant == "metrics-only" else folder.data_file))
+    state = page.evaluate(STATE_JS)
+    assert state["ready"] == "1" and state["boardVisible"], state
+    assert page.errors() == [] and state["jsErrors"] == ""
+    expected_rows = {"one-model": 1, "metrics-only": len(folder.scored_models)}.get(variant, len(folder.models))
+    assert len(state["boardRows"]) == expected_rows
+    if variant == "metrics-only":
+        assert state["predictions"] == [] and state["pageInfo"] == "0 of 0"
+    else:
+        assert len(state["predictions"]) >= 1 and all(visible for _, _, visible in state["predictions"])

@@ -246,3 +246,40 @@ def test_cuda_oom_halves_the_batch_down_to_one(panorama_data, tiny_checkpoint, t
     assert calls == [8, 4, 2, 2, 2, 2]  # 8 -> 4 -> 2, then the rest at the size that fit
     manifest = read_json(results_file(tmp_path / "out", RUN_MANIFEST, FAST_MODEL), RunManifest)
     assert (manifest.batch_size_requested, manifest.batch_size_used, manifest.oom_retries) == (8, 2, 2)
+
+
+def test_hub_id_path_offline_records_the_resolved_commit(panorama_data, tiny_checkpoint, tmp_path):
+    """Without --model-path the runner loads the Hub id; here from a Hub cache laid out as a download leaves it."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--Salesforce--blip2-opt-2.7b"
+    shutil.copytree(tiny_checkpoint(FAST_MODEL), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    out = tmp_path / "out"
+    env = {**runner_env(), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    args = ["--model", FAST_MODEL, "--data", panorama_data.data_file, "--output-dir", out, "--device", "cpu",
+            "--limit", "2", "--no-progress"]  # fmt: skip
+    completed = subprocess.run(runner_command(*args), env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=180)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    manifest = read_json(results_file(out, RUN_MANIFEST, FAST_MODEL), RunManifest)
+    assert manifest.model_path is None and manifest.model_id == "Salesforce/blip2-opt-2.7b"
+    assert (manifest.revision, manifest.resolved_revision) == ("main", commit)
+    assert len(list(read_jsonl(results_file(out, PREDICTIONS_JSONL, FAST_MODEL), PredictionRecord))) == 2
+
+
+def test_a_second_runner_on_the_same_predictions_file_is_refused(panorama_data, tiny_checkpoint, tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    predictions = results_file(out, PREDICTIONS_JSONL, FAST_MODEL)
+    with open(predictions.with_name(f".{predictions.name}.lock"), "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running runner holds
+        with pytest.raises(RunnerError, match="another runner is writing"):
+            in_process(tiny_checkpoint(FAST_MODEL), panorama_data.data_file, out, limit=1)
+    assert not predictions.exists()
+    # Released (the first runner ended or was killed): the next run goes ahead.
+    assert in_process(tiny_checkpoint(FAST_MODEL), panorama_data.data_file, out, limit=1).num_written == 1

@@ -113,7 +113,7 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
 
     completed = scoring(
         "score", "--predictions", alpha, beta, "--data", data_file, "--intersection",
-        "--model-id", "alpha=Org/Alpha-2B", "--output-dir", out, "--spice-jars", tmp_path / "none",
+        "--model-id", "alpha=Org/Alpha-2B", "--output-dir", out, "--spice-jars", tmp_path / "none", "--report",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     alpha_metrics = read_json(out / "alpha_metrics.json", MetricsFile)
@@ -142,6 +142,8 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
     summary = json.loads((out / SUMMARY_JSON).read_text())
     assert [m["model_name"] for m in summary["models"]] == ["alpha", "beta"]
     assert summary["significance"] == {}  # different sample sets: no paired test
+    # --report hands the folder to scoring.report.build_report after the metrics are written.
+    assert f"report: {out / 'report.html'}" in printed and (out / "report.html").is_file()
 
 
 def test_human_baseline_scores_first_reference_against_the_rest(tmp_path: Path, data_file: Path) -> None:
@@ -160,7 +162,9 @@ def test_human_baseline_scores_first_reference_against_the_rest(tmp_path: Path, 
 
 
 def test_meteor_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, data_file: Path) -> None:
-    predictions = write_predictions(tmp_path / "m_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)})
+    predictions = write_predictions(
+        tmp_path / "m_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)}
+    )
     out = tmp_path / "results"
     completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--meteor-heap", "8m")
     assert completed.returncode == 2
@@ -174,17 +178,22 @@ def test_spice_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, da
     jars.mkdir()
     for name in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar"):
         (jars / name).write_bytes(b"not a jar")
-    predictions = write_predictions(tmp_path / "s_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)})
+    predictions = write_predictions(
+        tmp_path / "s_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)}
+    )
     out = tmp_path / "results"
     completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--spice-jars", jars)
     assert completed.returncode == 2
     assert "SPICE exited with status" in completed.stderr
-    assert "Exception" in completed.stderr or "Error" in completed.stderr.split("SPICE exited", 1)[1]
+    # Its own stderr tail: the SPICE jar started with our classpath and arguments, then found no CoreNLP classes.
+    assert "NoClassDefFoundError: edu/stanford/nlp/" in completed.stderr.split("SPICE exited", 1)[1]
     assert not out.exists() or not list(out.iterdir())
 
 
 def test_java_missing_names_the_package(tmp_path: Path, data_file: Path) -> None:
-    predictions = write_predictions(tmp_path / "j_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)})
+    predictions = write_predictions(
+        tmp_path / "j_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)}
+    )
     env = runner_env()
     env["PATH"] = str(tmp_path / "empty-bin")
     env.pop("SCORING_JAVA", None)
@@ -222,7 +231,9 @@ def test_java_is_not_needed_to_summarise(tmp_path: Path) -> None:
     assert completed.returncode == 2 and "no *_metrics.json files" in completed.stderr
 
 
-@pytest.mark.skipif(os.environ.get("SCORING_TEST_NETWORK") != "1", reason="needs Maven Central (set SCORING_TEST_NETWORK=1)")
+@pytest.mark.skipif(
+    os.environ.get("SCORING_TEST_NETWORK") != "1", reason="needs Maven Central (set SCORING_TEST_NETWORK=1)"
+)
 def test_fetch_spice_downloads_verified_jars(tmp_path: Path) -> None:
     completed = scoring("fetch-spice", "--dest", tmp_path, timeout=1800)
     assert completed.returncode == 0, completed.stderr

@@ -4,11 +4,13 @@
 # torch wheel from the local disk. The debootstrap root file system is cached by a content key under
 # CI_CACHE_DIR, so a repeated run only imports it again.
 #
-#   images/ci-base/build.sh TORCH_WHEEL WHEELHOUSE_DIR      -> last line printed: the image tag
+#   images/ci-base/build.sh TORCH_WHEEL WHEELHOUSE_DIR      -> stdout: the image tag (progress: stderr)
 #
 # WHEELHOUSE_DIR must hold torch's own dependencies (`make wheelhouse TORCH_WHEEL=...` puts them there).
 # Uses the docker CLI against $DOCKER_HOST.
 set -euo pipefail
+# Everything but the tag goes to stderr, so `tag=$(build.sh ...)` works and the progress stays visible.
+exec 3>&1 1>&2
 
 torch_wheel=$1
 wheelhouse=$2
@@ -24,7 +26,7 @@ tag=vlm-ablation/ci-base:$key
 
 if docker image inspect "$tag" >/dev/null 2>&1; then
     echo "base image $tag already present"
-    echo "$tag"
+    echo "$tag" >&3
     exit 0
 fi
 
@@ -57,4 +59,4 @@ rm -f "$context"/wheelhouse/torch-*.whl.tmp
 # Only one torch wheel may be offered: the one named on the command line.
 find "$context/wheelhouse" -name 'torch-*.whl' ! -name "$(basename "$torch_wheel")" -delete
 DOCKER_BUILDKIT=0 docker build --network none --build-arg ROOTFS_IMAGE="$rootfs_image" -t "$tag" "$context"
-echo "$tag"
+echo "$tag" >&3

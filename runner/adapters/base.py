@@ -7,15 +7,26 @@ the generated ids is the answer. Register a family with `@register_family("name"
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import transformers
 from PIL import Image
 
 from runner.registry import ModelSpec
+
+# Plain greedy decoding, whatever the checkpoint's generation_config says; recorded in the run manifest.
+GREEDY: dict[str, Any] = {
+    "do_sample": False,
+    "num_beams": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "temperature": None,
+    "top_p": None,
+    "top_k": None,
+}
 
 
 @dataclass
@@ -25,7 +36,7 @@ class LoadedModel:
     resolved_revision: str | None = None  # commit hash when loaded from the Hub
 
 
-class Adapter(ABC):
+class Adapter:
     family: ClassVar[str]
     # Decoder-only models pad on the left and return prompt + answer; encoder-decoder models return only the answer.
     decoder_only: ClassVar[bool] = True
@@ -47,34 +58,75 @@ class Adapter(ABC):
             # Some Llama-family tokenizers ship without a pad token; batching needs one (masked out anyway).
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    # --- what each family provides -------------------------------------------------------------------
+    # --- what a family sets -------------------------------------------------------------------------
+
+    # The transformers model class, looked up by name when loading, so that importing every adapter works on
+    # each family's pinned transformers version (e.g. 4.46.3 has no native InternVL or Gemma 3 classes).
+    model_class_name: ClassVar[str]
+    # The documented prompt format ({prompt} = the instruction) for checkpoints without a chat template;
+    # None means the family always ships one and its absence is an error.
+    fallback_format: ClassVar[str | None] = None
+    # Gemma 3's processor wants one list of images per prompt: [[image], [image], ...].
+    nested_images: ClassVar[bool] = False
+
+    # --- shared behaviour; a family overrides only what differs --------------------------------------
 
     @classmethod
-    @abstractmethod
     def load(cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
-        """Load model + processor from a Hub id or a local folder (same code path for both)."""
+        """Load model + processor from a Hub id or a local folder (the same code path for both)."""
+        commit = resolve_hub_revision(source, revision)
+        pinned = commit or revision  # processor and weights from the same commit
+        processor = cls.load_processor(source, pinned)
+        model_class = getattr(transformers, cls.model_class_name)
+        model = model_class.from_pretrained(source, revision=pinned, dtype=dtype).to(device).eval()
+        return LoadedModel(model=model, processor=processor, resolved_revision=commit or commit_hash(model))
 
-    @abstractmethod
+    @classmethod
+    def load_processor(cls, source: str, revision: str | None) -> Any:
+        return transformers.AutoProcessor.from_pretrained(source, revision=revision)
+
     def build_prompt(self, instruction: str) -> str:
-        """The exact text the model sees for one sample (chat template or documented format applied)."""
+        """The exact text the model sees for one sample: the chat template, else the documented format."""
+        templated = chat_template_prompt(self.processor, instruction)
+        if templated is not None:
+            return templated
+        if self.fallback_format is None:
+            raise ValueError(f"{self.spec.name}: the processor has no chat template (the published checkpoint has one)")
+        return self.fallback_format.format(prompt=instruction)
 
-    @abstractmethod
     def build_inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
-        """Processor call for one batch; returns tensors already on self.device."""
-
-    # --- shared behaviour, overridable ---------------------------------------------------------------
+        """Processor call for one batch (left padding set in __init__); tensors on self.device."""
+        kwargs: dict[str, Any] = {}
+        if template_wrote_bos(self.tokenizer, prompts):
+            kwargs["add_special_tokens"] = False  # a second <bos> would change the model's input
+        inputs = self.processor(
+            images=[[image] for image in images] if self.nested_images else images,
+            text=prompts,
+            padding=True,
+            return_tensors="pt",
+            **kwargs,
+        )
+        return move_inputs(inputs, self.device, self.dtype)
 
     def generate(self, inputs: dict[str, Any], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
-        """Greedy decoding. Returns generated ids (with the prompt for decoder-only models)."""
+        """Greedy decoding. Returns generated ids (with the prompt for decoder-only models).
+
+        GREEDY overrides what a checkpoint's generation_config sets (Qwen2.5-VL ships sampling settings and a
+        repetition penalty), so every model decodes the same way and the manifest says exactly how.
+        """
         with torch.inference_mode():
             return self.model.generate(
                 **inputs,
-                do_sample=False,
-                num_beams=1,
+                **GREEDY,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens or None,
                 pad_token_id=self.pad_token_id,
+                **self.generation_kwargs(),
             )
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Family-specific generate() arguments (e.g. a stop token)."""
+        return {}
 
     def generated_ids(self, output_ids: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Only the newly generated ids: slice at the PADDED input length (never at a count of non-pad tokens).
@@ -108,6 +160,27 @@ def commit_hash(model: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def resolve_hub_revision(source: str, revision: str | None) -> str | None:
+    """The commit a Hub `revision` (branch, tag, hash) points to, resolved ONCE before loading; None when unknown.
+
+    Passing the returned hash as `revision` to every from_pretrained call of one load makes processor and weights
+    come from the same repository state, and the hash is what the run manifest records. A local folder has no
+    commit (None). Offline (HF_HUB_OFFLINE=1), the mapping cached by an earlier download is used.
+    """
+    import os
+
+    if os.path.isdir(source):
+        return None
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+
+        resolved = HfApi().resolve_revision(source, revision=revision, local_files_only=bool(HF_HUB_OFFLINE))
+        return str(getattr(resolved, "resolved", "") or "") or None
+    except Exception:  # noqa: BLE001  (older huggingface_hub, no network, no cache: loading reports real problems)
+        return None
+
+
 def move_inputs(inputs: Any, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """Processor output onto the device; floating tensors (pixel values) to the model's dtype, ids stay integer."""
     moved: dict[str, Any] = {}
@@ -116,6 +189,12 @@ def move_inputs(inputs: Any, device: torch.device, dtype: torch.dtype) -> dict[s
             value = value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
         moved[key] = value
     return moved
+
+
+def template_wrote_bos(tokenizer: Any, prompts: list[str]) -> bool:
+    """True when every prompt already starts with the BOS token (the tokenizer must not add another one)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return bool(bos) and all(prompt.startswith(bos) for prompt in prompts)
 
 
 def chat_template_prompt(processor: Any, instruction: str) -> str | None:

@@ -6,17 +6,11 @@ itself) and with the Q-Former's own tokenizer (`qformer_input_ids`), so the Q-Fo
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import InstructBlipForConditionalGeneration
-
 from runner.adapters.base import register_family
 from runner.adapters.blip2 import Blip2Adapter
 
 
 @register_family("instructblip")
 class InstructBlipAdapter(Blip2Adapter):
-    model_class: Any = InstructBlipForConditionalGeneration
-
-    def build_prompt(self, instruction: str) -> str:
-        return instruction
+    model_class_name = "InstructBlipForConditionalGeneration"
+    fallback_format = "{prompt}"

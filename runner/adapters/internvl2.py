@@ -28,15 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoProcessor, PretrainedConfig
+from transformers import PretrainedConfig
 
 from runner.adapters.base import (
     Adapter,
     LoadedModel,
-    chat_template_prompt,
     commit_hash,
     move_inputs,
     register_family,
+    resolve_hub_revision,
 )
 
 NATIVE_MODEL_TYPE = "internvl"
@@ -164,17 +164,13 @@ def checkpoint_model_type(source: str, revision: str | None) -> str:
 class InternVL2Adapter(Adapter):
     # 448 px tiles, up to 12: a 2:1 panorama is cut 4 x 2 at 1792 x 896 (+ thumbnail), the model's full detail.
     max_image_side = 1792
+    model_class_name = "InternVLForConditionalGeneration"  # the native format; remote code loads via AutoModel
 
     @classmethod
     def load(cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
         if checkpoint_model_type(source, revision) == REMOTE_MODEL_TYPE:
             return cls._load_remote(source, revision=revision, dtype=dtype, device=device)
-        # Imported here: the remote-code image pins transformers 4.46.3, which has no native InternVL classes.
-        from transformers import InternVLForConditionalGeneration
-
-        processor = AutoProcessor.from_pretrained(source, revision=revision)
-        model = InternVLForConditionalGeneration.from_pretrained(source, revision=revision, dtype=dtype)
-        return LoadedModel(model=model.to(device).eval(), processor=processor, resolved_revision=commit_hash(model))
+        return super().load(source, revision=revision, dtype=dtype, device=device)
 
     @classmethod
     def _load_remote(
@@ -184,6 +180,8 @@ class InternVL2Adapter(Adapter):
         # from the pinned revision. The "processor" is the tokenizer: the remote checkpoint has no processor.
         from transformers import AutoModel, AutoTokenizer
 
+        commit = resolve_hub_revision(source, revision)
+        revision = commit or revision  # tokenizer, code and weights from the same commit
         if not (revision and re.fullmatch(r"[0-9a-f]{40}", revision)) and not Path(source).is_dir():
             warnings.warn(
                 f"{source}: running remote code from revision {revision!r}, not a pinned commit hash", stacklevel=2
@@ -192,7 +190,9 @@ class InternVL2Adapter(Adapter):
         model = AutoModel.from_pretrained(
             source, revision=revision, torch_dtype=dtype, trust_remote_code=True, low_cpu_mem_usage=True
         )
-        return LoadedModel(model=model.to(device).eval(), processor=tokenizer, resolved_revision=commit_hash(model))
+        return LoadedModel(
+            model=model.to(device).eval(), processor=tokenizer, resolved_revision=commit or commit_hash(model)
+        )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -227,39 +227,16 @@ class InternVL2Adapter(Adapter):
     def build_prompt(self, instruction: str) -> str:
         if self.remote:
             return internvl2_chat_prompt(instruction, self.system_message)
-        prompt = chat_template_prompt(self.processor, instruction)
-        if prompt is None:
-            raise ValueError(f"{self.spec.name}: the native InternVL processor has no chat template")
-        return prompt
+        return super().build_prompt(instruction)
 
     def build_inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
         if self.remote:
             return move_inputs(remote_inputs(self.tokenizer, self.layout, images, prompts), self.device, self.dtype)
-        bos = self.tokenizer.bos_token
-        inputs = self.processor(
-            text=prompts,
-            images=images,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-            # A template that writes <bos> itself must not get a second one from the tokenizer.
-            add_special_tokens=not (bos and all(prompt.startswith(bos) for prompt in prompts)),
-        )
-        return move_inputs(inputs, self.device, self.dtype)
+        return super().build_inputs(images, prompts)
 
-    def generate(self, inputs: dict[str, Any], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
-        if not self.remote:
-            return super().generate(inputs, max_new_tokens, min_new_tokens)
-        with torch.inference_mode():
-            return self.model.generate(
-                **inputs,
-                do_sample=False,
-                num_beams=1,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens or None,
-                pad_token_id=self.pad_token_id,
-                eos_token_id=self.turn_end_id,  # as the remote chat(): stop at the template separator
-            )
+    def generation_kwargs(self) -> dict[str, Any]:
+        # As the remote chat(): stop at the template's turn separator.
+        return {"eos_token_id": self.turn_end_id} if self.remote else {}
 
     def generated_ids(self, output_ids: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         # The remote generate() runs the language model on embeddings only, so its output holds no prompt ids.

@@ -7,17 +7,12 @@ with left padding the batch stays aligned. Prompt: the processor's chat template
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import LlavaNextForConditionalGeneration
-
-from runner.adapters.base import register_family
-from runner.adapters.llava import LlavaAdapter
+from runner.adapters.base import Adapter, register_family
 
 
 @register_family("llava-next")
-class LlavaNextAdapter(LlavaAdapter):
+class LlavaNextAdapter(Adapter):
     # The largest anyres grid is 1008 pixels on its long side (3 x 336 tiles).
     max_image_side = 1008
-    model_class: Any = LlavaNextForConditionalGeneration
+    model_class_name = "LlavaNextForConditionalGeneration"
     fallback_format = "[INST] <image>\n{prompt} [/INST]"

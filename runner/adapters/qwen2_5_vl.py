@@ -10,18 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
-from PIL import Image
-from transformers import AutoProcessor
-
-from runner.adapters.base import (
-    Adapter,
-    LoadedModel,
-    chat_template_prompt,
-    commit_hash,
-    move_inputs,
-    register_family,
-)
+from runner.adapters.base import Adapter, register_family
 
 # One vision token per 28x28 block after the 2x2 patch merge (14 px patches).
 PIXELS_PER_VISION_TOKEN = 28 * 28
@@ -47,31 +36,10 @@ class Qwen2_5_VLAdapter(Adapter):
     # 1400 x 700 is the largest 2:1 size inside MAX_PIXELS on the 28 px grid: no second resize in the processor.
     max_image_side = 1400
     max_pixels: ClassVar[int] = MAX_PIXELS
+    model_class_name = "Qwen2_5_VLForConditionalGeneration"
 
     @classmethod
-    def load(cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
-        processor = AutoProcessor.from_pretrained(source, revision=revision)
+    def load_processor(cls, source: str, revision: str | None) -> Any:
+        processor = super().load_processor(source, revision)
         cap_max_pixels(processor.image_processor, cls.max_pixels)
-        # Imported here so that importing runner.adapters works on every family's transformers version.
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, revision=revision, dtype=dtype)
-        return LoadedModel(model=model.to(device).eval(), processor=processor, resolved_revision=commit_hash(model))
-
-    def build_prompt(self, instruction: str) -> str:
-        prompt = chat_template_prompt(self.processor, instruction)
-        if prompt is None:
-            raise ValueError(f"{self.spec.name}: the processor has no chat template (Qwen2.5-VL-Instruct ships one)")
-        return prompt
-
-    def build_inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
-        inputs = self.processor(
-            text=prompts,
-            images=images,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-            # The chat template already wrote every special token (Qwen2 has no BOS anyway).
-            add_special_tokens=False,
-        )
-        return move_inputs(inputs, self.device, self.dtype)
+        return processor

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from runner.registry import ModelSpec
-from runner.tiny.common import register_tiny, save_tiny, train_tokenizer, widen_init
+from runner.tiny.common import prefer_word_tokens, register_tiny, save_tiny, train_tokenizer, widen_init
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -106,5 +106,6 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
     )
     model = Blip2ForConditionalGeneration(config)
     widen_init(model)
+    prefer_word_tokens(model, tokenizer)
     model.eval()
     save_tiny(model, processor, out_dir)

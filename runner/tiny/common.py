@@ -106,3 +106,39 @@ def widen_init(model: object, std: float = 0.2, seed: int = 0) -> None:
         for parameter in model.parameters():  # type: ignore[attr-defined]
             if parameter.dim() >= 2:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+def prefer_word_tokens(model: object, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Zero the output rows of every token that is not a word (single bytes, symbols, specials other than EOS).
+
+    Random weights otherwise pick byte tokens about as often as words, and predictions fill up with control
+    characters and broken UTF-8. With these rows at zero their logit is 0 while some word's is almost surely
+    higher, so greedy output reads as (random) words and can still end with EOS.
+    """
+    import torch
+
+    head = model.get_output_embeddings()  # type: ignore[attr-defined]
+    rows = head.weight.shape[0]
+    non_words = []
+    for token, index in tokenizer.get_vocab().items():
+        if index >= rows or index == tokenizer.eos_token_id:
+            continue
+        text = tokenizer.convert_tokens_to_string([token]).strip()
+        if token in tokenizer.all_special_tokens or not (len(text) >= 2 and text.isalpha()):
+            non_words.append(index)
+    with torch.no_grad():
+        head.weight[non_words] = 0.0
+        if getattr(head, "bias", None) is not None:
+            head.bias[non_words] = 0.0
+
+
+def with_named_tokens(tokenizer: PreTrainedTokenizerFast, named: dict[str, str]) -> PreTrainedTokenizerFast:
+    """Re-wrap a trained tokenizer so processors find model-specific tokens by name (saved in tokenizer_config)."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token,
+        unk_token=tokenizer.unk_token,
+        extra_special_tokens=named,
+    )

@@ -13,11 +13,10 @@ from transformers import (
     Gemma3ImageProcessor,
     Gemma3Processor,
     GenerationConfig,
-    PreTrainedTokenizerFast,
 )
 
 from runner.registry import ModelSpec
-from runner.tiny.common import register_tiny, save_tiny, train_tokenizer, widen_init
+from runner.tiny.common import register_tiny, save_tiny, train_tokenizer, widen_init, with_named_tokens
 
 # The turn layout the real gemma-3-it chat template produces (written here, not copied): `<bos>`, then per turn
 # `<start_of_turn>{user|model}\n` + content + `<end_of_turn>\n`, a system turn folded into the first user turn,
@@ -54,18 +53,6 @@ TINY_IMAGE_SIDE = 32
 TINY_PATCH_SIZE = 8
 # Pooled to a square grid of tokens per image: (32 / 8) ** 2 = 16 patches, average-pooled 2x2 -> 4 tokens.
 TINY_MM_TOKENS_PER_IMAGE = 4
-
-
-def with_named_tokens(tokenizer: PreTrainedTokenizerFast, named: dict[str, str]) -> PreTrainedTokenizerFast:
-    """Re-wrap a trained tokenizer so processors find model-specific tokens by name (saved in tokenizer_config)."""
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer.backend_tokenizer,
-        bos_token=tokenizer.bos_token,
-        eos_token=tokenizer.eos_token,
-        pad_token=tokenizer.pad_token,
-        unk_token=tokenizer.unk_token,
-        extra_special_tokens=named,
-    )
 
 
 @register_tiny("gemma3")

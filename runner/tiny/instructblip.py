@@ -20,7 +20,7 @@ from transformers import (
 
 from runner.registry import ModelSpec
 from runner.tiny.blip2 import IMAGE_SIZE, NUM_QUERY_TOKENS, PATCH_SIZE, VISION_HIDDEN, tiny_image_processor
-from runner.tiny.common import register_tiny, save_tiny, train_tokenizer, widen_init
+from runner.tiny.common import prefer_word_tokens, register_tiny, save_tiny, train_tokenizer, widen_init
 
 
 @register_tiny("instructblip")
@@ -75,5 +75,6 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
     )
     model = InstructBlipForConditionalGeneration(config)
     widen_init(model)
+    prefer_word_tokens(model, tokenizer)
     model.eval()
     save_tiny(model, processor, out_dir)

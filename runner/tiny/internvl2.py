@@ -21,8 +21,7 @@ from transformers import (
 
 from runner.adapters.internvl2 import IMAGENET_MEAN, IMAGENET_STD, INTERNVL2_SYSTEM_MESSAGE
 from runner.registry import ModelSpec
-from runner.tiny.common import register_tiny, save_tiny, train_tokenizer, widen_init
-from runner.tiny.gemma3 import with_named_tokens
+from runner.tiny.common import register_tiny, save_tiny, train_tokenizer, widen_init, with_named_tokens
 
 # InternVL2-2B's `internlm2-chat` conversation (MPT separator style, sep `<|im_end|>` with NO newline after it):
 #   <|im_start|>system\n{system}<|im_end|><|im_start|>user\n<image>\n{question}<|im_end|><|im_start|>assistant\n

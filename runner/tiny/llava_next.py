@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from runner.registry import ModelSpec
-from runner.tiny.common import register_tiny, save_tiny, widen_init
+from runner.tiny.common import prefer_word_tokens, register_tiny, save_tiny, widen_init
 from runner.tiny.llava import IMAGE_SEQ_LENGTH, IMAGE_SIZE, PATCH_SIZE, tiny_clip_vision, tiny_llama_tokenizer
 
 # Real: [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]] for 336-pixel tiles.
@@ -79,5 +79,6 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
     )
     model = LlavaNextForConditionalGeneration(config)
     widen_init(model)
+    prefer_word_tokens(model, tokenizer)
     model.eval()
     save_tiny(model, processor, out_dir)
