@@ -7,6 +7,7 @@ Exit codes: 0 completed, 1 the run failed, 2 bad arguments or input (nothing exp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-root", type=Path, help="folder relative image paths are resolved against")
     parser.add_argument("--max-image-side", type=positive_int, help="downscale images to this longest side")
     parser.add_argument("--max-image-pixels", type=positive_int, help="downscale images to at most this many pixels")
-    parser.add_argument("--num-workers", type=positive_int, default=2, help="image loading threads")
+    parser.add_argument(
+        "--num-workers", type=positive_int, default=min(8, os.cpu_count() or 2), help="image loading threads"
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="move existing predictions made with other arguments aside"
     )

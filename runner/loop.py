@@ -15,7 +15,7 @@ import platform
 import string
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -442,7 +442,7 @@ def _generate_all(
     import torch
     from tqdm import tqdm
 
-    from runner.images import ImageLimits, ImageLoadError, header_pixels, load_image, prefetch_batches
+    from runner.images import ImageLimits, header_pixels, load_image, prefetch_batches
 
     device = torch.device(device_str)
     dtype = getattr(torch, dtype_name)
@@ -473,19 +473,12 @@ def _generate_all(
     writer = PredictionWriter(predictions_path)
     progress = tqdm(total=len(pending), unit="sample", file=sys.stderr, disable=not config.progress, mininterval=1.0)
     generated_count = 0
+    image_batches = prefetch_batches(batched(pending, config.batch_size), load, num_workers=config.num_workers)
     try:
-        for batch, images in prefetch_batches(
-            batched(pending, config.batch_size), load, num_workers=config.num_workers
-        ):
-            records: dict[int, PredictionRecord] = {}
-            ready: list[tuple[PendingSample, Any]] = []
-            for item, image in zip(batch, images, strict=True):
-                if isinstance(image, ImageLoadError):
-                    records[id(item)] = _record(spec, item, "", image.record_text())
-                else:
-                    ready.append((item, image))
+        for batch, failed, ready, prepared in _preprocess_ahead(adapter, spec, image_batches):
+            records = dict(failed)
             started = time.perf_counter()
-            for item, prediction, error in _generate_with_oom_retry(adapter, ready, config, stats):
+            for item, prediction, error in _generate_with_oom_retry(adapter, ready, prepared, config, stats):
                 records[id(item)] = _record(spec, item, prediction, error)
             stats.generate_s += time.perf_counter() - started
             generated_count += len(ready)
@@ -499,6 +492,36 @@ def _generate_all(
     timings["samples_per_s"] = round(generated_count / stats.generate_s, 3) if stats.generate_s > 0 else 0.0
     if device.type == "cuda":
         manifest.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+
+
+def _preprocess_ahead(adapter: Any, spec: ModelSpec, image_batches: Iterator[tuple[list[PendingSample], list[Any]]]):
+    """Yield (batch, records of failed images, ready (item, image) pairs, Future of the processor output) while a
+    worker thread already runs the processor on the NEXT batch, so tokenising and pixel preprocessing overlap
+    generation instead of leaving the GPU idle between batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runner.images import ImageLoadError
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess") as executor:
+        ahead: deque[tuple[list[PendingSample], dict[int, PredictionRecord], list[tuple[PendingSample, Any]], Any]]
+        ahead = deque()
+        for batch, images in image_batches:
+            failed: dict[int, PredictionRecord] = {}
+            ready: list[tuple[PendingSample, Any]] = []
+            for item, image in zip(batch, images, strict=True):
+                if isinstance(image, ImageLoadError):
+                    failed[id(item)] = _record(spec, item, "", image.record_text())
+                else:
+                    ready.append((item, image))
+            prepared = (
+                executor.submit(adapter.preprocess, [image for _, image in ready], [item.prompt for item, _ in ready])
+                if ready
+                else None
+            )
+            ahead.append((batch, failed, ready, prepared))
+            if len(ahead) > 1:
+                yield ahead.popleft()
+        yield from ahead
 
 
 def _record(spec: ModelSpec, item: PendingSample, prediction: str, error: str | None) -> PredictionRecord:
@@ -516,11 +539,13 @@ def _record(spec: ModelSpec, item: PendingSample, prediction: str, error: str | 
 
 
 def _generate_with_oom_retry(
-    adapter: Any, ready: list[tuple[PendingSample, Any]], config: RunConfig, stats: RunStats
+    adapter: Any, ready: list[tuple[PendingSample, Any]], prepared: Any, config: RunConfig, stats: RunStats
 ) -> list[tuple[PendingSample, str, str | None]]:
     """Generate for `ready` in chunks of the current batch size; on CUDA OOM halve it and retry, down to 1.
 
-    The reduced size is kept for the rest of the run (the next batch would run out of memory too).
+    `prepared` (a Future of adapter.preprocess over all of `ready`) is used while the whole batch fits; smaller
+    chunks after an OOM are preprocessed here. The reduced size is kept for the rest of the run (the next batch
+    would run out of memory too).
     """
     import torch
 
@@ -529,7 +554,11 @@ def _generate_with_oom_retry(
     while queue:
         chunk, queue = queue[: stats.batch_size_used], queue[stats.batch_size_used :]
         try:
-            inputs = adapter.build_inputs([image for _, image in chunk], [item.prompt for item, _ in chunk])
+            if prepared is not None and len(chunk) == len(ready):
+                inputs = adapter.to_device(prepared.result())
+            else:
+                inputs = adapter.build_inputs([image for _, image in chunk], [item.prompt for item, _ in chunk])
+            prepared = None
             output = adapter.generate(inputs, config.max_new_tokens, config.min_new_tokens)
             predictions = adapter.decode(output, inputs)
         except torch.cuda.OutOfMemoryError:

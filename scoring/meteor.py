@@ -11,6 +11,7 @@ parameters) turns any summed statistics, e.g. a bootstrap resample, into the cor
 from __future__ import annotations
 
 import collections
+import os
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -83,6 +84,7 @@ class MeteorProcess:
         self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_reader.start()
         self._lock = threading.Lock()
+        self._pending = b""  # bytes read past the last complete reply line
 
     def _drain_stderr(self) -> None:
         assert self._process.stderr is not None
@@ -100,29 +102,40 @@ class MeteorProcess:
             f"{stderr_tail(b''.join(self._stderr))}"
         )
 
-    def _write_all(self, lines: Sequence[str], failure: list[BaseException]) -> None:
+    def _write_all(self, payload: bytes, failure: list[BaseException]) -> None:
         assert self._process.stdin is not None
         try:
-            for line in lines:
-                self._process.stdin.write(line.encode("utf-8"))
+            # One write: the GIL is released while the pipe drains, however busy the Python side is.
+            self._process.stdin.write(payload)
             self._process.stdin.flush()
         except (BrokenPipeError, OSError) as error:
             failure.append(error)
 
+    def _read_lines(self, count: int, what: str) -> list[str]:
+        """Read `count` reply lines in large chunks (one GIL acquisition per chunk, not per line)."""
+        assert self._process.stdout is not None
+        descriptor = self._process.stdout.fileno()
+        lines: list[bytes] = []
+        while len(lines) < count:
+            chunk = os.read(descriptor, 1 << 16)
+            if not chunk:
+                raise self._died(what)
+            *complete, self._pending = (self._pending + chunk).split(b"\n")
+            lines.extend(complete)
+        if len(lines) > count:
+            raise ToolProcessError(f"METEOR answered {len(lines)} lines where {count} were expected")
+        return [line.decode("utf-8").strip() for line in lines]
+
     def _exchange(self, lines: Sequence[str], answers: int, what: str) -> list[str]:
         """Send lines from a writer thread while reading answers here (no pipe deadlock, no per-line wait)."""
-        assert self._process.stdout is not None
         failure: list[BaseException] = []
-        writer = threading.Thread(target=self._write_all, args=(lines, failure), daemon=True)
+        payload = "".join(lines).encode("utf-8")
+        writer = threading.Thread(target=self._write_all, args=(payload, failure), daemon=True)
         writer.start()
-        replies = []
-        for _ in range(answers):
-            reply = self._process.stdout.readline()
-            if not reply:
-                writer.join(timeout=5)
-                raise self._died(what)
-            replies.append(reply.decode("utf-8").strip())
-        writer.join()
+        try:
+            replies = self._read_lines(answers, what)
+        finally:
+            writer.join(timeout=None if not failure else 5)
         if failure:
             raise self._died(what)
         return replies

@@ -78,7 +78,8 @@ class Adapter:
         pinned = commit or revision  # processor and weights from the same commit
         processor = cls.load_processor(source, pinned)
         model_class = getattr(transformers, cls.model_class_name)
-        model = model_class.from_pretrained(source, revision=pinned, dtype=dtype).to(device).eval()
+        # device_map loads the safetensors straight onto the device (no full copy in host memory first).
+        model = model_class.from_pretrained(source, revision=pinned, dtype=dtype, device_map=str(device)).eval()
         return LoadedModel(model=model, processor=processor, resolved_revision=commit or commit_hash(model))
 
     @classmethod
@@ -94,8 +95,11 @@ class Adapter:
             raise ValueError(f"{self.spec.name}: the processor has no chat template (the published checkpoint has one)")
         return self.fallback_format.format(prompt=instruction)
 
-    def build_inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
-        """Processor call for one batch (left padding set in __init__); tensors on self.device."""
+    def preprocess(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
+        """Processor call for one batch, on the CPU (the loop runs it in a worker thread, overlapping generation).
+
+        Left padding is set in __init__; tensors come back in pinned memory so the copy to the GPU is asynchronous.
+        """
         kwargs: dict[str, Any] = {}
         if template_wrote_bos(self.tokenizer, prompts):
             kwargs["add_special_tokens"] = False  # a second <bos> would change the model's input
@@ -106,7 +110,14 @@ class Adapter:
             return_tensors="pt",
             **kwargs,
         )
+        return pin_memory(dict(inputs), self.device)
+
+    def to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return move_inputs(inputs, self.device, self.dtype)
+
+    def build_inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
+        """Model inputs for one batch, on self.device."""
+        return self.to_device(self.preprocess(images, prompts))
 
     def generate(self, inputs: dict[str, Any], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
         """Greedy decoding. Returns generated ids (with the prompt for decoder-only models).
@@ -186,9 +197,17 @@ def move_inputs(inputs: Any, device: torch.device, dtype: torch.dtype) -> dict[s
     moved: dict[str, Any] = {}
     for key, value in dict(inputs).items():
         if isinstance(value, torch.Tensor):
-            value = value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+            dtype_here = dtype if value.is_floating_point() else value.dtype
+            value = value.to(device=device, dtype=dtype_here, non_blocking=value.is_pinned())
         moved[key] = value
     return moved
+
+
+def pin_memory(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Page-locked CPU tensors when the model is on a GPU (asynchronous host-to-device copies); as is otherwise."""
+    if device.type != "cuda":
+        return inputs
+    return {key: value.pin_memory() if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
 
 
 def template_wrote_bos(tokenizer: Any, prompts: list[str]) -> bool:

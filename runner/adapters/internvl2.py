@@ -34,7 +34,7 @@ from runner.adapters.base import (
     Adapter,
     LoadedModel,
     commit_hash,
-    move_inputs,
+    pin_memory,
     register_family,
     resolve_hub_revision,
 )
@@ -229,10 +229,10 @@ class InternVL2Adapter(Adapter):
             return internvl2_chat_prompt(instruction, self.system_message)
         return super().build_prompt(instruction)
 
-    def build_inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
+    def preprocess(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
         if self.remote:
-            return move_inputs(remote_inputs(self.tokenizer, self.layout, images, prompts), self.device, self.dtype)
-        return super().build_inputs(images, prompts)
+            return pin_memory(remote_inputs(self.tokenizer, self.layout, images, prompts), self.device)
+        return super().preprocess(images, prompts)
 
     def generation_kwargs(self) -> dict[str, Any]:
         # As the remote chat(): stop at the template's turn separator.
