@@ -150,24 +150,20 @@ class Ablation:
         self.started = now()
         self.scoring_record: dict[str, str | None] = {"image": None, "digest": None}
         self.gpus = GpuSelection("none")
+        self.versions: dict[str, str] = {}
 
     # --- manifest ------------------------------------------------------------------------------------------
 
     def manifest(self, finished: datetime | None = None) -> AblationManifest:
         assert self.plan is not None
         arguments = self.options.as_arguments() | {"engine": self.engine.name, "gpus_resolved": self.gpus.describe()}
-        versions = {
-            "orchestrator": _version("vlm-ablation"),
-            "docker_sdk": _version("docker"),
-            **self.engine.versions(),
-        }
         return AblationManifest(
             engine=self.engine.name,  # type: ignore[arg-type]
             arguments=arguments,
             data_file=str(self.plan.data_file),
             data_sha256=self.plan.data_sha256,
             models=[outcome.record for outcome in self.outcomes],
-            versions=versions,
+            versions=self.versions,
             scoring_image=self.scoring_record["image"],
             scoring_image_digest=self.scoring_record["digest"],
             started_at=iso(self.started),
@@ -202,10 +198,13 @@ class Ablation:
     def attach(self, plan: Plan, *, scoring: bool = True) -> Plan:
         """The engine's checks (images, mounts) for a checked plan, and one pending record per model."""
         self.plan = plan
+        requested_gpus = parse_gpus(self.options.gpus)
         images = [image_for(self.options, spec) for spec in plan.specs]
         scoring_image = self.options.images.get("scoring", SCORING_IMAGE)
         self.engine.preflight(plan, images + ([scoring_image] if scoring else []))
-        self.gpus = self.engine.resolve_gpus(parse_gpus(self.options.gpus))
+        self.gpus = self.engine.resolve_gpus(requested_gpus)
+        self.versions = {"orchestrator": _version("vlm-ablation"), "docker_sdk": _version("docker")}
+        self.versions |= self.engine.versions()
         if self.options.parallel and self.gpus.mode != "ids":
             raise PlanError(
                 "--parallel runs one model per GPU and needs the GPUs listed: --gpus 0,1,... "

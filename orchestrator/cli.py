@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _images(pairs: list[str]) -> dict[str, str]:
+def parse_image_overrides(pairs: list[str]) -> dict[str, str]:
     images = {}
     for pair in pairs:
         family, sep, image = pair.partition("=")
@@ -117,7 +117,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         hf_cache=args.hf_cache,
         skip_fetch=args.skip_fetch,
         shm_size=args.shm_size,
-        images=_images(args.image),
+        images=parse_image_overrides(args.image),
         report=not args.no_report,
     )
 
@@ -128,8 +128,10 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # SIGTERM (docker stop, a scheduler's kill) takes the same path as Ctrl-C: remove what was started.
+    # SIGTERM (docker stop, a scheduler's kill) takes the same path as Ctrl-C: remove what was started. SIGINT is
+    # set too: a shell that starts us in the background hands us SIGINT ignored, and Python then keeps it ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         if args.command == "ablation":
             from orchestrator.ablation import Ablation, make_engine

@@ -7,11 +7,13 @@ carries labels naming this run, so a Ctrl-C (or a test) can find and remove exac
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Mount
 
-from orchestrator.engines import Engine, EngineError, LineSink, RunPaths, Task, TaskResult
+from orchestrator.engines import Engine, EngineError, LineSink, RunPaths, Task, TaskResult, pump_lines
 from orchestrator.plan import GpuSelection, Plan, PlanError
 
 LABEL_MANAGED = "io.vlm-ablation.managed"
@@ -274,20 +276,15 @@ class DockerEngine(Engine):
 
     @staticmethod
     def _pump_logs(container: Any, sink: LineSink, lines: list[str]) -> None:
-        pending = ""
-        try:
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                pending += chunk.decode("utf-8", errors="replace").replace("\r", "\n")
-                *complete, pending = pending.split("\n")
-                for line in complete:
-                    if line.strip():
-                        lines.append(line)
-                        sink(line)
-        except (DockerException, OSError):
-            pass  # the container was removed under the stream (Ctrl-C); what was read is kept
-        if pending.strip():
-            lines.append(pending)
-            sink(pending)
+        def chunks() -> Iterator[str]:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may split a character
+            try:
+                for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                    yield decoder.decode(chunk)
+            except (DockerException, OSError):
+                pass  # the container was removed under the stream (Ctrl-C); what was read is kept
+
+        pump_lines(chunks(), sink, lines)
 
     def _remove(self, container: Any) -> None:
         try:

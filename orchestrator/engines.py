@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,13 +52,12 @@ class Task:
 class TaskResult:
     exit_code: int | None
     timed_out: bool = False
-    interrupted: bool = False
     message: str | None = None  # why it failed, in words (OOM, timeout, exit code)
     lines: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.interrupted
+        return self.exit_code == 0 and not self.timed_out
 
 
 class EngineError(RuntimeError):
@@ -90,13 +89,20 @@ class Engine:
         return {}
 
 
-def _pump_lines(stream: object, sink: LineSink, lines: list[str]) -> None:
-    """Read a text stream line by line; progress bars' carriage returns also end a line."""
-    for raw in iter(stream.readline, ""):  # type: ignore[attr-defined]
-        for line in raw.replace("\r", "\n").splitlines():
+def pump_lines(chunks: Iterable[str], sink: LineSink, lines: list[str]) -> None:
+    """Split a stream of text chunks (any boundaries) into lines, each kept in `lines` and passed to `sink`.
+    Progress bars' carriage returns end a line too; blank lines are dropped."""
+    pending = ""
+    for chunk in chunks:
+        pending += chunk.replace("\r", "\n")
+        *complete, pending = pending.split("\n")
+        for line in complete:
             if line.strip():
                 lines.append(line)
                 sink(line)
+    if pending.strip():
+        lines.append(pending)
+        sink(pending)
 
 
 class LocalEngine(Engine):
@@ -153,7 +159,8 @@ class LocalEngine(Engine):
         )
         with self._lock:
             self._processes[process.pid] = process
-        reader = threading.Thread(target=_pump_lines, args=(process.stdout, sink, lines), daemon=True)
+        chunks = iter(process.stdout.readline, "")  # type: ignore[union-attr]
+        reader = threading.Thread(target=pump_lines, args=(chunks, sink, lines), daemon=True)
         reader.start()
         deadline = time.monotonic() + task.timeout if task.timeout else None
         timed_out = False

@@ -6,7 +6,7 @@ import argparse
 
 from contract import write_json_atomic
 from orchestrator.ablation import Ablation, make_engine
-from orchestrator.cli import _images
+from orchestrator.cli import parse_image_overrides
 from orchestrator.plan import AblationOptions, Plan, check_writable_dir, default_hf_cache, parse_models
 from runner.registry import get_model
 
@@ -20,7 +20,11 @@ def fetch_command(args: argparse.Namespace) -> int:
     check_writable_dir(output_dir)
     hf_cache = (args.hf_cache or default_hf_cache()).expanduser().resolve()
     options = AblationOptions(
-        models=models, data_file=output_dir, output_dir=output_dir, hf_cache=hf_cache, images=_images(args.image)
+        models=models,
+        data_file=output_dir,
+        output_dir=output_dir,
+        hf_cache=hf_cache,
+        images=parse_image_overrides(args.image),
     )
     # No data file: a plan with only what the fetch step uses (models, cache, results folder for the logs).
     plan = Plan(

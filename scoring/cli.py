@@ -31,6 +31,22 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meteor-heap", default="2G", help="METEOR JVM heap (-Xmx)")
 
 
+def _add_data_columns(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-column", default="url", help="data file column with the image (default: url)")
+    parser.add_argument("--query-column", default="query", help="data file column with the query (default: query)")
+    parser.add_argument(
+        "--annotation-column", default="annotation", help="data file column with one caption (default: annotation)"
+    )
+
+
+def _columns(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "image_column": args.image_column,
+        "query_column": args.query_column,
+        "annotation_column": args.annotation_column,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scoring", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--intersection", action="store_true", help="score only samples in both data and predictions")
     score.add_argument("--model-id", action="append", default=[], metavar="NAME=ID", help="model id without manifest")
     score.add_argument("--report", action="store_true", help="build the HTML report afterwards")
+    _add_data_columns(score)
     _add_scoring_options(score)
 
     summarize = commands.add_parser("summarize", help="rebuild all_models_summary.json and comparison.csv")
@@ -51,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     human = commands.add_parser("human-baseline", help="leave-one-out human agreement (first reference vs rest)")
     human.add_argument("--data", type=Path, required=True)
     human.add_argument("--name", default="human-baseline", help="model name used for the result files")
+    _add_data_columns(human)
     _add_scoring_options(human)
 
     fetch = commands.add_parser("fetch-spice", help="download Stanford CoreNLP 3.6.0 jars for SPICE (needs network)")
@@ -99,7 +117,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "score":
         from scoring.inputs import load_data, load_model_predictions
 
-        dataset = load_data(args.data) if args.data else None
+        dataset = load_data(args.data, **_columns(args)) if args.data else None
         ids = _model_ids(args.model_id)
         models = [load_model_predictions(path, dataset, args.intersection, ids) for path in args.predictions]
         _score_and_write(models, args)
@@ -108,7 +126,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     elif args.command == "human-baseline":
         from scoring.inputs import leave_one_out, load_data
 
-        _score_and_write([leave_one_out(load_data(args.data), args.name)], args)
+        _score_and_write([leave_one_out(load_data(args.data, **_columns(args)), args.name)], args)
     elif args.command == "summarize":
         from scoring.outputs import write_summary
 

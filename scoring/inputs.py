@@ -110,7 +110,7 @@ def load_model_predictions(
         model_id=model_id,
         sample_ids=[record.sample_id for record in records],
         queries=queries,
-        raw_predictions=[record.prediction if record.error is None else "" for record in records],
+        raw_predictions=[record.prediction for record in records],  # a failed sample is scored as "" anyway
         references=references,
         errors=[record.error for record in records],
         missing=missing,
@@ -139,10 +139,10 @@ def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> Model
     )
 
 
-def load_data(path: Path) -> Dataset:
+def load_data(path: Path, **columns: str) -> Dataset:
     from contract import DataFileError
 
     try:
-        return load_dataset(path)
+        return load_dataset(path, **columns)
     except DataFileError as error:
         raise ScoringError(str(error)) from error

@@ -52,18 +52,28 @@ def _expected_owner() -> int:
     return 1000 if os.getuid() == 0 else os.getuid()
 
 
-def test_ablation_in_containers_with_one_failing_model(client, tmp_path: Path, tiny_checkpoint, make_panorama_data):
+@pytest.fixture(scope="module")
+def docker_ablation(client, tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
     """Three models in containers: two finish, one (broken checkpoint) fails, then one scoring container."""
-    data = _data(make_panorama_data, tmp_path / "data", num_images=3)
+    from conftest import build_panorama_data
+
+    tmp = tmp_path_factory.mktemp("docker_ablation")
+    data = build_panorama_data(tmp / "data", num_images=3)
+    readable_by_all(tmp / "data")
     models = ["blip2-opt-2.7b", "blip2-flan-t5-xl", "llava-1.5-7b"]
-    root = model_root(tmp_path, tiny_checkpoint, models)
+    root = model_root(tmp, tiny_checkpoint, models)
     break_checkpoint(root / "blip2-flan-t5-xl")
-    out = tmp_path / "results"
+    out = tmp / "results"
     run = run_orchestrator(
         "ablation", "--engine", "docker", "--gpus", "none", "--models", ",".join(models),
         "--data", data.data_file, "--output-dir", out, "--model-path-root", root,
         "--batch-size", "2", "--max-new-tokens", "6", "--timeout", "300",
     )  # fmt: skip
+    return data, out, run
+
+
+def test_ablation_in_containers_with_one_failing_model(client, docker_ablation) -> None:
+    data, out, run = docker_ablation
     assert run.returncode == 1, run.stdout[-4000:] + run.stderr
     assert statuses(out) == {"blip2-opt-2.7b": "completed", "blip2-flan-t5-xl": "failed", "llava-1.5-7b": "completed"}
 
@@ -90,6 +100,22 @@ def test_ablation_in_containers_with_one_failing_model(client, tmp_path: Path, t
     assert "[2/3] blip2-flan-t5-xl FAILED: container exited with code 1" in run.stdout
     assert "  completed : 2/3" in run.stdout and "  failed    : 1/3" in run.stdout
     assert managed_containers(client) == []  # every container was removed
+
+
+def test_reproduce_pins_the_images_by_digest(client, docker_ablation, tmp_path: Path) -> None:
+    data, out, _run = docker_ablation
+    again = tmp_path / "again"
+    run = run_orchestrator("reproduce", "--manifest", out / "run_manifest.json", "--output-dir", again)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr  # the broken checkpoint fails again
+    recorded = manifest(again)
+    assert recorded.arguments["images"] == {
+        "blip2": client.images.get(FAMILY_IMAGES["blip2"]).id,
+        "llava": client.images.get(FAMILY_IMAGES["llava"]).id,
+        "scoring": client.images.get(SCORING_IMAGE).id,
+    }
+    assert f"blip2-opt-2.7b: {data.num_samples}/{data.num_samples} predictions identical, 0 different" in run.stdout
+    assert f"llava-1.5-7b: {data.num_samples}/{data.num_samples} predictions identical, 0 different" in run.stdout
+    assert managed_containers(client) == []
 
 
 def test_inference_container_is_locked_down(client, tmp_path: Path, tiny_checkpoint, make_panorama_data) -> None:
@@ -179,7 +205,7 @@ def test_killed_container_is_marked_failed_and_a_rerun_resumes(
     assert managed_containers(client) == []
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_removes_every_container(
     client, tmp_path: Path, tiny_checkpoint, make_panorama_data, stop_signal: signal.Signals
 ) -> None:

@@ -308,3 +308,26 @@ def test_parallel_needs_listed_gpus(tmp_path: Path, panorama_data) -> None:
     )  # fmt: skip
     assert run.returncode == 2
     assert "--parallel runs one model per GPU and needs the GPUs listed" in run.stderr
+
+
+def test_log_lines_are_split_whatever_the_chunk_boundaries() -> None:
+    from orchestrator.engines import pump_lines
+
+    seen: list[str] = []
+    lines: list[str] = []
+    pump_lines(["[load] 10%\r[load] 100%\nfirst li", "ne\n\n", "RUNNER_RESULT {}", ""], seen.append, lines)
+    assert seen == lines == ["[load] 10%", "[load] 100%", "first line", "RUNNER_RESULT {}"]
+
+
+def test_timeout_kills_the_model_and_marks_it_failed(tmp_path: Path, tiny_checkpoint, make_panorama_data) -> None:
+    data = make_panorama_data(tmp_path / "data", num_images=1)
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
+    out = tmp_path / "results"
+    run = run_orchestrator(
+        "ablation", "--engine", "local", "--gpus", "none", "--models", "llava-1.5-7b", "--data", data.data_file,
+        "--output-dir", out, "--model-path-root", root, "--timeout", "0.5",
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "[1/1] llava-1.5-7b FAILED: timed out after 0.5 s and was killed" in run.stdout
+    assert statuses(out) == {"llava-1.5-7b": "failed"}
+    assert processes_mentioning(str(out)) == []

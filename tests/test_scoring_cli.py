@@ -170,7 +170,7 @@ def test_meteor_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, d
     assert completed.returncode == 2
     assert "METEOR (meteor-1.5.jar) died" in completed.stderr
     assert "OutOfMemoryError" in completed.stderr  # the JVM's own stderr tail
-    assert not list(out.glob("*_metrics.json")) if out.exists() else True
+    assert not out.exists() or not list(out.glob("*_metrics.json"))
 
 
 def test_spice_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, data_file: Path) -> None:
@@ -221,6 +221,11 @@ def test_bad_prediction_files_are_refused_before_any_work(tmp_path: Path, data_f
     assert completed.returncode == 2 and "predictions file not found" in completed.stderr
 
     good = write_predictions(tmp_path / "g_predictions.jsonl", data_file, {0: ("x", None)})
+    completed = scoring("score", "--predictions", good, "--data", data_file, "--annotation-column", "caption",
+                        "--output-dir", out)  # fmt: skip
+    assert completed.returncode == 2
+    assert "missing column(s) ['caption']; columns found: ['url', 'query', 'annotation']" in completed.stderr
+
     completed = scoring("score", "--predictions", good, "--output-dir", out, "--bootstrap", "100")
     assert completed.returncode == 2 and "at least 1000" in completed.stderr
     assert not out.exists()
@@ -238,3 +243,25 @@ def test_fetch_spice_downloads_verified_jars(tmp_path: Path) -> None:
     completed = scoring("fetch-spice", "--dest", tmp_path, timeout=1800)
     assert completed.returncode == 0, completed.stderr
     assert (tmp_path / "stanford-corenlp-3.6.0.jar").is_file()
+
+
+def test_ptb_tokenizer_keeps_unicode_and_lines_in_a_c_locale(tmp_path: Path) -> None:
+    """Containers often run with LANG=C: non-ASCII captions must still come back intact, one line each."""
+    code = (
+        "import json, sys; from pathlib import Path; from scoring.ptb import ptb_tokenize; "
+        "from scoring.java import find_java; "
+        "texts = ['Café naïve — 3.5 km, \"quoted\"!', 'Ünïcode 東京 tower.', '', 'last one']; "
+        "print(json.dumps(ptb_tokenize(texts, find_java(), Path(sys.argv[1]))))"
+    )
+    env = {**runner_env(), "LC_ALL": "C", "LANG": "C"}
+    completed = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO_ROOT
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == {
+        'Café naïve — 3.5 km, "quoted"!': "café naïve 3.5 km quoted",
+        "Ünïcode 東京 tower.": "ünïcode 東京 tower",
+        "": "",
+        "last one": "last one",
+    }
+    assert list(tmp_path.iterdir()) == []  # its input file is removed

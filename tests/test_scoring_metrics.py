@@ -135,9 +135,7 @@ def test_paired_p_value_separates_equal_and_different_models() -> None:
     same = corpus_metrics(matrix, weights)["rougeL"]
     observed = corpus_metrics(matrix, np.ones((1, matrix.num_samples)))["rougeL"][0]
     assert paired_p_value(observed, observed, same, same) == 1.0
-    better = SampleMatrix(
-        matrix.sacrebleu, matrix.coco_bleu, matrix.meteor, matrix.rouge + 0.2, matrix.cider, None
-    )
+    better = SampleMatrix(matrix.sacrebleu, matrix.coco_bleu, matrix.meteor, matrix.rouge + 0.2, matrix.cider, None)
     shifted = corpus_metrics(better, weights)["rougeL"]
     p = paired_p_value(observed + 0.2, observed, shifted, same)
     assert p == pytest.approx(1 / 1001)

@@ -209,3 +209,24 @@ def test_summary_and_comparison_with_paired_significance(scored) -> None:
         [sys.executable, "-m", "scoring", "summarize", str(out)], check=True, env=runner_env(), cwd=REPO_ROOT
     )
     assert json.loads((out / SUMMARY_JSON).read_text()) == before
+
+
+def test_human_baseline_on_the_data_file_equals_the_leave_one_out_reference(tmp_path: Path, direct) -> None:
+    """`human-baseline --data test.tsv` groups the real file itself and must give the same numbers."""
+    command = [
+        sys.executable,
+        "-m",
+        "scoring",
+        "human-baseline",
+        "--data",
+        str(QUIC_TEST),
+        "--output-dir",
+        str(tmp_path),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, env=runner_env(), cwd=REPO_ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = read_json(tmp_path / "human-baseline_metrics.json", MetricsFile)
+    assert metrics.num_samples == 1169
+    for metric, value in direct["loo"]["metrics"].items():
+        assert metrics.metrics[metric] == pytest.approx(value, abs=TOLERANCE, rel=0), metric
+    assert "42 samples with fewer than 2 references left out" in metrics.warnings
