@@ -188,3 +188,30 @@ def test_tokenizer_without_pad_token_still_batches(tiny_checkpoint, shared_data)
     inputs = adapter.build_inputs(images, prompts)
     assert inputs["attention_mask"][0, 0] == 0  # the shorter prompt is padded on the left
     assert len(adapter.decode(adapter.generate(inputs, 4, 4), inputs)) == 2
+
+
+def test_greedy_decoding_ignores_the_checkpoints_generation_config(tiny_checkpoint, shared_data, tmp_path):
+    """Qwen2.5-VL ships sampling settings and a repetition penalty in generation_config.json; "greedy" must stay
+    plain greedy for every model, so a checkpoint's own settings may not change a prediction."""
+    import json
+    import shutil
+
+    name = "llava-1.5-7b"
+    plain = load_adapter(name, tiny_checkpoint(name))
+    altered_dir = tmp_path / "altered"
+    shutil.copytree(tiny_checkpoint(name), altered_dir)
+    config_path = altered_dir / "generation_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config.update(do_sample=True, temperature=5.0, top_k=3, repetition_penalty=50.0, no_repeat_ngram_size=1)
+    config_path.write_text(json.dumps(config))
+    altered = load_adapter(name, altered_dir)
+    assert altered.model.generation_config.repetition_penalty == 50.0  # the setting really is in the checkpoint
+
+    limits = ImageLimits(max_side=plain.max_image_side)
+    images = [load_image(str(path), limits) for path in shared_data.images[:3]]
+    prompts = [plain.build_prompt(DEFAULT_PROMPT_TEMPLATE.format(query="location"))] * len(images)
+    outputs = []
+    for adapter in (plain, altered):
+        inputs = adapter.build_inputs(images, prompts)
+        outputs.append(adapter.decode(adapter.generate(inputs, MAX_NEW_TOKENS, MAX_NEW_TOKENS), inputs))
+    assert outputs[0] == outputs[1]
