@@ -127,7 +127,7 @@ class DockerEngine(Engine):
             )
         if os.getuid() == 0:
             # Running as root: the containers run as uid 1000, which must be able to read the mounts...
-            closed = [str(path) for path in _mounted_paths(plan) if not _readable_by_others(path)]
+            closed = [str(path) for path in _mounted_paths(plan) if path.exists() and not _readable_by_others(path)]
             if closed:
                 shown = ", ".join(closed[:3]) + (f" and {len(closed) - 3} more" if len(closed) > 3 else "")
                 raise PlanError(
