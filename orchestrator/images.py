@@ -1,5 +1,6 @@
-"""`python -m orchestrator images`: build images/<family>/Dockerfile (and scoring) through the Docker SDK, with
-the repository as the build context, tagged as runner/registry.py names them (vlm-ablation/<family>:latest)."""
+"""`python -m orchestrator images`: build each family's runner image (images/runner.Dockerfile with FAMILY=<family>,
+pins from images/<family>/requirements.txt) and the scoring image (images/scoring/Dockerfile) through the Docker
+SDK, with the repository as the build context, tagged as runner/registry.py names them."""
 
 from __future__ import annotations
 
@@ -30,16 +31,26 @@ def parse_targets(text: str) -> list[str]:
     return targets
 
 
+def dockerfile_for(target: str) -> str:
+    """The Dockerfile (relative to the repository) that builds `target`."""
+    return "images/scoring/Dockerfile" if target == "scoring" else "images/runner.Dockerfile"
+
+
 def build_image(client, target: str, buildargs: dict[str, str], offline: bool) -> str:  # noqa: ANN001
-    dockerfile = REPO_ROOT / "images" / target / "Dockerfile"
-    if not dockerfile.is_file():
-        raise PlanError(f"{dockerfile} not found: `images` must run from a checkout of the repository")
+    dockerfile = dockerfile_for(target)
+    needed = [REPO_ROOT / dockerfile]
+    if target != "scoring":
+        buildargs = {**buildargs, "FAMILY": target}
+        needed.append(REPO_ROOT / "images" / target / "requirements.txt")
+    for path in needed:
+        if not path.is_file():
+            raise PlanError(f"{path} not found: `images` must run from a checkout of the repository")
     tag = image_tag(target)
     started = time.monotonic()
     print(f"[{target}] building {tag} ({', '.join(f'{k}={v}' for k, v in sorted(buildargs.items()))})", flush=True)
     stream = client.api.build(
         path=str(REPO_ROOT),
-        dockerfile=f"images/{target}/Dockerfile",
+        dockerfile=dockerfile,
         tag=tag,
         buildargs=buildargs,
         rm=True,

@@ -494,10 +494,17 @@ def _generate_all(
         manifest.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated(device))
 
 
-def _preprocess_ahead(adapter: Any, spec: ModelSpec, image_batches: Iterator[tuple[list[PendingSample], list[Any]]]):
+def _preprocess_ahead(
+    adapter: Any,
+    spec: ModelSpec,
+    image_batches: Iterator[tuple[list[PendingSample], list[Any]]],
+) -> Iterator[tuple[list[PendingSample], dict[int, PredictionRecord], list[tuple[PendingSample, Any]], Any]]:
     """Yield (batch, records of failed images, ready (item, image) pairs, Future of the processor output) while a
     worker thread already runs the processor on the NEXT batch, so tokenising and pixel preprocessing overlap
-    generation instead of leaving the GPU idle between batches."""
+    generation instead of leaving the GPU idle between batches.
+
+    ONE thread: a fast tokenizer called with padding from two threads at once fails ("Already borrowed"), since
+    padding settings live on the shared Rust object."""
     from concurrent.futures import ThreadPoolExecutor
 
     from runner.images import ImageLoadError

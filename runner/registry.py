@@ -13,7 +13,7 @@ class ModelSpec:
     revision: str = "main"  # the resolved commit is recorded in the run manifest
     dtype: str = "bfloat16"  # on GPU; tests on CPU use float32
     transformers: str = ">=5.0,<6"  # versions this entry is known to work with
-    image: str = ""  # Docker image for the family (images/<family>/Dockerfile)
+    image: str = ""  # Docker image for the family (images/runner.Dockerfile + images/<family>/requirements.txt)
 
 
 IMAGE_PREFIX = "vlm-ablation"

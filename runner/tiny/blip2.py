@@ -21,7 +21,11 @@ from transformers import (
 )
 
 from runner.registry import ModelSpec
-from runner.tiny.common import prefer_word_tokens, register_tiny, save_tiny, train_tokenizer, widen_init
+from runner.tiny.common import (
+    finish_tiny,
+    register_tiny,
+    train_tokenizer,
+)
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -105,7 +109,4 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     model = Blip2ForConditionalGeneration(config)
-    widen_init(model)
-    prefer_word_tokens(model, tokenizer)
-    model.eval()
-    save_tiny(model, processor, out_dir)
+    finish_tiny(model, tokenizer, processor, out_dir)

@@ -85,6 +85,30 @@ def builder_for(family: str) -> TinyBuilder:
     return _BUILDERS[family]
 
 
+def tiny_decoder_sizes(tokenizer: PreTrainedTokenizerFast, **overrides: object) -> dict[str, object]:
+    """Config keywords of the tiny Llama-style language models (Llama, Mistral): sizes and the tokenizer's ids."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        **overrides,
+    }
+
+
+def finish_tiny(model: object, tokenizer: PreTrainedTokenizerFast, processor: object, out_dir: Path) -> None:
+    """Seeded wide random weights, word-like greedy output, then save (see widen_init and prefer_word_tokens)."""
+    widen_init(model)
+    prefer_word_tokens(model, tokenizer)
+    model.eval()  # type: ignore[attr-defined]
+    save_tiny(model, processor, out_dir)
+
+
 def save_tiny(model: object, processor: object, out_dir: Path) -> None:
     """Save model weights (float32 safetensors) and processor the way a Hub checkpoint is laid out."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,12 @@ from transformers import (
 
 from runner.registry import ModelSpec
 from runner.tiny.blip2 import IMAGE_SIZE, NUM_QUERY_TOKENS, PATCH_SIZE, VISION_HIDDEN, tiny_image_processor
-from runner.tiny.common import prefer_word_tokens, register_tiny, save_tiny, train_tokenizer, widen_init
+from runner.tiny.common import (
+    finish_tiny,
+    register_tiny,
+    tiny_decoder_sizes,
+    train_tokenizer,
+)
 
 
 @register_tiny("instructblip")
@@ -54,18 +59,7 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
         max_position_embeddings=128,
         pad_token_id=qformer_tokenizer.pad_token_id,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    text = LlamaConfig(**tiny_decoder_sizes(tokenizer, max_position_embeddings=256))
     config = InstructBlipConfig(
         vision_config=vision.to_dict(),
         qformer_config=qformer.to_dict(),
@@ -74,7 +68,4 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     model = InstructBlipForConditionalGeneration(config)
-    widen_init(model)
-    prefer_word_tokens(model, tokenizer)
-    model.eval()
-    save_tiny(model, processor, out_dir)
+    finish_tiny(model, tokenizer, processor, out_dir)

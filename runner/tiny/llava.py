@@ -19,7 +19,12 @@ from transformers import (
 )
 
 from runner.registry import ModelSpec
-from runner.tiny.common import prefer_word_tokens, register_tiny, save_tiny, train_tokenizer, widen_init
+from runner.tiny.common import (
+    finish_tiny,
+    register_tiny,
+    tiny_decoder_sizes,
+    train_tokenizer,
+)
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -66,18 +71,7 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
         num_additional_image_tokens=1,
         chat_template=LLAVA_1_5_CHAT_TEMPLATE,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    text = LlamaConfig(**tiny_decoder_sizes(tokenizer, max_position_embeddings=512))
     config = LlavaConfig(
         vision_config=tiny_clip_vision().to_dict(),
         text_config=text.to_dict(),
@@ -87,7 +81,4 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config)
-    widen_init(model)
-    prefer_word_tokens(model, tokenizer)
-    model.eval()
-    save_tiny(model, processor, out_dir)
+    finish_tiny(model, tokenizer, processor, out_dir)

@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from runner.registry import ModelSpec
-from runner.tiny.common import prefer_word_tokens, register_tiny, save_tiny, widen_init
+from runner.tiny.common import finish_tiny, register_tiny, tiny_decoder_sizes
 from runner.tiny.llava import IMAGE_SEQ_LENGTH, IMAGE_SIZE, PATCH_SIZE, tiny_clip_vision, tiny_llama_tokenizer
 
 # Real: [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]] for 336-pixel tiles.
@@ -55,18 +55,7 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
         chat_template=LLAVA_1_6_MISTRAL_CHAT_TEMPLATE,
     )
     text = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=1024,
-        sliding_window=None,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **tiny_decoder_sizes(tokenizer, head_dim=16, max_position_embeddings=1024, sliding_window=None)
     )
     config = LlavaNextConfig(
         vision_config=tiny_clip_vision().to_dict(),
@@ -78,7 +67,4 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
         vision_feature_select_strategy="default",
     )
     model = LlavaNextForConditionalGeneration(config)
-    widen_init(model)
-    prefer_word_tokens(model, tokenizer)
-    model.eval()
-    save_tiny(model, processor, out_dir)
+    finish_tiny(model, tokenizer, processor, out_dir)
