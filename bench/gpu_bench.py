@@ -46,7 +46,7 @@ from bench.fullsize import (
 )
 from bench.synthetic import QUERIES, write_panoramas
 from contract import RunManifest, read_json, write_json_atomic
-from runner.adapters import LoadedModel, adapter_for, register_family
+from runner.adapters import LoadedModel, adapter_for
 from runner.loop import DEFAULT_PROMPT_TEMPLATE, RunConfig, run
 from runner.registry import MODELS, ModelSpec
 
@@ -118,17 +118,6 @@ def instrumented_adapter(adapter_class: type[Any], loaded: LoadedModel, log: Gen
 
     BenchAdapter.__name__ = f"Bench{adapter_class.__name__}"
     return BenchAdapter
-
-
-@contextmanager
-def registered(family: str, adapter_class: type[Any]) -> Iterator[None]:
-    """Register the benchmark adapter for `family` while the runner's loop runs, then restore the original."""
-    original = adapter_for(family)
-    register_family(family)(adapter_class)
-    try:
-        yield
-    finally:
-        register_family(family)(original)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,13 +203,13 @@ def runner_path(
         )  # fmt: skip
 
     quiet = lambda line: None  # noqa: E731  (the loop's log lines are not part of the benchmark output)
-    with registered(spec.family, bench_class):
-        run(config(warm_file, work / "runner_warmup", 2, 2), log=quiet)
-        log.reset()
-        _peak_memory_reset(device)
-        started = time.perf_counter()
-        result = run(config(data_file, work / "runner", args.batch_size, args.max_new_tokens), log=quiet)
-        wall = time.perf_counter() - started
+    run(config(warm_file, work / "runner_warmup", 2, 2), log=quiet, adapter_class=bench_class)
+    log.reset()
+    _peak_memory_reset(device)
+    started = time.perf_counter()
+    config_run = config(data_file, work / "runner", args.batch_size, args.max_new_tokens)
+    result = run(config_run, log=quiet, adapter_class=bench_class)
+    wall = time.perf_counter() - started
     if result.status != "completed" or result.num_errors:
         raise RuntimeError(
             f"runner path for {spec.name}: {result.status}, {result.num_errors} error(s): {result.message}"

@@ -276,7 +276,13 @@ def batched(items: list[PendingSample], size: int) -> Iterator[list[PendingSampl
         yield items[start : start + size]
 
 
-def run(config: RunConfig, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> RunnerResult:
+def run(
+    config: RunConfig,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    adapter_class: type[Any] | None = None,
+) -> RunnerResult:
+    """Caption every sample of config.data_file with one model. `adapter_class` replaces the family's registered
+    adapter (the throughput benchmark passes one that wraps a model it built in memory)."""
     # --- cheap checks first: no model is loaded until all of these pass ----------------------------------
     spec = get_model(config.model_name)
     validate_prompt_template(config.prompt_template)
@@ -311,7 +317,7 @@ def run(config: RunConfig, log: Callable[[str], None] = lambda line: print(line,
         from runner.adapters import adapter_for
         from runner.adapters.base import GREEDY
 
-        adapter_class = adapter_for(spec.family)
+        adapter_class = adapter_class or adapter_for(spec.family)
         max_side = config.max_image_side if config.max_image_side is not None else adapter_class.max_image_side
 
         manifest = RunManifest(
