@@ -16,7 +16,6 @@ SPICE is excluded from both (its CoreNLP jars are not on this machine). The numb
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -73,19 +72,11 @@ PERTURBATIONS = {
 
 
 def leave_one_out() -> list[tuple[str, str, str, list[str]]]:
-    from contract import sample_id
+    """(sample_id, query, first caption, other captions) for every sample with >= 2 captions."""
+    from contract import load_dataset
 
-    with open(QUIC_TEST, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    groups: dict[tuple[str, str], list[str]] = {}
-    for row in rows:
-        groups.setdefault((row["url"].strip(), row["query"].strip()), []).append(row["annotation"].strip())
-    items = []
-    for (url, query), captions in groups.items():
-        captions = [caption for caption in captions if caption]
-        if len(captions) >= 2:
-            items.append((sample_id(url, query), query, captions[0], captions[1:]))
-    return items
+    samples = [sample for sample in load_dataset(QUIC_TEST).samples if len(sample.references) >= 2]
+    return [(sample.sample_id, sample.query, sample.references[0], sample.references[1:]) for sample in samples]
 
 
 def naive_pass(candidates: list[str], references: list[list[str]]) -> dict[str, float]:

@@ -8,6 +8,7 @@ Like the real ones, the processor has no chat template (BLIP-2 prompts are `Ques
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transformers import (
     Blip2Config,
@@ -33,8 +34,11 @@ NUM_QUERY_TOKENS = 4
 VISION_HIDDEN = 32
 
 
-def tiny_vision_and_qformer() -> tuple[Blip2VisionConfig, Blip2QFormerConfig]:
-    vision = Blip2VisionConfig(
+def tiny_vision_and_qformer(
+    vision_class: type = Blip2VisionConfig, qformer_class: type = Blip2QFormerConfig, **qformer_overrides: object
+) -> tuple[Any, Any]:
+    """The tiny vision tower and Q-Former shared by BLIP-2 and InstructBLIP (each passes its own config classes)."""
+    vision = vision_class(
         hidden_size=VISION_HIDDEN,
         intermediate_size=64,
         num_hidden_layers=1,
@@ -42,17 +46,17 @@ def tiny_vision_and_qformer() -> tuple[Blip2VisionConfig, Blip2QFormerConfig]:
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
     )
-    qformer = Blip2QFormerConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        encoder_hidden_size=VISION_HIDDEN,
-        cross_attention_frequency=1,
-        vocab_size=64,
-        max_position_embeddings=64,
-    )
-    return vision, qformer
+    qformer_sizes: dict[str, object] = {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "encoder_hidden_size": VISION_HIDDEN,
+        "cross_attention_frequency": 1,
+        "vocab_size": 64,
+        "max_position_embeddings": 64,
+    }
+    return vision, qformer_class(**{**qformer_sizes, **qformer_overrides})
 
 
 def tiny_image_processor() -> BlipImageProcessor:

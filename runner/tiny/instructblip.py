@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from runner.registry import ModelSpec
-from runner.tiny.blip2 import IMAGE_SIZE, NUM_QUERY_TOKENS, PATCH_SIZE, VISION_HIDDEN, tiny_image_processor
+from runner.tiny.blip2 import NUM_QUERY_TOKENS, tiny_image_processor, tiny_vision_and_qformer
 from runner.tiny.common import (
     finish_tiny,
     register_tiny,
@@ -40,21 +40,9 @@ def build(spec: ModelSpec, out_dir: Path) -> None:
         num_query_tokens=NUM_QUERY_TOKENS,
     )
     tokenizer = processor.tokenizer
-    vision = InstructBlipVisionConfig(
-        hidden_size=VISION_HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-    )
-    qformer = InstructBlipQFormerConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        encoder_hidden_size=VISION_HIDDEN,
-        cross_attention_frequency=1,
+    vision, qformer = tiny_vision_and_qformer(
+        InstructBlipVisionConfig,
+        InstructBlipQFormerConfig,
         vocab_size=len(qformer_tokenizer),
         max_position_embeddings=128,
         pad_token_id=qformer_tokenizer.pad_token_id,
