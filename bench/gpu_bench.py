@@ -7,7 +7,7 @@ Per model (full size: random weights built from bench/configs/<model>.json strai
 
 - runner path: the runner's own loop (runner.loop.run: sorting, background image workers with JPEG draft
   decoding, batched generation, durable JSONL writes) with this project's adapter, bf16, SDPA attention and
-  `--batch-size` (default 32);
+  `--batch-size` (default auto, as users get it);
 - old way: what the replaced workflow did: fp16, batch 2 for LLaVA/BLIP-style models and batch 1 for
   chat-template models, each image opened at full size and preprocessed on the main thread, one sample loop.
 
@@ -47,11 +47,13 @@ from bench.fullsize import (
 from bench.synthetic import QUERIES, write_panoramas
 from contract import RunManifest, read_json, write_json_atomic
 from runner.adapters import LoadedModel, adapter_for
+from runner.cli import batch_size
 from runner.loop import DEFAULT_PROMPT_TEMPLATE, RunConfig, run
 from runner.registry import MODELS, ModelSpec
 
-GPU_DEFAULTS = {"num_samples": 96, "old_way_samples": 8, "batch_size": 32}
-TINY_DEFAULTS = {"num_samples": 4, "old_way_samples": 2, "batch_size": 2}
+# GPU defaults = the measured H200 run in docs/PERFORMANCE.md (auto chose 128 there for every model).
+GPU_DEFAULTS = {"num_samples": 256, "old_way_samples": 4, "batch_size": "auto", "num_workers": 8}
+TINY_DEFAULTS = {"num_samples": 4, "old_way_samples": 2, "batch_size": 2, "num_workers": 4}
 # Families the old workflow ran through a chat template one sample at a time; the others it ran in pairs.
 CHAT_TEMPLATE_FAMILIES = {"qwen2.5-vl", "gemma3", "internvl2"}
 
@@ -128,7 +130,7 @@ def instrumented_adapter(adapter_class: type[Any], loaded: LoadedModel, log: Gen
 class PathResult:
     path: str  # "old_way" or "runner"
     dtype: str
-    batch_size: int
+    batch_size: int  # what the path used (the runner: its batch_size_used after `auto`)
     num_samples: int
     wall_s: float
     generate_s: float
@@ -195,7 +197,7 @@ def runner_path(
 ) -> PathResult:  # fmt: skip
     dtype_name = str(dtype).removeprefix("torch.")
 
-    def config(data: Path, out: Path, batch_size: int, new_tokens: int) -> RunConfig:
+    def config(data: Path, out: Path, batch_size: int | str, new_tokens: int) -> RunConfig:
         return RunConfig(
             model_name=spec.name, data_file=data, output_dir=out, batch_size=batch_size,
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, device=device.type, dtype=dtype_name,
@@ -217,7 +219,7 @@ def runner_path(
     manifest = read_json(result.manifest_file, RunManifest)
     wall -= manifest.timings.get("load_s", 0.0)  # the model is built before; only the hand-over is subtracted
     return _result(
-        "runner", dtype, args.batch_size, result.num_written, wall, log, device,
+        "runner", dtype, manifest.batch_size_used, result.num_written, wall, log, device,
         f"runner.images: background workers ({args.num_workers}), JPEG draft decode, one resize to "
         f"max side {bench_class.max_image_side}",
     )  # fmt: skip
@@ -346,12 +348,12 @@ def parse_size(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="*", help="families or model names (default: all 8 models)")
-    parser.add_argument("--num-samples", type=int, help="samples through the runner path (GPU 96, --tiny 4)")
-    parser.add_argument("--old-way-samples", type=int, help="samples through the old way (GPU 8, --tiny 2)")
-    parser.add_argument("--batch-size", type=int, help="runner batch size (GPU 32, --tiny 2)")
+    parser.add_argument("--num-samples", type=int, help="samples through the runner path (GPU 256, --tiny 4)")
+    parser.add_argument("--old-way-samples", type=int, help="samples through the old way (GPU 4, --tiny 2)")
+    parser.add_argument("--batch-size", type=batch_size, help="runner --batch-size (GPU auto, --tiny 2)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="= min_new_tokens (default 64)")
     parser.add_argument("--image-size", type=parse_size, default=(2048, 1024), help="panorama WxH (2048x1024)")
-    parser.add_argument("--num-workers", type=int, default=4, help="runner image-loading threads (default 4)")
+    parser.add_argument("--num-workers", type=int, help="runner image-loading threads (GPU 8, --tiny 4)")
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (CPU test mode)")
     parser.add_argument("--shallow", action="store_true", help="full widths, 2 layers per stack (CPU geometry check)")
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
@@ -363,7 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("num_samples", "old_way_samples", "batch_size", "max_new_tokens", "num_workers"):
+    for key in ("num_samples", "old_way_samples", "max_new_tokens", "num_workers"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.tiny and args.shallow:

@@ -14,11 +14,18 @@ Then, for N samples, batch B and T new tokens:
 
 Every constant is a command-line option and is written into the JSON. Host overhead per decode step (Python,
 kernel launches) is NOT in the floor; `--step-overhead-ms` adds it per step to show its weight.
+
+    python -m bench.projection --measured bench/results/gpu_bench-h200-batch128.json
+
+From a GPU measurement instead: per model, N / the runner's measured samples/s (everything the runner does:
+decode, preprocessing, generation, writing) + the same load estimate, since the benchmark builds its random
+weights in GPU memory and loads no checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -133,6 +140,25 @@ def project_model(
     }
 
 
+def from_measured(measured: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for entry in measured["models"]:
+        if "runner" not in entry:
+            raise SystemExit(f"--measured: {entry['model']} has no runner figures ({entry.get('error', 'skipped')})")
+        rate = entry["runner"]["samples_per_s"]
+        generate_s = args.samples / rate
+        load_s = 2 * entry["parameters"]["total"] / args.disk_bytes_per_s + args.startup_s
+        rows.append({
+            "model": entry["model"],
+            "runner_samples_per_s_measured": rate,
+            "runner_batch_size": entry["runner"]["batch_size"],
+            "generate_s": round(generate_s, 1),
+            "load_s": round(load_s, 1),
+            "total_s": round(generate_s + load_s, 1),
+        })  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.projection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=1211, help="samples per model (QuIC-360 test: 1211)")
@@ -144,8 +170,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk-bytes-per-s", type=float, default=2e9, help="safetensors read rate (2e9)")
     parser.add_argument("--startup-s", type=float, default=10.0, help="fixed cost per model: process, CUDA (10)")
     parser.add_argument("--step-overhead-ms", type=float, default=0.0, help="host overhead per decode step (0)")
+    parser.add_argument("--measured", type=Path, help="a bench.gpu_bench JSON: project from its runner samples/s")
     parser.add_argument("--out", type=Path, default=Path("bench/out/projection.json"), help="JSON results file")
     args = parser.parse_args(argv)
+    command = " ".join(["python -m bench.projection", *(argv if argv is not None else sys.argv[1:])])
+    if args.measured:
+        measured = json.loads(args.measured.read_text(encoding="utf-8"))
+        rows = from_measured(measured, args)
+        total = sum(row["total_s"] for row in rows)
+        write_json_atomic(args.out, {
+            "benchmark": "projection", "kind": f"from measured runner samples/s on {measured['device']} "
+            f"({args.measured}); load times estimated", "command": command,
+            "assumptions": {k: str(v) for k, v in vars(args).items() if k != "out"}, "models": rows,
+            "total_s": round(total, 1), "total_min": round(total / 60, 1),
+        })  # fmt: skip
+        print(f"{'model':<24} {'batch':>5} {'samples/s':>9} {'generate s':>10} {'load s':>7} {'total s':>8}")
+        for row in rows:
+            print(f"{row['model']:<24} {row['runner_batch_size']:>5} {row['runner_samples_per_s_measured']:>9} "
+                  f"{row['generate_s']:>10} {row['load_s']:>7} {row['total_s']:>8}")  # fmt: skip
+        print(f"total {round(total, 1)} s = {round(total / 60, 1)} min ({measured['device']}); {args.out}")
+        return 0
     if min(args.samples, args.new_tokens, args.batch_size) < 1 or not 0 < args.mfu <= 1:
         parser.error("--samples, --new-tokens, --batch-size must be >= 1 and 0 < --mfu <= 1")
     rows = []
@@ -158,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "projection",
         "kind": "PROJECTION from published configs and stated constants; not a measurement",
-        "command": " ".join(["python -m bench.projection", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "assumptions": {k: v for k, v in vars(args).items() if k != "out"},
         "models": rows,
         "total_s": round(total, 1),

@@ -169,8 +169,8 @@ class RunManifest(BaseModel):
     data_file: str
     data_sha256: str
     num_samples: int
-    batch_size_requested: int
-    batch_size_used: int
+    batch_size_requested: int | Literal["auto"]  # auto: chosen from free GPU memory after the model loaded
+    batch_size_used: int  # what the run used (the auto choice, then halved on CUDA OOM)
     oom_retries: int = 0
     timings: dict[str, float] = Field(default_factory=dict)  # load_s, generate_s, samples_per_s
     peak_gpu_memory_bytes: int | None = None

@@ -104,7 +104,8 @@ def runner_argv(plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection
     """The runner CLI's arguments; the same for both engines but for the paths."""
     options = plan.options
     argv = ["--model", spec.name, "--data", paths.data_file, "--output-dir", paths.output_dir]
-    argv += ["--batch-size", str(options.batch_size), "--max-new-tokens", str(options.max_new_tokens)]
+    batch_size = options.batch_sizes.get(spec.name, options.batch_size)
+    argv += ["--batch-size", str(batch_size), "--max-new-tokens", str(options.max_new_tokens)]
     if paths.model_root:
         argv += ["--model-path", f"{paths.model_root}/{spec.name}"]
     elif revision:

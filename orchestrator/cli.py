@@ -14,6 +14,8 @@ from types import FrameType
 
 from orchestrator.engines import EngineError
 from orchestrator.plan import AblationOptions, PlanError, parse_models
+from runner.cli import batch_size
+from runner.loop import AUTO
 
 
 def _positive_int(text: str) -> int:
@@ -27,7 +29,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     parser.add_argument("--models", required=required, help="comma list of model names, or `all`")
     parser.add_argument("--data", type=Path, required=required, help="data CSV/TSV (columns url,query,annotation)")
     parser.add_argument("--output-dir", type=Path, default=Path("results"), help="results folder (default: results)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=batch_size,
+        default=AUTO,
+        help="per runner: a number, or auto (default): the largest power of two that fits the GPU's free memory",
+    )
     parser.add_argument("--max-new-tokens", type=_positive_int, default=64)
     parser.add_argument(
         "--gpus",

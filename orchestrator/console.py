@@ -62,7 +62,7 @@ class Console:
         data_file: Path,
         num_samples: int,
         output_dir: Path,
-        batch_size: int,
+        batch_size: int | str,
         engine: str,
         gpus: str,
         parallel: bool,

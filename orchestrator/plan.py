@@ -56,7 +56,8 @@ class AblationOptions:
     models: list[str]
     data_file: Path
     output_dir: Path
-    batch_size: int = 8
+    batch_size: int | Literal["auto"] = "auto"
+    batch_sizes: dict[str, int] = field(default_factory=dict)  # per model, over batch_size (reproduce pins these)
     max_new_tokens: int = 64
     gpus: str = "auto"
     engine: str = "auto"
@@ -146,9 +147,13 @@ def build_plan(options: AblationOptions) -> Plan:
             specs.append(get_model(name))
         except UnknownModelError as error:
             raise PlanError(str(error)) from None
-    for label, value in (("--batch-size", options.batch_size), ("--max-new-tokens", options.max_new_tokens)):
-        if value < 1:
-            raise PlanError(f"{label} must be at least 1, got {value}")
+    if options.batch_size != "auto" and (not isinstance(options.batch_size, int) or options.batch_size < 1):
+        raise PlanError(f"--batch-size must be `auto` or at least 1, got {options.batch_size!r}")
+    for name, size in options.batch_sizes.items():
+        if not isinstance(size, int) or size < 1:
+            raise PlanError(f"batch size for {name} must be at least 1, got {size!r}")
+    if options.max_new_tokens < 1:
+        raise PlanError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
     if options.timeout is not None and options.timeout <= 0:
         raise PlanError(f"--timeout must be a positive number of seconds, got {options.timeout}")
 

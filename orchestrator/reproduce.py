@@ -13,9 +13,11 @@ from contract import (
     ABLATION_MANIFEST,
     METRICS_JSON,
     PREDICTIONS_JSONL,
+    RUN_MANIFEST,
     AblationManifest,
     MetricsFile,
     PredictionRecord,
+    RunManifest,
     file_sha256,
     read_json,
     read_jsonl,
@@ -66,6 +68,25 @@ def compare_model(old_dir: Path, new_dir: Path, model: str) -> dict[str, Any]:
         "examples": [{"sample_id": s, "original": old[s], "reproduced": new[s]} for s in differing[:3]],
         "metrics": metric_deltas,
     }
+
+
+def batch_sizes_used(results_dir: Path, models: list[str]) -> dict[str, int]:
+    """The batch size each model's runner actually used (`auto` resolves per GPU, and bf16 greedy outputs can
+    depend on the batch), so a reproduction on another card batches the same way."""
+    sizes: dict[str, int] = {}
+    for model in models:
+        path = results_file(results_dir, RUN_MANIFEST, model)
+        if not path.exists():
+            continue
+        run = read_json(path, RunManifest)
+        if run.batch_size_used >= 1:
+            sizes[model] = run.batch_size_used
+        if run.oom_retries:
+            print(
+                f"warning: {model} ran out of GPU memory {run.oom_retries} time(s) in the original run and finished at "
+                f"batch {run.batch_size_used}; its first batches were larger, so predictions may differ"
+            )
+    return sizes
 
 
 def _pinned_image(engine: Engine, digest: str | None, tag: str | None) -> str | None:
@@ -122,6 +143,7 @@ def options_from_manifest(manifest: AblationManifest, args: argparse.Namespace, 
     for key in _COPIED:
         if key in original and original[key] is not None:
             setattr(options, key, original[key])
+    options.batch_sizes = batch_sizes_used(args.manifest.resolve().parent, options.models)
     return options
 
 

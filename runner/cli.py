@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 from contract import PREDICTIONS_JSONL, RUN_MANIFEST, RUNNER_RESULT_PREFIX, RunnerResult, results_file
-from runner.loop import DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
+from runner.loop import AUTO, DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
 from runner.registry import MODELS, UnknownModelError
 
 
@@ -24,12 +24,31 @@ def positive_int(text: str) -> int:
     return value
 
 
+def batch_size(text: str) -> int | str:
+    """--batch-size here, in the orchestrator and in the benchmark: `auto` or a whole number of at least 1."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be `auto` or a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help=f"registry name, one of: {', '.join(MODELS)}")
     parser.add_argument("--data", required=True, type=Path, help="data CSV/TSV (columns url,query,annotation)")
     parser.add_argument("--output-dir", required=True, type=Path, help="folder for predictions and run manifest")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=batch_size,
+        default=AUTO,
+        help="samples per generate call, or auto (default): on a GPU the largest power of two that fits the free "
+        "memory (at most 128), on CPU 8",
+    )
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--min-new-tokens", type=int, default=0)
     parser.add_argument("--model-path", type=Path, help="load a local checkpoint folder instead of the Hub id")

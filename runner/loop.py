@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from contract import (
     PREDICTIONS_CSV,
@@ -45,6 +45,13 @@ DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {que
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Manifest fields that change what a prediction is: a file made with other values is never extended.
 COMPATIBILITY_KEYS = ("model_name", "model_id", "model_path", "revision", "prompt_template", "decoding", "dtype")
+# --batch-size auto. On a GPU the step time of HF generate is mostly host overhead, so throughput grows with the
+# batch until the per-step GPU work dominates; measured on one H200: batch 128 gave 1.3-3.7x the samples/s of batch 32
+# (docs/PERFORMANCE.md). Beyond 128 was not measured; the cap also bounds what a kill loses and the padding waste.
+AUTO = "auto"
+AUTO_BATCH_CPU = 8  # on a few CPU cores a bigger batch buys nothing and loses more on a kill
+AUTO_BATCH_MAX = 128
+AUTO_MEMORY_FRACTION = 0.8  # headroom: allocator fragmentation, prompts longer than the measured panoramas
 
 
 class RunnerError(Exception):
@@ -60,7 +67,7 @@ class RunConfig:
     model_name: str
     data_file: Path
     output_dir: Path
-    batch_size: int = 8
+    batch_size: int | Literal["auto"] = AUTO
     max_new_tokens: int = 64
     min_new_tokens: int = 0
     model_path: Path | None = None
@@ -132,6 +139,19 @@ def resolve_device(requested: str) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RunnerError("--device cuda was requested but no CUDA device is available", 2)
     return requested
+
+
+def auto_batch_size(spec: ModelSpec, free_gpu_bytes: int | None, sample_count: int) -> int:
+    """What `--batch-size auto` uses. On a GPU: the largest power of two whose estimated memory
+    (spec.gpu_gb_per_sample each) fits in AUTO_MEMORY_FRACTION of what is free after loading, at most
+    AUTO_BATCH_MAX; a power of two so that GPUs of one kind choose the same size and runs stay comparable. On CPU
+    (`free_gpu_bytes` None): AUTO_BATCH_CPU. Never more than the samples left to caption."""
+    if free_gpu_bytes is None:
+        size = AUTO_BATCH_CPU
+    else:
+        fits = int(free_gpu_bytes * AUTO_MEMORY_FRACTION / (spec.gpu_gb_per_sample * 1e9))
+        size = min(AUTO_BATCH_MAX, 1 << (fits.bit_length() - 1)) if fits >= 1 else 1
+    return max(1, min(size, sample_count))
 
 
 def resolve_dtype(requested: str, device: str, spec: ModelSpec) -> str:
@@ -286,8 +306,9 @@ def run(
     # --- cheap checks first: no model is loaded until all of these pass ----------------------------------
     spec = get_model(config.model_name)
     validate_prompt_template(config.prompt_template)
-    if config.batch_size < 1:
-        raise RunnerError(f"--batch-size must be at least 1, got {config.batch_size}", 2)
+    if config.batch_size != AUTO and (not isinstance(config.batch_size, int) or config.batch_size < 1):
+        raise RunnerError(f"--batch-size must be `auto` or at least 1, got {config.batch_size!r}", 2)
+    fixed_batch_size = config.batch_size if isinstance(config.batch_size, int) else 0  # 0: chosen after loading
     if config.max_new_tokens < 1 or config.min_new_tokens < 0 or config.min_new_tokens > config.max_new_tokens:
         raise RunnerError(
             f"need 1 <= max_new_tokens and 0 <= min_new_tokens <= max_new_tokens "
@@ -340,7 +361,7 @@ def run(
             data_sha256=file_sha256(config.data_file),
             num_samples=len(samples),
             batch_size_requested=config.batch_size,
-            batch_size_used=config.batch_size,
+            batch_size_used=fixed_batch_size,
             started_at=now(),
             status="running",
             versions=library_versions(),
@@ -373,7 +394,7 @@ def run(
             log(f"resuming: {len(done)} sample(s) already in {predictions_path}, {len(todo_samples)} to go")
         write_json_atomic(manifest_path, manifest)
 
-        stats = RunStats(batch_size_used=config.batch_size)
+        stats = RunStats(batch_size_used=fixed_batch_size)
         timings: dict[str, float] = {}
         if todo_samples:
             try:
@@ -463,6 +484,12 @@ def _generate_all(
     manifest.device_name = device_name(device_str)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if config.batch_size == AUTO:
+        free = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
+        stats.batch_size_used = auto_batch_size(spec, free, len(todo_samples))
+        free_text = f"{free / 1e9:.1f} GB free, {spec.gpu_gb_per_sample} GB per sample" if free else "CPU"
+        log(f"batch size auto: {stats.batch_size_used} ({free_text})")
+    batch_size = stats.batch_size_used
 
     pending = [
         PendingSample(sample, adapter.build_prompt(config.prompt_template.format(query=sample.query)), order)
@@ -479,7 +506,7 @@ def _generate_all(
     writer = PredictionWriter(predictions_path)
     progress = tqdm(total=len(pending), unit="sample", file=sys.stderr, disable=not config.progress, mininterval=1.0)
     generated_count = 0
-    image_batches = prefetch_batches(batched(pending, config.batch_size), load, num_workers=config.num_workers)
+    image_batches = prefetch_batches(batched(pending, batch_size), load, num_workers=config.num_workers)
     try:
         for batch, failed, ready, prepared in _preprocess_ahead(adapter, spec, image_batches):
             records = dict(failed)

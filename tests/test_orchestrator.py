@@ -24,7 +24,16 @@ from _orchestrator_helpers import (
     tree_text,
 )
 
-from contract import COMPARISON_CSV, METRICS_JSON, SUMMARY_JSON, MetricsFile, Summary, file_sha256, read_json
+from contract import (
+    COMPARISON_CSV,
+    METRICS_JSON,
+    SUMMARY_JSON,
+    MetricsFile,
+    RunManifest,
+    Summary,
+    file_sha256,
+    read_json,
+)
 from orchestrator.ablation import runner_argv, scoring_argv
 from orchestrator.engines import RunPaths
 from orchestrator.plan import AblationOptions, GpuSelection, PlanError, build_plan, parse_gpus, parse_models
@@ -253,6 +262,12 @@ def test_rerun_resumes_and_reproduce_reports_no_difference(local_ablation, tmp_p
         assert all(entry["delta"] in (0, None) for entry in models[model]["metrics"].values())
     assert "llava-1.5-7b: 6/6 predictions identical, 0 different, 0 missing; metrics identical" in run.stdout
     assert manifest(new_dir).arguments["batch_size"] == 2  # the original arguments, not the defaults
+    # Each model is pinned to the batch size its runner used (what `auto` resolved to on the original GPU).
+    used = {m: read_json(out / f"{m}_run.json", RunManifest).batch_size_used for m in before}
+    pinned = manifest(new_dir).arguments["batch_sizes"]
+    assert {m: pinned[m] for m in before} == used == {m: 2 for m in before}
+    rerun = {m: read_json(new_dir / f"{m}_run.json", RunManifest) for m in before}
+    assert all(r.batch_size_requested == r.batch_size_used == 2 for r in rerun.values())
 
 
 def test_ctrl_c_stops_the_local_runner(tmp_path: Path, tiny_checkpoint, make_panorama_data) -> None:
