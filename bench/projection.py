@@ -15,7 +15,7 @@ Then, for N samples, batch B and T new tokens:
 Every constant is a command-line option and is written into the JSON. Host overhead per decode step (Python,
 kernel launches) is NOT in the floor; `--step-overhead-ms` adds it per step to show its weight.
 
-    python -m bench.projection --measured bench/results/gpu_bench-h200-batch128.json
+    python -m bench.projection --measured bench/measured/gpu_bench-h200-batch128.json
 
 From a GPU measurement instead: per model, N / the runner's measured samples/s (everything the runner does:
 decode, preprocessing, generation, writing) + the same load estimate, since the benchmark builds its random
