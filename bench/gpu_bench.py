@@ -51,7 +51,7 @@ from runner.cli import batch_size
 from runner.loop import DEFAULT_PROMPT_TEMPLATE, RunConfig, run
 from runner.registry import MODELS, ModelSpec
 
-# GPU defaults = the measured H200 run in docs/PERFORMANCE.md (auto chose 128 there for every model).
+# GPU defaults = the measured H200 run B in docs/PERFORMANCE.md, which passed batch 128: what `auto` computes there.
 GPU_DEFAULTS = {"num_samples": 256, "old_way_samples": 4, "batch_size": "auto", "num_workers": 8}
 TINY_DEFAULTS = {"num_samples": 4, "old_way_samples": 2, "batch_size": 2, "num_workers": 4}
 # Families the old workflow ran through a chat template one sample at a time; the others it ran in pairs.

@@ -97,6 +97,11 @@ def prompt_shape(spec: ModelSpec, panorama: Path, tiny_root: Path) -> dict[str, 
     return {"prompt_tokens": int(ids.shape[0]), "image_tokens": image_tokens, "image_size": list(image.size)}
 
 
+def load_estimate_s(total_parameters: int, args: argparse.Namespace) -> float:
+    """Estimated, not measured: bf16 checkpoint bytes / disk read rate + a fixed start-up cost per model."""
+    return 2 * total_parameters / args.disk_bytes_per_s + args.startup_s
+
+
 def project_model(
     spec: ModelSpec, counts: ParameterCounts, shape: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -117,7 +122,7 @@ def project_model(
         * ((counts.per_token + counts.encoder_only) * shape["prompt_tokens"] + counts.vision_side * patches)
     )
     prefill_s = prefill_flops / (args.peak_flops * args.mfu)
-    load_s = 2 * counts.total / args.disk_bytes_per_s + args.startup_s
+    load_s = load_estimate_s(counts.total, args)
     overhead_s = steps * args.step_overhead_ms / 1000
     return {
         "model": spec.name,
@@ -147,7 +152,7 @@ def from_measured(measured: dict[str, Any], args: argparse.Namespace) -> list[di
             raise SystemExit(f"--measured: {entry['model']} has no runner figures ({entry.get('error', 'skipped')})")
         rate = entry["runner"]["samples_per_s"]
         generate_s = args.samples / rate
-        load_s = 2 * entry["parameters"]["total"] / args.disk_bytes_per_s + args.startup_s
+        load_s = load_estimate_s(entry["parameters"]["total"], args)
         rows.append({
             "model": entry["model"],
             "runner_samples_per_s_measured": rate,

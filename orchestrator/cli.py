@@ -14,15 +14,8 @@ from types import FrameType
 
 from orchestrator.engines import EngineError
 from orchestrator.plan import AblationOptions, PlanError, parse_models
-from runner.cli import batch_size
+from runner.cli import batch_size, positive_int
 from runner.loop import AUTO
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -35,7 +28,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         default=AUTO,
         help="per runner: a number, or auto (default): the largest power of two that fits the GPU's free memory",
     )
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument(
         "--gpus",
         default="auto",
@@ -46,7 +39,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     parser.add_argument("--timeout", type=float, help="seconds per model before its container is killed")
     parser.add_argument("--parallel", action="store_true", help="one model per GPU at a time (needs --gpus 0,1,...)")
     parser.add_argument("--image-root", type=Path, help="folder relative image paths are resolved against")
-    parser.add_argument("--limit", type=_positive_int, help="caption only the first N samples")
+    parser.add_argument("--limit", type=positive_int, help="caption only the first N samples")
     parser.add_argument("--dtype", help="runner --dtype (default: the registry's on GPU, float32 on CPU)")
     parser.add_argument("--prompt-template", help="instruction with a {query} field (default: the runner's)")
     parser.add_argument(

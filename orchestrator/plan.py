@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contract import DataFileError, file_sha256, load_dataset
+from runner.loop import is_batch_size
 from runner.registry import MODELS, ModelSpec, UnknownModelError, get_model
 
 
@@ -147,7 +148,7 @@ def build_plan(options: AblationOptions) -> Plan:
             specs.append(get_model(name))
         except UnknownModelError as error:
             raise PlanError(str(error)) from None
-    if options.batch_size != "auto" and (not isinstance(options.batch_size, int) or options.batch_size < 1):
+    if not is_batch_size(options.batch_size):
         raise PlanError(f"--batch-size must be `auto` or at least 1, got {options.batch_size!r}")
     for name, size in options.batch_sizes.items():
         if not isinstance(size, int) or size < 1:

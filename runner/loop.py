@@ -141,6 +141,11 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def is_batch_size(value: object) -> bool:
+    """What --batch-size accepts everywhere (runner config, orchestrator plan): `auto` or a whole number >= 1."""
+    return value == AUTO or (isinstance(value, int) and value >= 1)
+
+
 def auto_batch_size(spec: ModelSpec, free_gpu_bytes: int | None, sample_count: int) -> int:
     """What `--batch-size auto` uses. On a GPU: the largest power of two whose estimated memory
     (spec.gpu_gb_per_sample each) fits in AUTO_MEMORY_FRACTION of what is free after loading, at most
@@ -306,7 +311,7 @@ def run(
     # --- cheap checks first: no model is loaded until all of these pass ----------------------------------
     spec = get_model(config.model_name)
     validate_prompt_template(config.prompt_template)
-    if config.batch_size != AUTO and (not isinstance(config.batch_size, int) or config.batch_size < 1):
+    if not is_batch_size(config.batch_size):
         raise RunnerError(f"--batch-size must be `auto` or at least 1, got {config.batch_size!r}", 2)
     fixed_batch_size = config.batch_size if isinstance(config.batch_size, int) else 0  # 0: chosen after loading
     if config.max_new_tokens < 1 or config.min_new_tokens < 0 or config.min_new_tokens > config.max_new_tokens:
