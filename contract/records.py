@@ -29,6 +29,7 @@ __all__ = [
     "COMPARISON_CSV",
     "ABLATION_MANIFEST",
     "REPORT_HTML",
+    "RANDOM_WEIGHTS_MARKER",
     "RUNNER_RESULT_PREFIX",
     "HEADLINE_METRICS",
     "COCO_BLEU_METRICS",
@@ -41,6 +42,7 @@ __all__ = [
     "RunnerResult",
     "RunManifest",
     "SampleCounts",
+    "SubsetInfo",
     "MetricsFile",
     "SampleScores",
     "SummaryEntry",
@@ -66,6 +68,9 @@ SUMMARY_JSON = "all_models_summary.json"  # scoring
 COMPARISON_CSV = "comparison.csv"  # scoring
 ABLATION_MANIFEST = "run_manifest.json"  # orchestrator
 REPORT_HTML = "report.html"  # scoring report
+# A tiny random-weight checkpoint built by `python -m runner.tiny` carries this file; the runner records
+# `random_weights: true` in `<model>_run.json` when it loads one, and the report and console say so.
+RANDOM_WEIGHTS_MARKER = "vlm-ablation-random-weights.json"
 
 # The runner's last stdout line, for the orchestrator: RUNNER_RESULT_PREFIX + RunnerResult JSON.
 RUNNER_RESULT_PREFIX = "RUNNER_RESULT "
@@ -178,6 +183,9 @@ class RunManifest(BaseModel):
     errors_by_kind: dict[str, int] = Field(default_factory=dict)
     started_at: str | None = None
     finished_at: str | None = None
+    # True when the checkpoint is a tiny random-weight one (RANDOM_WEIGHTS_MARKER in its folder): its numbers mean
+    # nothing about the real model.
+    random_weights: bool = False
 
 
 class SampleCounts(_Record):
@@ -186,6 +194,14 @@ class SampleCounts(_Record):
     failed: int  # samples the runner could not caption (error field set); scored as "" too
     missing: int = 0  # data samples with no prediction (only when scoring the intersection)
     unknown: int = 0  # predictions whose sample_id is not in the data (dropped when scoring the intersection)
+
+
+class SubsetInfo(_Record):
+    """Set when only part of the data file was scored (`--limit N`: its first N samples, in data-file order)."""
+
+    num_samples: int  # samples scored
+    data_samples: int  # samples in the data file
+    limit: int | None = None  # the --limit that chose them
 
 
 class MetricsFile(BaseModel):
@@ -203,6 +219,8 @@ class MetricsFile(BaseModel):
     signature: dict[str, str] = Field(default_factory=dict)  # sacrebleu signature, tool versions, seed
     unavailable: dict[str, str] = Field(default_factory=dict)  # metric -> why it is None
     warnings: list[str] = Field(default_factory=list)
+    subset: SubsetInfo | None = None  # None: every sample of the data file was scored
+    random_weights: bool = False  # copied from `<model>_run.json`: a tiny random-weight checkpoint
 
 
 class SampleScores(_Record):

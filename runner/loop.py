@@ -26,6 +26,7 @@ from typing import Any, Literal
 from contract import (
     PREDICTIONS_CSV,
     PREDICTIONS_JSONL,
+    RANDOM_WEIGHTS_MARKER,
     RUN_MANIFEST,
     PredictionRecord,
     RunManifest,
@@ -370,6 +371,7 @@ def run(
             started_at=now(),
             status="running",
             versions=library_versions(),
+            random_weights=bool(config.model_path and (config.model_path / RANDOM_WEIGHTS_MARKER).is_file()),
         )
 
         # --- resume or refuse to mix -------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class ModelPredictions:
     # Model output gets the full cleanup; a human caption (the leave-one-out baseline) only separator/whitespace
     # normalisation, like every reference.
     apply_cleanup: bool = True
+    random_weights: bool = False  # a tiny random-weight checkpoint (from `<model>_run.json`)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class ModelResult:
             signature=self.signature,
             unavailable=self.unavailable,
             warnings=self.warnings,
+            random_weights=self.model.random_weights,
         )
 
     def sample_scores(self) -> list[SampleScores]:

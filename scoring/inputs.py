@@ -30,11 +30,17 @@ def model_name_for(path: Path, records: list[PredictionRecord]) -> str:
     return path.stem
 
 
+def run_manifest_for(path: Path, model_name: str) -> RunManifest | None:
+    """`<model>_run.json` next to the predictions, if the runner wrote one."""
+    manifest = path.parent / RUN_MANIFEST.format(model=model_name)
+    return read_json(manifest, RunManifest) if manifest.is_file() else None
+
+
 def model_id_for(path: Path, model_name: str, overrides: Mapping[str, str]) -> str:
     """From `<model>_run.json` next to the predictions, else --model-id NAME=ID, else the model name."""
-    manifest = path.parent / RUN_MANIFEST.format(model=model_name)
-    if manifest.is_file():
-        return read_json(manifest, RunManifest).model_id
+    manifest = run_manifest_for(path, model_name)
+    if manifest is not None:
+        return manifest.model_id
     return overrides.get(model_name, model_name)
 
 
@@ -70,6 +76,7 @@ def load_model_predictions(
     records, warnings = _deduplicate(path, read_predictions(path))
     name = model_name_for(path, records)
     model_id = model_id_for(path, name, model_ids or {})
+    run = run_manifest_for(path, name)
     missing = unknown = 0
     if dataset is not None:
         samples = {sample.sample_id: sample for sample in dataset.samples}
@@ -117,6 +124,7 @@ def load_model_predictions(
         unknown=unknown,
         warnings=warnings,
         source=str(path),
+        random_weights=bool(run is not None and run.random_weights),
     )
 
 

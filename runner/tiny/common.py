@@ -6,12 +6,14 @@ path (from_pretrained on a folder, processor, batched generate) is exercised off
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from contract import RANDOM_WEIGHTS_MARKER
 from runner.registry import ModelSpec
 
 # Words the tiny tokenizer learns: prompt wording, QuIC-360 queries, caption vocabulary.
@@ -110,10 +112,13 @@ def finish_tiny(model: object, tokenizer: PreTrainedTokenizerFast, processor: ob
 
 
 def save_tiny(model: object, processor: object, out_dir: Path) -> None:
-    """Save model weights (float32 safetensors) and processor the way a Hub checkpoint is laid out."""
+    """Save model weights (float32 safetensors) and processor the way a Hub checkpoint is laid out, plus the
+    marker that makes every run of it say "random weights" (run manifest, console, report)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)  # type: ignore[attr-defined]
     processor.save_pretrained(out_dir)  # type: ignore[attr-defined]
+    marker = {"random_weights": True, "built_by": "python -m runner.tiny", "class": type(model).__name__}
+    (out_dir / RANDOM_WEIGHTS_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
 def widen_init(model: object, std: float = 0.2, seed: int = 0) -> None:
