@@ -61,10 +61,10 @@ def naive_load(path: Path, max_side: int) -> Image.Image:
 
 
 def family_sides() -> dict[int, list[str]]:
-    """Each distinct max_image_side the adapters declare, with the families that use it."""
+    """Each distinct max_image_side the catalogue sets, with the families that use it."""
     sides: dict[int, list[str]] = {}
-    for family in sorted({spec.family for spec in MODELS.values()}):
-        sides.setdefault(adapter_for(family).max_image_side, []).append(family)
+    for family, side in sorted({(spec.family, spec.max_image_side) for spec in MODELS.values()}):
+        sides.setdefault(side, []).append(family)
     return dict(sorted(sides.items()))
 
 
@@ -117,14 +117,16 @@ def measure_preprocessing(
     for spec in specs:
         tiny_dir = build_tiny_reference(spec.name, tiny_root / spec.name)
         processor = full_size_processor(load_bench_config(spec.name), tiny_dir)
-        adapter_class = adapter_for(spec.family)
+        adapter_class = adapter_for(spec.adapter)
         # The tiny model stands in for the weights (preprocessing never runs them); the processor is full size.
-        tiny = adapter_class.load(str(tiny_dir), revision=None, dtype=torch.float32, device=torch.device("cpu"))
+        tiny = adapter_class.load(
+            str(tiny_dir), revision=None, dtype=torch.float32, device=torch.device("cpu"), spec=spec
+        )
         loaded = LoadedModel(model=tiny.model, processor=processor)
         adapter = adapter_class(spec, loaded, torch.device("cpu"), torch.float32)
         prompts = [adapter.build_prompt(DEFAULT_PROMPT_TEMPLATE.format(query="location"))] * batch
         full = [Image.open(image_path).convert("RGB")] * batch
-        small = [load_image(str(image_path), ImageLimits(max_side=adapter_class.max_image_side))] * batch
+        small = [load_image(str(image_path), ImageLimits(max_side=spec.max_image_side))] * batch
         on_small = best_rate(batch, partial(adapter.build_inputs, small, prompts), repeats)
         on_full = best_rate(batch, partial(adapter.build_inputs, full, prompts), repeats)
         tokens = int(adapter.build_inputs(small, prompts)["input_ids"].shape[1])

@@ -105,7 +105,7 @@ def instrumented_adapter(adapter_class: type[Any], loaded: LoadedModel, log: Gen
 
     class BenchAdapter(adapter_class):  # type: ignore[misc,valid-type]
         @classmethod
-        def load(cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+        def load(cls, source: str, **kwargs: Any) -> LoadedModel:
             return loaded
 
         def generate(self, inputs: dict[str, Any], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
@@ -221,7 +221,7 @@ def runner_path(
     return _result(
         "runner", dtype, manifest.batch_size_used, result.num_written, wall, log, device,
         f"runner.images: background workers ({args.num_workers}), JPEG draft decode, one resize to "
-        f"max side {bench_class.max_image_side}",
+        f"max side {spec.max_image_side}",
     )  # fmt: skip
 
 
@@ -262,7 +262,7 @@ def build_model(spec: ModelSpec, args: argparse.Namespace, device: torch.device,
     with tempfile.TemporaryDirectory(prefix="bench_tiny_") as folder:
         tiny_dir = build_tiny_reference(spec.name, Path(folder) / spec.name)
         if args.tiny:
-            return adapter_for(spec.family).load(str(tiny_dir), revision=None, dtype=dtype, device=device)
+            return adapter_for(spec.adapter).load(str(tiny_dir), revision=None, dtype=dtype, device=device, spec=spec)
         bench = load_bench_config(spec.name)
         config = full_size_config(bench, tiny_dir)
         if args.shallow:
@@ -298,7 +298,7 @@ def bench_model(
         torch.cuda.synchronize(device)
     entry["build_s"] = round(time.perf_counter() - started, 2)
     log = GenerateLog(device)
-    bench_class = instrumented_adapter(adapter_for(spec.family), loaded, log)
+    bench_class = instrumented_adapter(adapter_for(spec.adapter), loaded, log)
     model_work = work / spec.name
     data_file = write_data_file(model_work / "data.csv", images, args.num_samples)
     warm_file = write_data_file(model_work / "warm.csv", images, 2)

@@ -79,12 +79,12 @@ def prompt_shape(spec: ModelSpec, panorama: Path, tiny_root: Path) -> dict[str, 
     tiny_dir = build_tiny_reference(spec.name, tiny_root / spec.name)
     bench = load_bench_config(spec.name)
     processor = full_size_processor(bench, tiny_dir)
-    adapter_class = adapter_for(spec.family)
-    tiny = adapter_class.load(str(tiny_dir), revision=None, dtype=torch.float32, device=torch.device("cpu"))
+    adapter_class = adapter_for(spec.adapter)
+    tiny = adapter_class.load(str(tiny_dir), revision=None, dtype=torch.float32, device=torch.device("cpu"), spec=spec)
     adapter = adapter_class(
         spec, LoadedModel(model=tiny.model, processor=processor), torch.device("cpu"), torch.float32
     )
-    image = load_image(str(panorama), ImageLimits(max_side=adapter_class.max_image_side))
+    image = load_image(str(panorama), ImageLimits(max_side=spec.max_image_side))
     prompt = adapter.build_prompt(DEFAULT_PROMPT_TEMPLATE.format(query="location"))
     inputs = adapter.build_inputs([image], [prompt])
     ids = inputs["input_ids"][0]

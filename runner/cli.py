@@ -39,7 +39,13 @@ def batch_size(text: str) -> int | str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help=f"registry name, one of: {', '.join(MODELS)}")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"a catalogue name ({', '.join(MODELS)}, or one of --models-file), or hf:Org/Name[@revision] for any "
+        "Hub image-text-to-text model",
+    )
+    parser.add_argument("--models-file", type=Path, help="your own catalogue entries (TOML, as runner/catalogue.toml)")
     parser.add_argument("--data", required=True, type=Path, help="data CSV/TSV (columns url,query,annotation)")
     parser.add_argument("--output-dir", required=True, type=Path, help="folder for predictions and run manifest")
     parser.add_argument(
@@ -55,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="Hub revision (default: the registry's); the resolved commit is recorded")
     parser.add_argument("--limit", type=positive_int, help="caption only the first N samples of the data file")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the registry's on GPU, float32 on CPU")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the catalogue's on GPU, float32 on CPU")
     parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help="instruction with a {query} field")
     parser.add_argument("--image-root", type=Path, help="folder relative image paths are resolved against")
     parser.add_argument("--max-image-side", type=positive_int, help="downscale images to this longest side")
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         num_workers=args.num_workers,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        models_file=args.models_file,
     )
     exit_code = 0
     try:

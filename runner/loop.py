@@ -40,7 +40,7 @@ from contract import (
     write_json_atomic,
     write_text_atomic,
 )
-from runner.registry import ModelSpec, get_model
+from runner.registry import CatalogueError, ModelSpec, get_model
 
 DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {query} in one or two sentences."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -83,6 +83,7 @@ class RunConfig:
     num_workers: int = 2
     overwrite: bool = False
     progress: bool = True
+    models_file: Path | None = None  # the user's catalogue entries (--models-file), besides the built-in ones
 
 
 @dataclass
@@ -147,15 +148,15 @@ def is_batch_size(value: object) -> bool:
     return value == AUTO or (isinstance(value, int) and value >= 1)
 
 
-def auto_batch_size(spec: ModelSpec, free_gpu_bytes: int | None, sample_count: int) -> int:
-    """What `--batch-size auto` uses. On a GPU: the largest power of two whose estimated memory
-    (spec.gpu_gb_per_sample each) fits in AUTO_MEMORY_FRACTION of what is free after loading, at most
+def auto_batch_size(gb_per_sample: float, free_gpu_bytes: int | None, sample_count: int) -> int:
+    """What `--batch-size auto` uses. On a GPU: the largest power of two whose estimated memory (gb_per_sample
+    each: measured, or estimated from the config) fits in AUTO_MEMORY_FRACTION of what is free after loading, at most
     AUTO_BATCH_MAX; a power of two so that GPUs of one kind choose the same size and runs stay comparable. On CPU
     (`free_gpu_bytes` None): AUTO_BATCH_CPU. Never more than the samples left to caption."""
     if free_gpu_bytes is None:
         size = AUTO_BATCH_CPU
     else:
-        fits = int(free_gpu_bytes * AUTO_MEMORY_FRACTION / (spec.gpu_gb_per_sample * 1e9))
+        fits = int(free_gpu_bytes * AUTO_MEMORY_FRACTION / (gb_per_sample * 1e9))
         size = min(AUTO_BATCH_MAX, 1 << (fits.bit_length() - 1)) if fits >= 1 else 1
     return max(1, min(size, sample_count))
 
@@ -310,7 +311,10 @@ def run(
     """Caption every sample of config.data_file with one model. `adapter_class` replaces the family's registered
     adapter (the throughput benchmark passes one that wraps a model it built in memory)."""
     # --- cheap checks first: no model is loaded until all of these pass ----------------------------------
-    spec = get_model(config.model_name)
+    try:
+        spec = get_model(config.model_name, [config.models_file] if config.models_file else [])
+    except CatalogueError as error:
+        raise RunnerError(str(error), 2) from None
     validate_prompt_template(config.prompt_template)
     if not is_batch_size(config.batch_size):
         raise RunnerError(f"--batch-size must be `auto` or at least 1, got {config.batch_size!r}", 2)
@@ -344,8 +348,8 @@ def run(
         from runner.adapters import adapter_for
         from runner.adapters.base import GREEDY
 
-        adapter_class = adapter_class or adapter_for(spec.family)
-        max_side = config.max_image_side if config.max_image_side is not None else adapter_class.max_image_side
+        adapter_class = adapter_class or adapter_for(spec.adapter)
+        max_side = config.max_image_side if config.max_image_side is not None else spec.max_image_side
 
         manifest = RunManifest(
             model_name=spec.name,
@@ -353,6 +357,7 @@ def run(
             model_path=str(config.model_path.resolve()) if config.model_path else None,
             revision=config.revision or spec.revision,
             family=spec.family,
+            adapter=spec.adapter,
             dtype=dtype_name,
             device=device,
             prompt_template=config.prompt_template,
@@ -484,7 +489,7 @@ def _generate_all(
     log(f"loading {spec.name} from {source} ({dtype_name} on {device_str})")
     started = time.perf_counter()
     revision = None if config.model_path else manifest.revision
-    loaded = adapter_class.load(source, revision=revision, dtype=dtype, device=device)
+    loaded = adapter_class.load(source, revision=revision, dtype=dtype, device=device, spec=spec)
     adapter = adapter_class(spec, loaded, device, dtype)
     timings["load_s"] = round(time.perf_counter() - started, 3)
     manifest.resolved_revision = adapter.resolved_revision
@@ -493,8 +498,12 @@ def _generate_all(
         torch.cuda.reset_peak_memory_stats(device)
     if config.batch_size == AUTO:
         free = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
-        stats.batch_size_used = auto_batch_size(spec, free, len(todo_samples))
-        free_text = f"{free / 1e9:.1f} GB free, {spec.gpu_gb_per_sample} GB per sample" if free else "CPU"
+        from runner.memory import gb_per_sample
+
+        per_sample, how = gb_per_sample(spec, adapter.model.config, config.max_new_tokens)
+        stats.batch_size_used = auto_batch_size(per_sample, free, len(todo_samples))
+        manifest.gb_per_sample = {"value": per_sample, "source": how}  # type: ignore[attr-defined]
+        free_text = f"{free / 1e9:.1f} GB free, {per_sample:.3f} GB per sample ({how})" if free else "CPU"
         log(f"batch size auto: {stats.batch_size_used} ({free_text})")
     batch_size = stats.batch_size_used
 

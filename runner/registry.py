@@ -1,58 +1,231 @@
-"""The models users can name. Adding a model of an existing family is one entry in MODELS."""
+"""The models users can name: a catalogue that is data (runner/catalogue.toml, plus the user's --models-file),
+validated here, and `hf:Org/Name[@revision]` for any Hub model through the generic adapter.
+
+Nothing here imports torch: the orchestrator and the tests read the catalogue too.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import difflib
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str  # what users type
-    family: str  # selects the adapter, the tiny-checkpoint builder and the image
-    hub_id: str
-    revision: str = "main"  # the resolved commit is recorded in the run manifest
-    dtype: str = "bfloat16"  # on GPU; tests on CPU use float32
-    transformers: str = ">=5.0,<6"  # versions this entry is known to work with
-    image: str = ""  # Docker image for the family (images/runner.Dockerfile + images/<family>/requirements.txt)
-    # GPU memory one more sample in a batch costs (GB, bf16, 2048x1024 panoramas, 64 new tokens): the growth of
-    # peak memory from batch 32 to 128 in bench.gpu_bench on one H200 (docs/PERFORMANCE.md). `--batch-size auto`
-    # divides the free memory after loading by it.
-    gpu_gb_per_sample: float = 0.5
-
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 IMAGE_PREFIX = "vlm-ablation"
+BUILTIN_CATALOGUE = Path(__file__).with_name("catalogue.toml")
+HUB_PREFIX = "hf:"
+GENERIC_FAMILY = "generic"
+# The adapters a catalogue entry can name (runner/adapters/); checked here without importing torch.
+ADAPTERS = ("auto", "internvl2")
+# A model name becomes part of file names (<model>_predictions.jsonl): letters, digits and . _ - @ only.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
+HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# Without a measured value, --batch-size auto estimates the memory per sample from the config (runner.memory).
+DEFAULT_MAX_IMAGE_SIDE = 1024
 
 
-def _spec(name: str, family: str, hub_id: str, **kwargs: Any) -> ModelSpec:
-    return ModelSpec(name=name, family=family, hub_id=hub_id, image=f"{IMAGE_PREFIX}/{family}:latest", **kwargs)
+class ModelSpec(BaseModel):
+    """One catalogue entry: everything the runner, the images and the orchestrator need to know about a model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    name: str  # what users type; part of the result file names
+    hub_id: str
+    revision: str = "main"  # the resolved commit is recorded in the run manifest
+    adapter: Literal["auto", "internvl2"] = "auto"
+    family: str = GENERIC_FAMILY  # the runner image: images/<family>/requirements.txt -> vlm-ablation/<family>
+    image: str | None = None  # another image reference (a family image by default)
+    pins: str | None = None  # a requirements file for a user's own image (relative to the catalogue file)
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # on GPU; CPU runs use float32
+    transformers: str = ">=5.0,<6"  # versions this entry is known to work with
+    gpu_gb_per_sample: float | None = Field(default=None, gt=0)
+    prompt_format: str | None = None  # for checkpoints without a chat template; {prompt} = the instruction
+    max_image_side: int = Field(default=DEFAULT_MAX_IMAGE_SIDE, ge=16)
+    max_pixels: int | None = Field(default=None, ge=256)
+    nested_images: bool = True  # one list of images per prompt ([[image], ...]); false for a processor that refuses it
+    generate_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra generate() arguments (e.g. a stop id)
+    tiny: str | None = None  # runner/tiny builder of the entry's tiny random-weight checkpoint
+    verified: str = ""
+    source: str = "built-in"  # the catalogue file the entry came from, or "hf:" for a Hub name
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, value: str) -> str:
+        if not NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r}: use letters, digits and . _ - @ only (it becomes part of file names)")
+        return value
+
+    @field_validator("hub_id")
+    @classmethod
+    def _hub_id(cls, value: str) -> str:
+        if not HUB_ID_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Hub id of the form Org/Name")
+        return value
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _prompt_format(cls, value: str | None) -> str | None:
+        if value is not None and value.count("{prompt}") != 1:
+            raise ValueError(f"{value!r} must contain {{prompt}} exactly once")
+        return value
+
+    @field_validator("generate_kwargs")
+    @classmethod
+    def _no_decoding_overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every model decodes greedily with the same settings (runner.adapters.base.GREEDY); an entry may add a stop
+        # token or similar, never change the decoding itself.
+        reserved = {"do_sample", "num_beams", "temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens"}
+        clash = sorted(reserved & set(value))
+        if clash:
+            raise ValueError(f"{clash} are set by the runner for every model (greedy decoding) and cannot be changed")
+        return value
+
+    @property
+    def image_ref(self) -> str:
+        """The Docker image that runs this model."""
+        return self.image or f"{IMAGE_PREFIX}/{self.family}:latest"
+
+    @property
+    def is_hub_name(self) -> bool:
+        return self.source == HUB_PREFIX
 
 
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        _spec("blip2-opt-2.7b", "blip2", "Salesforce/blip2-opt-2.7b", gpu_gb_per_sample=0.05),
-        # The published checkpoint is remote code (InternLM2 LM) that runs on transformers 4.46.x only; its image
-        # pins 4.46.3. The adapter also loads native (converted) InternVL checkpoints on 5.x: see docs/RUNNER.md.
-        _spec("internvl2-2b", "internvl2", "OpenGVLab/InternVL2-2B", transformers="==4.46.3", gpu_gb_per_sample=0.45),
-        _spec("blip2-flan-t5-xl", "blip2", "Salesforce/blip2-flan-t5-xl", gpu_gb_per_sample=0.03),
-        _spec("qwen2.5-vl-3b", "qwen2.5-vl", "Qwen/Qwen2.5-VL-3B-Instruct", gpu_gb_per_sample=0.23),
-        _spec("gemma-3-4b", "gemma3", "google/gemma-3-4b-it", gpu_gb_per_sample=0.11),
-        _spec("llava-1.5-7b", "llava", "llava-hf/llava-1.5-7b-hf", gpu_gb_per_sample=0.40),
-        _spec("llava-1.6-mistral-7b", "llava-next", "llava-hf/llava-v1.6-mistral-7b-hf", gpu_gb_per_sample=0.49),
-        _spec("instructblip-vicuna-7b", "instructblip", "Salesforce/instructblip-vicuna-7b", gpu_gb_per_sample=0.07),
-    )
-}
-
-FAMILIES = sorted({spec.family for spec in MODELS.values()})
+class CatalogueError(ValueError):
+    """A catalogue file that cannot be used; the message names the file, the entry and the field."""
 
 
 class UnknownModelError(ValueError):
     pass
 
 
-def get_model(name: str) -> ModelSpec:
+def _entry_error(path: Path, name: str, error: ValidationError) -> CatalogueError:
+    problems = "; ".join(
+        f"field {'.'.join(str(part) for part in item['loc']) or '(entry)'}: {item['msg']}" for item in error.errors()
+    )
+    return CatalogueError(f"{path}: model {name!r}: {problems}")
+
+
+def read_catalogue_file(path: Path) -> dict[str, ModelSpec]:
+    """Entries of one TOML catalogue file (`[models."<name>"]` tables), validated."""
     try:
-        return MODELS[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}") from None
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise CatalogueError(f"{path}: cannot be read: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise CatalogueError(f"{path}: not valid TOML: {error}") from None
+    unknown = sorted(set(document) - {"models"})
+    if unknown:
+        raise CatalogueError(f'{path}: unknown top-level key(s) {unknown}; entries go under [models."<name>"]')
+    tables = document.get("models", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise CatalogueError(f'{path}: `models` must hold one table per model: [models."<name>"]')
+    entries = {}
+    for name, table in tables.items():
+        if "name" in table or "source" in table:
+            raise CatalogueError(f"{path}: model {name!r}: `name` and `source` are not fields (the table name is)")
+        try:
+            entries[name] = ModelSpec(name=name, source=str(path), **table)
+        except ValidationError as error:
+            raise _entry_error(path, name, error) from None
+    return entries
+
+
+def parse_hub_name(text: str) -> ModelSpec:
+    """`hf:Org/Name[@revision]`: any Hub model through the generic adapter, named `Org--Name[@revision]`."""
+    reference = text[len(HUB_PREFIX) :]
+    hub_id, _, revision = reference.partition("@")
+    if not HUB_ID_PATTERN.fullmatch(hub_id) or (revision and not NAME_PATTERN.fullmatch(revision)):
+        raise UnknownModelError(f"{text!r}: expected hf:Org/Name or hf:Org/Name@revision")
+    name = hub_id.replace("/", "--") + (f"@{revision}" if revision else "")
+    return ModelSpec(name=name, hub_id=hub_id, revision=revision or "main", source=HUB_PREFIX)
+
+
+class Catalogue:
+    """The built-in entries plus those of the user's files; a name defined twice is an error naming both files."""
+
+    def __init__(self, files: Sequence[Path] = ()) -> None:
+        self.files = [BUILTIN_CATALOGUE, *[Path(f) for f in files]]
+        self.models: dict[str, ModelSpec] = {}
+        for path in self.files:
+            for name, spec in read_catalogue_file(path).items():
+                if name in self.models:
+                    raise CatalogueError(
+                        f"{path}: model {name!r} is already defined in {self.models[name].source}; choose another name"
+                    )
+                self.models[name] = spec
+
+    def get(self, name: str) -> ModelSpec:
+        if name.startswith(HUB_PREFIX):
+            return parse_hub_name(name)
+        if name in self.models:
+            return self.models[name]
+        by_lower = {known.lower(): known for known in self.models}
+        close = [by_lower[name.lower()]] if name.lower() in by_lower else []
+        close = close or difflib.get_close_matches(name, list(self.models), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+    def resolve(self, names: Iterable[str]) -> list[ModelSpec]:
+        """Every name, or ONE error listing every bad name at once (with suggestions) and the valid ones."""
+        specs, problems = [], []
+        for name in names:
+            try:
+                specs.append(self.get(name))
+            except UnknownModelError as error:
+                problems.append(str(error))
+        if problems:
+            raise UnknownModelError(
+                "; ".join(problems) + f". Valid names: {', '.join(self.models)}, or hf:Org/Name for any Hub model "
+                "(`python -m orchestrator models` lists them)"
+            )
+        names_seen: dict[str, str] = {}
+        for spec in specs:
+            if spec.name in names_seen:
+                raise UnknownModelError(f"{spec.name!r} is named twice")
+            names_seen[spec.name] = spec.name
+        return specs
+
+    def user_entries(self) -> list[ModelSpec]:
+        return [spec for spec in self.models.values() if spec.source != str(BUILTIN_CATALOGUE)]
+
+
+BUILTIN = Catalogue()
+MODELS: dict[str, ModelSpec] = BUILTIN.models
+FAMILIES = sorted({spec.family for spec in MODELS.values()} | {GENERIC_FAMILY})
+
+
+def get_model(name: str, models_files: Sequence[Path] = ()) -> ModelSpec:
+    """One entry by name; an unknown name is an error with suggestions and the valid names."""
+    catalogue = Catalogue(models_files) if models_files else BUILTIN
+    return catalogue.resolve([name])[0]
+
+
+def catalogue_toml(specs: Iterable[ModelSpec]) -> str:
+    """Entries written back as a catalogue file (reproduce rebuilds a user's --models-file from its manifest)."""
+    lines: list[str] = []
+    for spec in specs:
+        lines.append(f"[models.{_toml_value(spec.name)}]")
+        for key, value in spec.model_dump(exclude={"name", "source"}, exclude_defaults=True).items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")

@@ -16,7 +16,7 @@ from contract import RUN_MANIFEST, RunManifest, read_json, results_file
 from orchestrator.ablation import runner_argv
 from orchestrator.engines import RunPaths
 from orchestrator.plan import AblationOptions, GpuSelection, PlanError, build_plan
-from runner.adapters.blip2 import Blip2Adapter
+from runner.adapters.base import Adapter
 from runner.cli import batch_size
 from runner.loop import AUTO_BATCH_CPU, AUTO_BATCH_MAX, RunConfig, RunnerError, auto_batch_size, run
 from runner.registry import MODELS, get_model
@@ -25,11 +25,11 @@ GB = 10**9
 
 
 def test_auto_on_a_gpu_is_the_largest_power_of_two_that_fits_80_percent_of_free_memory() -> None:
-    llava_next = get_model("llava-1.6-mistral-7b")  # the hungriest per sample (0.49 GB)
+    llava_next = get_model("llava-1.6-mistral-7b").gpu_gb_per_sample  # the hungriest per sample (0.49 GB)
     # 60 GB free (an 80 GB card after 15 GB of weights): 0.8 * 60 / 0.49 = 97.9 -> 64.
     assert auto_batch_size(llava_next, 60 * GB, 1211) == 64
     size = auto_batch_size(llava_next, 60 * GB, 1211)
-    assert size * llava_next.gpu_gb_per_sample * GB <= 0.8 * 60 * GB < 2 * size * llava_next.gpu_gb_per_sample * GB
+    assert size * llava_next * GB <= 0.8 * 60 * GB < 2 * size * llava_next * GB
     # 125 GB free (an H200): 204 fit, capped at AUTO_BATCH_MAX.
     assert auto_batch_size(llava_next, 125 * GB, 1211) == AUTO_BATCH_MAX == 128
     # Almost nothing free: 1, never 0; the OOM halving is the safety net below that.
@@ -41,7 +41,7 @@ def test_auto_on_a_gpu_is_the_largest_power_of_two_that_fits_80_percent_of_free_
     assert auto_batch_size(llava_next, None, 1211) == AUTO_BATCH_CPU == 8
     # Every model has a measured, positive figure, and a small one gets a bigger batch in the same memory.
     assert all(spec.gpu_gb_per_sample > 0 for spec in MODELS.values())
-    blip2 = get_model("blip2-opt-2.7b")
+    blip2 = get_model("blip2-opt-2.7b").gpu_gb_per_sample
     assert auto_batch_size(blip2, 20 * GB, 1211) > auto_batch_size(llava_next, 20 * GB, 1211)
 
 
@@ -50,7 +50,7 @@ def test_default_run_records_auto_and_the_size_it_chose(make_panorama_data, tiny
     assert data.num_samples == 12
     rows_per_call: list[int] = []
 
-    class CountingBlip2(Blip2Adapter):
+    class CountingBlip2(Adapter):
         def generate(self, inputs, max_new_tokens, min_new_tokens=0):
             rows_per_call.append(int(inputs["input_ids"].shape[0]))
             return super().generate(inputs, max_new_tokens, min_new_tokens)

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from contract import PREDICTIONS_CSV, results_file
-from runner.adapters import adapter_for
-from runner.adapters.base import chat_template_prompt
+from runner.adapters import open_adapter
+from runner.adapters.base import cap_max_pixels, chat_template_prompt
 from runner.adapters.internvl2 import (
     INTERNVL2_SYSTEM_MESSAGE,
     RemoteLayout,
@@ -33,7 +33,6 @@ from runner.adapters.internvl2 import (
     tile_image,
     tiles_to_pixel_values,
 )
-from runner.adapters.qwen2_5_vl import MAX_PIXELS, cap_max_pixels
 from runner.images import ImageLimits, load_image
 from runner.loop import DEFAULT_PROMPT_TEMPLATE
 from runner.registry import get_model
@@ -62,11 +61,7 @@ MIN_NEW_TOKENS = 3  # random weights may emit EOS at once; a few forced tokens m
 
 
 def load_adapter(name: str, checkpoint: Path):
-    spec = get_model(name)
-    adapter_class = adapter_for(spec.family)
-    device = torch.device("cpu")
-    loaded = adapter_class.load(str(checkpoint), revision=None, dtype=torch.float32, device=device)
-    return adapter_class(spec, loaded, device, torch.float32)
+    return open_adapter(get_model(name), str(checkpoint), device=torch.device("cpu"), dtype=torch.float32)
 
 
 def special_token_texts(adapter) -> set[str]:
@@ -139,7 +134,7 @@ def test_chat_family_end_to_end(name, chat_data, tiny_checkpoint, run_runner, tm
     assert (manifest.dtype, manifest.device) == ("float32", "cpu")
     assert manifest.prompt_template == DEFAULT_PROMPT_TEMPLATE
     assert manifest.decoding["max_new_tokens"] == MAX_NEW_TOKENS and manifest.decoding["do_sample"] is False
-    assert manifest.decoding["max_image_side"] == adapter_for(spec.family).max_image_side
+    assert manifest.decoding["max_image_side"] == spec.max_image_side
     assert manifest.batch_size_requested == manifest.batch_size_used == 8
     assert (manifest.num_samples, manifest.num_errors, manifest.oom_retries) == (10, 0, 0)
     assert manifest.data_sha256 == hashlib.sha256(chat_data.data_file.read_bytes()).hexdigest()
@@ -229,15 +224,15 @@ def test_tiny_checkpoint_is_the_real_family(name, tiny_checkpoint):
 def test_qwen_pixel_budget_is_capped_for_panoramas():
     from transformers import Qwen2VLImageProcessor
 
-    from runner.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
-
+    spec = get_model("qwen2.5-vl-3b")
+    MAX_PIXELS = spec.max_pixels
     # The real checkpoint's budget (preprocessor_config.json: max_pixels 12845056) is lowered, a small one is kept.
     real = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056)
     assert cap_max_pixels(real, MAX_PIXELS) == MAX_PIXELS == 1280 * 28 * 28
     small = Qwen2VLImageProcessor(min_pixels=784, max_pixels=28 * 28 * 16)
     assert cap_max_pixels(small, MAX_PIXELS) == 28 * 28 * 16
     # A 2:1 panorama downscaled to max_image_side goes through whole: 1400 x 700 = 50 x 25 tokens of 28 px.
-    side = Qwen2_5_VLAdapter.max_image_side
+    side = spec.max_image_side
     grid = real(images=[Image.new("RGB", (side, side // 2), "gray")], return_tensors="pt")["image_grid_thw"]
     assert grid.tolist() == [[1, 50, 100]] and int(grid.prod()) // 4 == 1250
     # Without the cap an 8K panorama would cost far more; with it, no more than 1280 tokens.

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from contract import PREDICTIONS_CSV, PredictionRecord, results_file
-from runner.adapters import adapter_for
+from runner.adapters import adapter_for, open_adapter
 from runner.images import ImageLimits, load_image
 from runner.loop import DEFAULT_PROMPT_TEMPLATE
 from runner.registry import get_model
@@ -43,11 +43,7 @@ def shared_data(tmp_path_factory: pytest.TempPathFactory):
 
 
 def load_adapter(name: str, checkpoint: Path):
-    spec = get_model(name)
-    adapter_class = adapter_for(spec.family)
-    device = torch.device("cpu")
-    loaded = adapter_class.load(str(checkpoint), revision=None, dtype=torch.float32, device=device)
-    return adapter_class(spec, loaded, device, torch.float32)
+    return open_adapter(get_model(name), str(checkpoint), device=torch.device("cpu"), dtype=torch.float32)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -177,9 +173,11 @@ def test_tiny_command_line_builds_a_loadable_checkpoint(tmp_path):
 def test_tokenizer_without_pad_token_still_batches(tiny_checkpoint, shared_data):
     name = "llava-1.5-7b"
     spec = get_model(name)
-    adapter_class = adapter_for(spec.family)
+    adapter_class = adapter_for(spec.adapter)
     device = torch.device("cpu")
-    loaded = adapter_class.load(str(tiny_checkpoint(name)), revision=None, dtype=torch.float32, device=device)
+    loaded = adapter_class.load(
+        str(tiny_checkpoint(name)), revision=None, dtype=torch.float32, device=device, spec=spec
+    )
     loaded.processor.tokenizer.pad_token = None  # as some Llama-family tokenizers ship
     adapter = adapter_class(spec, loaded, device, torch.float32)
     assert adapter.tokenizer.pad_token == adapter.tokenizer.eos_token

@@ -225,11 +225,10 @@ def test_other_arguments_refuse_to_mix_and_overwrite_moves_the_old_file_aside(
 def test_cuda_oom_halves_the_batch_down_to_one(panorama_data, tiny_checkpoint, tmp_path, monkeypatch):
     """No GPU here, so the out-of-memory is raised by the real adapter when a batch has more than 2 rows."""
     from runner.adapters import base
-    from runner.adapters.blip2 import Blip2Adapter
 
     calls: list[int] = []
 
-    class TightMemoryBlip2(Blip2Adapter):
+    class TightMemoryBlip2(base.Adapter):
         def generate(self, inputs, max_new_tokens, min_new_tokens=0):
             rows = inputs["input_ids"].shape[0]
             calls.append(rows)
@@ -237,7 +236,7 @@ def test_cuda_oom_halves_the_batch_down_to_one(panorama_data, tiny_checkpoint, t
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
             return super().generate(inputs, max_new_tokens, min_new_tokens)
 
-    monkeypatch.setitem(base._FAMILIES, "blip2", TightMemoryBlip2)
+    monkeypatch.setitem(base._ADAPTERS, "auto", TightMemoryBlip2)
     config = RunConfig(model_name=FAST_MODEL, data_file=panorama_data.data_file, output_dir=tmp_path / "out",
                        model_path=tiny_checkpoint(FAST_MODEL), batch_size=8, max_new_tokens=4, device="cpu",
                        progress=False)  # fmt: skip

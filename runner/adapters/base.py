@@ -1,8 +1,12 @@
-"""The one interface every model family implements, and the registry of families.
+"""The one adapter interface, and the generic adapter most models take.
 
-The batching loop (runner/loop.py) lives once and calls only this interface. An adapter holds only what
-differs between families: how to load, how to turn (images, prompts) into model inputs, and which part of
-the generated ids is the answer. Register a family with `@register_family("name")`.
+The batching loop (runner/loop.py) lives once and calls only this interface. `Adapter` itself IS the generic
+adapter (`adapter = "auto"` in the catalogue): AutoProcessor + AutoModelForImageTextToText, the prompt from the
+processor's chat template with one `[{"type": "image"}, {"type": "text"}]` user turn (else the entry's documented
+`prompt_format`), left padding for decoder-only models, the answer sliced at the padded input length,
+encoder-decoder outputs kept whole, special tokens stripped. What differs between models is data in the catalogue
+entry (runner/catalogue.toml); a subclass exists only where behaviour really differs (InternVL2's remote code).
+Register one with `@register_adapter("name")`.
 """
 
 from __future__ import annotations
@@ -37,12 +41,10 @@ class LoadedModel:
 
 
 class Adapter:
-    family: ClassVar[str]
-    # Decoder-only models pad on the left and return prompt + answer; encoder-decoder models return only the answer.
-    decoder_only: ClassVar[bool] = True
-    # Largest image side worth decoding for this family: panoramas are downscaled to this once, before the
-    # processor, so CPU time is not spent on pixels the model never sees.
-    max_image_side: ClassVar[int] = 1024
+    name: ClassVar[str] = "auto"
+    # The transformers class, looked up by name when loading, so that importing every adapter works on each image's
+    # pinned transformers version.
+    model_class_name: ClassVar[str] = "AutoModelForImageTextToText"
 
     def __init__(self, spec: ModelSpec, loaded: LoadedModel, device: torch.device, dtype: torch.dtype):
         self.spec = spec
@@ -51,6 +53,11 @@ class Adapter:
         self.resolved_revision = loaded.resolved_revision
         self.device = device
         self.dtype = dtype
+        # Decoder-only models pad on the left and return prompt + answer; encoder-decoder models (BLIP-2 with
+        # Flan-T5) return only the answer. Read from the LOADED config, never from the model's name.
+        config = self.model.config
+        text_config = getattr(config, "text_config", None) or config
+        self.decoder_only = not (getattr(text_config, "is_encoder_decoder", False) or config.is_encoder_decoder)
         if self.decoder_only:
             # Batched decoder-only generation needs left padding: every row's answer then starts at the same column.
             self.tokenizer.padding_side = "left"
@@ -58,42 +65,41 @@ class Adapter:
             # Some Llama-family tokenizers ship without a pad token; batching needs one (masked out anyway).
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    # --- what a family sets -------------------------------------------------------------------------
-
-    # The transformers model class, looked up by name when loading, so that importing every adapter works on
-    # each family's pinned transformers version (e.g. 4.46.3 has no native InternVL or Gemma 3 classes).
-    model_class_name: ClassVar[str]
-    # The documented prompt format ({prompt} = the instruction) for checkpoints without a chat template;
-    # None means the family always ships one and its absence is an error.
-    fallback_format: ClassVar[str | None] = None
-    # Gemma 3's processor wants one list of images per prompt: [[image], [image], ...].
-    nested_images: ClassVar[bool] = False
-
-    # --- shared behaviour; a family overrides only what differs --------------------------------------
+    # --- loading ----------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    def load(
+        cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device, spec: ModelSpec
+    ) -> LoadedModel:
         """Load model + processor from a Hub id or a local folder (the same code path for both)."""
         commit = resolve_hub_revision(source, revision)
         pinned = commit or revision  # processor and weights from the same commit
-        processor = cls.load_processor(source, pinned)
+        processor = cls.load_processor(source, pinned, spec)
         model_class = getattr(transformers, cls.model_class_name)
         # device_map loads the safetensors straight onto the device (no full copy in host memory first).
         model = model_class.from_pretrained(source, revision=pinned, dtype=dtype, device_map=str(device)).eval()
         return LoadedModel(model=model, processor=processor, resolved_revision=commit or commit_hash(model))
 
     @classmethod
-    def load_processor(cls, source: str, revision: str | None) -> Any:
-        return transformers.AutoProcessor.from_pretrained(source, revision=revision)
+    def load_processor(cls, source: str, revision: str | None, spec: ModelSpec) -> Any:
+        processor = transformers.AutoProcessor.from_pretrained(source, revision=revision)
+        if spec.max_pixels is not None:
+            cap_max_pixels(getattr(processor, "image_processor", processor), spec.max_pixels)
+        return processor
+
+    # --- prompts and inputs -----------------------------------------------------------------------------
 
     def build_prompt(self, instruction: str) -> str:
-        """The exact text the model sees for one sample: the chat template, else the documented format."""
+        """The exact text the model sees for one sample: the chat template, else the entry's documented format."""
         templated = chat_template_prompt(self.processor, instruction)
         if templated is not None:
             return templated
-        if self.fallback_format is None:
-            raise ValueError(f"{self.spec.name}: the processor has no chat template (the published checkpoint has one)")
-        return self.fallback_format.format(prompt=instruction)
+        if self.spec.prompt_format is None:
+            raise ValueError(
+                f"{self.spec.name}: the processor has no chat template and the catalogue entry sets no prompt_format "
+                '(e.g. prompt_format = "USER: <image>\\n{prompt} ASSISTANT:")'
+            )
+        return self.spec.prompt_format.format(prompt=instruction)
 
     def preprocess(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
         """Processor call for one batch, on the CPU (the loop runs it in a worker thread, overlapping generation).
@@ -104,7 +110,7 @@ class Adapter:
         if template_wrote_bos(self.tokenizer, prompts):
             kwargs["add_special_tokens"] = False  # a second <bos> would change the model's input
         inputs = self.processor(
-            images=[[image] for image in images] if self.nested_images else images,
+            images=[[image] for image in images] if self.spec.nested_images else images,
             text=prompts,
             padding=True,
             return_tensors="pt",
@@ -118,6 +124,8 @@ class Adapter:
     def build_inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
         """Model inputs for one batch, on self.device."""
         return self.to_device(self.preprocess(images, prompts))
+
+    # --- generating and decoding ------------------------------------------------------------------------
 
     def generate(self, inputs: dict[str, Any], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
         """Greedy decoding. Returns generated ids (with the prompt for decoder-only models).
@@ -136,8 +144,8 @@ class Adapter:
             )
 
     def generation_kwargs(self) -> dict[str, Any]:
-        """Family-specific generate() arguments (e.g. a stop token)."""
-        return {}
+        """Model-specific generate() arguments: the catalogue entry's `generate_kwargs` (e.g. a stop token)."""
+        return dict(self.spec.generate_kwargs)
 
     def generated_ids(self, output_ids: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Only the newly generated ids: slice at the PADDED input length (never at a count of non-pad tokens).
@@ -151,6 +159,10 @@ class Adapter:
     def decode(self, output_ids: torch.Tensor, inputs: dict[str, Any]) -> list[str]:
         generated = self.generated_ids(output_ids, inputs)
         return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+    @property
+    def max_image_side(self) -> int:
+        return self.spec.max_image_side
 
     @property
     def tokenizer(self) -> Any:
@@ -224,22 +236,39 @@ def chat_template_prompt(processor: Any, instruction: str) -> str | None:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-_FAMILIES: dict[str, type[Adapter]] = {}
+def cap_max_pixels(image_processor: Any, max_pixels: int) -> int:
+    """Lower a dynamic-resolution image processor's pixel budget to max_pixels (never raise it); returns the budget
+    in effect. Qwen2-VL-style processors keep it as size["longest_edge"] (in pixels, not a side length)."""
+    size = getattr(image_processor, "size", None)
+    current = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    if current is None:
+        raise ValueError(
+            f"max_pixels is set but {type(image_processor).__name__} has no pixel budget (size.longest_edge) to cap"
+        )
+    effective = min(int(current), max_pixels)
+    if isinstance(size, dict):
+        size["longest_edge"] = effective
+    else:
+        size.longest_edge = effective
+    return effective
 
 
-def register_family(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
+_ADAPTERS: dict[str, type[Adapter]] = {"auto": Adapter}
+
+
+def register_adapter(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
     def decorate(cls: type[Adapter]) -> type[Adapter]:
-        cls.family = name
-        _FAMILIES[name] = cls
+        cls.name = name
+        _ADAPTERS[name] = cls
         return cls
 
     return decorate
 
 
-def adapter_for(family: str) -> type[Adapter]:
-    import runner.adapters  # noqa: F401  (importing the package registers every family)
+def adapter_for(name: str) -> type[Adapter]:
+    import runner.adapters  # noqa: F401  (importing the package registers every adapter)
 
     try:
-        return _FAMILIES[family]
+        return _ADAPTERS[name]
     except KeyError:
-        raise ValueError(f"no adapter registered for family {family!r}; known: {sorted(_FAMILIES)}") from None
+        raise ValueError(f"no adapter registered as {name!r}; known: {sorted(_ADAPTERS)}") from None

@@ -35,9 +35,10 @@ from runner.adapters.base import (
     LoadedModel,
     commit_hash,
     pin_memory,
-    register_family,
+    register_adapter,
     resolve_hub_revision,
 )
+from runner.registry import ModelSpec
 
 NATIVE_MODEL_TYPE = "internvl"
 REMOTE_MODEL_TYPE = "internvl_chat"
@@ -160,17 +161,17 @@ def checkpoint_model_type(source: str, revision: str | None) -> str:
     return model_type
 
 
-@register_family("internvl2")
+@register_adapter("internvl2")
 class InternVL2Adapter(Adapter):
-    # 448 px tiles, up to 12: a 2:1 panorama is cut 4 x 2 at 1792 x 896 (+ thumbnail), the model's full detail.
-    max_image_side = 1792
     model_class_name = "InternVLForConditionalGeneration"  # the native format; remote code loads via AutoModel
 
     @classmethod
-    def load(cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    def load(
+        cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device, spec: ModelSpec
+    ) -> LoadedModel:
         if checkpoint_model_type(source, revision) == REMOTE_MODEL_TYPE:
             return cls._load_remote(source, revision=revision, dtype=dtype, device=device)
-        return super().load(source, revision=revision, dtype=dtype, device=device)
+        return super().load(source, revision=revision, dtype=dtype, device=device, spec=spec)
 
     @classmethod
     def _load_remote(

@@ -1,4 +1,4 @@
-"""Tiny random-weight checkpoints of each family's real transformers classes (see common.py)."""
+"""Tiny random-weight checkpoints of each model's real transformers classes (see common.py)."""
 
 from runner.tiny import blip2, gemma3, instructblip, internvl2, llava, llava_next, qwen2_5_vl  # noqa: F401
 from runner.tiny.common import builder_for, register_tiny, train_tokenizer
@@ -7,10 +7,12 @@ __all__ = ["builder_for", "build_tiny", "register_tiny", "train_tokenizer"]
 
 
 def build_tiny(model_name: str, out_dir: str) -> None:
-    """Build the tiny checkpoint for a registry name into out_dir (config, weights, processor, tokenizer)."""
+    """Build the tiny checkpoint of a catalogue entry (its `tiny` builder) into out_dir."""
     from pathlib import Path
 
     from runner.registry import get_model
 
     spec = get_model(model_name)
-    builder_for(spec.family)(spec, Path(out_dir))
+    if spec.tiny is None:
+        raise ValueError(f"{model_name}: its catalogue entry names no tiny checkpoint builder (`tiny = ...`)")
+    builder_for(spec.tiny)(spec, Path(out_dir))

@@ -6,7 +6,8 @@ from runner.registry import MODELS
 from runner.tiny import build_tiny
 
 parser = argparse.ArgumentParser(prog="python -m runner.tiny", description=__doc__)
-parser.add_argument("--model", required=True, choices=sorted(MODELS), help="registry name")
+buildable = sorted(name for name, spec in MODELS.items() if spec.tiny)
+parser.add_argument("--model", required=True, choices=buildable, help="catalogue name")
 parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
 args = parser.parse_args()
 build_tiny(args.model, args.out)

@@ -81,10 +81,19 @@ def register_tiny(family: str) -> Callable[[TinyBuilder], TinyBuilder]:
     return decorate
 
 
-def builder_for(family: str) -> TinyBuilder:
+def builder_for(name: str) -> TinyBuilder:
     import runner.tiny  # noqa: F401  (importing the package registers every builder)
 
-    return _BUILDERS[family]
+    try:
+        return _BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"no tiny checkpoint builder {name!r}; known: {sorted(_BUILDERS)}") from None
+
+
+def tiny_builders() -> list[str]:
+    import runner.tiny  # noqa: F401
+
+    return sorted(_BUILDERS)
 
 
 def tiny_decoder_sizes(tokenizer: PreTrainedTokenizerFast, **overrides: object) -> dict[str, object]:
