@@ -82,7 +82,8 @@ def load_dataset(
     if not path.is_file():
         raise DataFileError(f"{path}: data file not found")
     text = _decode_utf8(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(path, text))
+    delimiter = _delimiter(path, text)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     found = reader.fieldnames or []
     missing = [c for c in (image_column, query_column, annotation_column) if c not in found]
     if missing:
@@ -91,18 +92,46 @@ def load_dataset(
     grouped: dict[tuple[str, str], list[str]] = {}
     empty = 0
     num_rows = 0
-    for line_number, row in enumerate(reader, start=2):
+    seen_rows: set[tuple[str, str, str]] = set()
+    duplicates = 0
+    first_duplicate = ""
+    expected_fields = len(found)
+    line_end = reader.line_num  # the header's last line
+    for row in reader:
+        # Positions are FILE lines (a quoted caption may span several), as an editor shows them.
+        line_start, line_end = line_end + 1, reader.line_num
+        where = f"line {line_start}" if line_start == line_end else f"lines {line_start}-{line_end}"
         num_rows += 1
+        if None in row:  # more fields than the header: an unquoted delimiter inside a caption
+            extra = row[None]  # type: ignore[index]
+            raise DataFileError(
+                f"{path}: {where} has {expected_fields + len(extra)} fields but the header has {expected_fields} "
+                f"(extra: {extra!r}); a caption containing {delimiter!r} must be quoted"
+            )
+        if any(value is None for value in row.values()):
+            count = sum(value is not None for value in row.values())
+            raise DataFileError(f"{path}: {where} has {count} fields but the header has {expected_fields}")
         image = (row.get(image_column) or "").strip()
         query = (row.get(query_column) or "").strip()
         if not image or not query:
-            raise DataFileError(f"{path}: row at line {line_number} has an empty {image_column!r} or {query_column!r}")
+            raise DataFileError(f"{path}: row at {where} has an empty {image_column!r} or {query_column!r}")
         references = grouped.setdefault((image, query), [])
         annotation = (row.get(annotation_column) or "").strip()
         if annotation:
+            if (image, query, annotation) in seen_rows:
+                duplicates += 1
+                first_duplicate = first_duplicate or where
+            seen_rows.add((image, query, annotation))
             references.append(annotation)
         else:
             empty += 1
+    warnings = []
+    if duplicates:
+        # Kept (the reference tools would score them as given), but a repeated reference weighs twice.
+        warnings.append(
+            f"{path}: {duplicates} row(s) repeat an earlier (url, query, annotation) row exactly (first at "
+            f"{first_duplicate}); each is kept as a repeated reference"
+        )
 
     root = Path(image_root) if image_root is not None else None
     samples = [
@@ -122,4 +151,5 @@ def load_dataset(
         num_rows=num_rows,
         empty_annotations_dropped=empty,
         samples_without_reference_dropped=len(grouped) - len(samples),
+        warnings=warnings,
     )

@@ -29,6 +29,10 @@ __all__ = [
     "COMPARISON_CSV",
     "ABLATION_MANIFEST",
     "REPORT_HTML",
+    "COMPARISON_MD",
+    "COMPARISON_TEX",
+    "STALE_SUFFIX",
+    "mark_derived_stale",
     "RANDOM_WEIGHTS_MARKER",
     "RUNNER_RESULT_PREFIX",
     "HEADLINE_METRICS",
@@ -68,6 +72,10 @@ SUMMARY_JSON = "all_models_summary.json"  # scoring
 COMPARISON_CSV = "comparison.csv"  # scoring
 ABLATION_MANIFEST = "run_manifest.json"  # orchestrator
 REPORT_HTML = "report.html"  # scoring report
+COMPARISON_MD = "comparison.md"  # scoring report, paper-ready tables
+COMPARISON_TEX = "comparison.tex"
+# Suffix of a result file whose inputs changed: renamed, never deleted, so nothing stale looks current.
+STALE_SUFFIX = ".stale"
 # A tiny random-weight checkpoint built by `python -m runner.tiny` carries this file; the runner records
 # `random_weights: true` in `<model>_run.json` when it loads one, and the report and console say so.
 RANDOM_WEIGHTS_MARKER = "vlm-ablation-random-weights.json"
@@ -295,6 +303,22 @@ class AblationManifest(BaseModel):
 
 # ---------------------------------------------------------------------------------------------------------
 # Reading and writing.
+
+
+def mark_derived_stale(out_dir: str | Path, model: str) -> list[Path]:
+    """Before a model's predictions change, rename what was computed from them (its metrics and sample scores, and
+    the folder's summary, comparison tables and report) to `<name>.stale`, so none of it looks current until scoring
+    runs again. Returns the renamed files."""
+    out_dir = Path(out_dir)
+    derived = [results_file(out_dir, METRICS_JSON, model), results_file(out_dir, SAMPLE_SCORES_JSONL, model)]
+    derived += [out_dir / name for name in (SUMMARY_JSON, COMPARISON_CSV, COMPARISON_MD, COMPARISON_TEX, REPORT_HTML)]
+    renamed = []
+    for path in derived:
+        if path.exists():
+            target = path.with_name(path.name + STALE_SUFFIX)
+            os.replace(path, target)
+            renamed.append(target)
+    return renamed
 
 
 def write_json_atomic(path: str | Path, payload: BaseModel | dict[str, Any] | list[Any]) -> None:

@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -26,21 +30,22 @@ from contract import (
     AblationManifest,
     MetricsFile,
     ModelRunRecord,
+    PredictionRecord,
     RunManifest,
     RunnerResult,
     read_json,
+    read_jsonl,
     results_file,
     write_json_atomic,
 )
 from orchestrator.console import Console, clock, duration, metric_line
-from orchestrator.engines import Engine, RunPaths, Task, TaskResult
+from orchestrator.engines import HF_TOKEN_VARIABLES, Engine, RunPaths, Task, TaskResult
 from orchestrator.hub_fetch import FETCH_RESULT_PREFIX
 from orchestrator.plan import AblationOptions, GpuSelection, Plan, PlanError, build_plan, parse_gpus
 from runner.registry import ModelSpec
 
 SCORING_IMAGE = "vlm-ablation/scoring:latest"
 LOGS_DIR = "logs"
-HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
 def now() -> datetime:
@@ -81,7 +86,7 @@ class AblationOutcome:
         return 0 if not self.failed and self.scoring_ok is not False else 1
 
 
-def make_engine(name: str) -> Engine:
+def make_engine(name: str, container_user: str | None = None, memory: str | None = None) -> Engine:
     """`docker`, `local`, or `auto` (docker when an engine answers at DOCKER_HOST, else local)."""
     from orchestrator.engines import LocalEngine
 
@@ -89,10 +94,10 @@ def make_engine(name: str) -> Engine:
         return LocalEngine()
     from orchestrator import docker_engine
 
-    if name == "docker":
-        return docker_engine.DockerEngine()
+    if name == "docker" or (name == "auto" and docker_engine.engine_answers()):
+        return docker_engine.DockerEngine(user=container_user, memory=memory)
     if name == "auto":
-        return docker_engine.DockerEngine() if docker_engine.engine_answers() else LocalEngine()
+        return LocalEngine()
     raise PlanError(f"--engine {name!r}: expected auto, docker or local")
 
 
@@ -126,6 +131,8 @@ def runner_argv(plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection
 def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
     predictions = [f"{paths.output_dir}/{PREDICTIONS_JSONL.format(model=m)}" for m in models]
     argv = ["score", "--predictions", *predictions, "--output-dir", paths.output_dir, "--data", paths.data_file]
+    if plan.options.limit:
+        argv += ["--limit", str(plan.options.limit)]  # score exactly the subset the runners captioned
     return argv + (["--report"] if plan.options.report else [])
 
 
@@ -136,9 +143,26 @@ def last_prefixed(lines: list[str], prefix: str) -> str | None:
     return None
 
 
-def hf_token_environment() -> dict[str, str]:
-    """The token goes to the fetch container by environment only; it is never printed or recorded."""
-    return {name: os.environ[name] for name in HF_TOKEN_VARIABLES if os.environ.get(name)}
+@contextmanager
+def hf_token_file(owner: tuple[int, int] | None) -> Iterator[Path | None]:
+    """The Hub token of this process's environment (HF_TOKEN), as a private file for the fetch step only, removed
+    afterwards: a file is never shown by `docker inspect` or /proc/<pid>/environ. None when there is no token.
+    `owner`: the uid:gid the fetch container runs as (it must read the file)."""
+    token = next((os.environ[name] for name in HF_TOKEN_VARIABLES if os.environ.get(name)), None)
+    if token is None:
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="vlm-ablation-token-"))
+    path = folder / "token"
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(token)
+        if owner is not None and os.getuid() == 0 and owner != (0, 0):
+            os.chown(path, *owner)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class Ablation:
@@ -231,6 +255,10 @@ class Ablation:
         """Download each Hub model's weights into the cache, network on; records the resolved commits."""
         assert self.plan is not None
         paths = self.engine.paths(self.plan)
+        with hf_token_file(self.engine.container_owner()) as token_file:
+            self._fetch_all(paths, token_file)
+
+    def _fetch_all(self, paths: RunPaths, token_file: Path | None) -> None:
         total = len(self.outcomes)
         for outcome in self.outcomes:
             record = outcome.record
@@ -243,7 +271,8 @@ class Ablation:
                 gpus=GpuSelection("none"),
                 timeout=None,
                 network=True,
-                environment=hf_token_environment() | ({"HF_HOME": paths.hf_cache} if paths.hf_cache else {}),
+                environment={"HF_HOME": paths.hf_cache} if paths.hf_cache else {},
+                token_file=token_file,
             )
             sink = self.console.model_sink(record.model_name, self._log_file(record.model_name, "fetch"))
             try:
@@ -392,6 +421,20 @@ class Ablation:
             self.console.line(f"scoring FAILED: {result.message}")
         return result.ok
 
+    def _interrupted_message(self, outcome: ModelOutcome) -> str:
+        """What an interruption left of one model, counted from its predictions file."""
+        assert self.plan is not None
+        if outcome.record.started_at is None:
+            return "not started: the run was interrupted before this model"
+        path = results_file(self.plan.output_dir, PREDICTIONS_JSONL, outcome.record.model_name)
+        try:
+            written = len({r.sample_id for r in read_jsonl(path, PredictionRecord)}) if path.is_file() else 0
+        except (OSError, ValueError):
+            written = 0
+        return f"interrupted after {written} of {self.plan.num_samples} samples" + (
+            " (partial predictions kept; rerun to resume)" if written else ""
+        )
+
     def print_metrics(self) -> None:
         assert self.plan is not None
         total = len(self.outcomes)
@@ -463,7 +506,7 @@ class Ablation:
             for outcome in self.outcomes:
                 if outcome.record.status == "pending":
                     outcome.record.status = "failed"
-                    outcome.record.message = "interrupted (partial predictions kept; rerun to resume)"
+                    outcome.record.message = self._interrupted_message(outcome)
         finally:
             self.engine.stop_all()
         outcome = AblationOutcome(

@@ -47,6 +47,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     )
     parser.add_argument("--skip-fetch", action="store_true", help="do not download; use what the cache holds")
     parser.add_argument("--shm-size", default="2g", help="/dev/shm size of each inference container")
+    parser.add_argument(
+        "--container-user",
+        metavar="UID:GID",
+        help="docker: the account containers run as (default: yours; required when running as root without sudo)",
+    )
+    parser.add_argument("--memory", help="docker: memory limit of each inference container, e.g. 64g (default: none)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     parser.add_argument(
         "--image", action="append", default=[], metavar="FAMILY=IMAGE", help="use another image for a family or scoring"
@@ -66,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--hf-cache", type=Path, help="cache folder (default: $HF_HOME or ~/.cache/huggingface)")
     fetch.add_argument("--output-dir", type=Path, default=Path("results"), help="where fetch_revisions.json goes")
     fetch.add_argument("--image", action="append", default=[], metavar="FAMILY=IMAGE")
+    fetch.add_argument("--container-user", metavar="UID:GID", help="docker: the account the fetch containers run as")
 
     reproduce = commands.add_parser("reproduce", help="rerun an ablation from its run_manifest.json and compare")
     reproduce.add_argument("--manifest", type=Path, required=True, help="run_manifest.json of the run to reproduce")
@@ -74,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--gpus", help="default: the manifest's")
     reproduce.add_argument("--data", type=Path, help="the data file, where it moved (its sha256 must match)")
     reproduce.add_argument("--model-path-root", type=Path, help="where the local checkpoints are on this host")
+    reproduce.add_argument("--container-user", metavar="UID:GID", help="docker: the account containers run as")
 
     images = commands.add_parser("images", help="build the family and scoring images through the Docker SDK")
     images.add_argument("--families", default="all", help="comma list of families and/or `scoring`, or `all`")
@@ -119,6 +127,8 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         shm_size=args.shm_size,
         images=parse_image_overrides(args.image),
         report=not args.no_report,
+        container_user=args.container_user,
+        memory=args.memory,
     )
 
 
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.ablation import Ablation, make_engine
 
             options = options_from_args(args)
-            ablation = Ablation(options, make_engine(options.engine))
+            ablation = Ablation(options, make_engine(options.engine, options.container_user, options.memory))
             ablation.prepare()
             return ablation.run().exit_code
         if args.command == "fetch":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -27,6 +28,10 @@ from orchestrator.plan import GpuSelection, Plan, PlanError
 LABEL_MANAGED = "io.vlm-ablation.managed"
 LABEL_RUN_ID = "io.vlm-ablation.run-id"
 LABEL_TASK = "io.vlm-ablation.task"
+# Who started a container, for a rerun to find what a killed orchestrator left running on its results folder.
+LABEL_OUTPUT_DIR = "io.vlm-ablation.output-dir"
+LABEL_OWNER_PID = "io.vlm-ablation.orchestrator-pid"
+LABEL_OWNER_HOST = "io.vlm-ablation.orchestrator-host"
 
 # Where things sit inside the containers (the images create these folders).
 DATA_DIR = "/data"
@@ -34,9 +39,10 @@ RESULTS_DIR = "/results"
 MODELS_DIR = "/models"
 IMAGES_DIR = "/images"
 HF_CACHE_DIR = "/cache/huggingface"
-
-# The images' own non-root user: used when the orchestrator itself runs as root (uid 0 is never passed on).
-FALLBACK_USER = (1000, 1000)
+TOKEN_FILE = "/run/secrets/hf_token"  # the fetch step's Hub token, mounted read-only (HF_TOKEN_PATH)
+# Limits of every container: a fork bomb or runaway thread pool stops at PIDS_LIMIT; memory is opt-in (--memory),
+# since a model's host memory need is not known in advance and the OOM message then names the fix.
+PIDS_LIMIT = 4096
 
 
 def docker_host_description() -> str:
@@ -68,15 +74,36 @@ def engine_answers() -> bool:
         return False
 
 
-def container_user() -> tuple[int, int]:
-    """The host user's uid:gid, so result files belong to the user; never root."""
-    uid, gid = os.getuid(), os.getgid()
-    return FALLBACK_USER if uid == 0 else (uid, gid)
+def container_user(requested: str | None = None, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """The uid:gid containers run as: --container-user, else the invoking user, else (under sudo) the user sudo was
+    called by. Never root: as root without either, the caller must say which account (PlanError)."""
+    environ = dict(os.environ) if environ is None else environ
+    if requested:
+        uid_text, _, gid_text = requested.partition(":")
+        if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
+            raise PlanError(f"--container-user {requested!r}: expected UID or UID:GID (numbers), e.g. 1000:1000")
+        uid, gid = int(uid_text), int(gid_text or uid_text)
+        if uid == 0:
+            raise PlanError("--container-user 0: containers never run as root; give a non-root UID:GID")
+        return uid, gid
+    if os.getuid() != 0:
+        return os.getuid(), os.getgid()
+    sudo_uid, sudo_gid = environ.get("SUDO_UID", ""), environ.get("SUDO_GID", "")
+    if sudo_uid.isdigit() and int(sudo_uid) != 0:
+        return int(sudo_uid), int(sudo_gid) if sudo_gid.isdigit() else int(sudo_uid)
+    raise PlanError(
+        "running as root: containers never run as root, so say which account they run as with "
+        "--container-user UID:GID (make ablation CONTAINER_USER=UID:GID); that account must be able to write the "
+        "results folder and read the data, images and checkpoints"
+    )
 
 
-def _readable_by_others(path: Path) -> bool:
-    needed = 0o005 if path.is_dir() else 0o004
-    return path.stat().st_mode & needed == needed
+def _can(path: Path, uid: int, gid: int, read: bool = True, write: bool = False) -> bool:
+    """Whether uid:gid may read (and list, for a folder) / write `path`, by its mode bits."""
+    info = path.stat()
+    shift = 6 if info.st_uid == uid else 3 if info.st_gid == gid else 0
+    need = (4 if read else 0) | (2 if write else 0) | (1 if path.is_dir() else 0)
+    return (info.st_mode >> shift) & need == need
 
 
 def _mounted_paths(plan: Plan) -> list[Path]:
@@ -88,6 +115,16 @@ def _mounted_paths(plan: Plan) -> list[Path]:
     return paths
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-")
 
@@ -95,10 +132,17 @@ def _slug(text: str) -> str:
 class DockerEngine(Engine):
     name = "docker"
 
-    def __init__(self, client: docker.DockerClient | None = None, run_id: str | None = None):
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        run_id: str | None = None,
+        user: str | None = None,
+        memory: str | None = None,
+    ):
         self.client = client or connect()
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.user = container_user()
+        self.user = container_user(user)
+        self.memory = memory
         self._containers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._plan: Plan | None = None
@@ -125,31 +169,43 @@ class DockerEngine(Engine):
                 f"{len(outside)} image(s) lie outside the data file's folder {plan.data_file.parent}, which is all the "
                 f"containers see (e.g. {outside[0]}); pass --image-root with their common folder"
             )
-        if os.getuid() == 0:
-            # Running as root: the containers run as uid 1000, which must be able to read the mounts...
-            closed = [str(path) for path in _mounted_paths(plan) if path.exists() and not _readable_by_others(path)]
-            if closed:
-                shown = ", ".join(closed[:3]) + (f" and {len(closed) - 3} more" if len(closed) > 3 else "")
+        uid, gid = self.user
+        # The containers' user must read the mounts and write the results (nothing is chowned for it).
+        closed = [str(path) for path in _mounted_paths(plan) if path.exists() and not _can(path, uid, gid)]
+        if closed:
+            shown = ", ".join(closed[:3]) + (f" and {len(closed) - 3} more" if len(closed) > 3 else "")
+            raise PlanError(
+                f"{shown} cannot be read by uid {uid} (the containers' user): `chmod -R o+rX` them, or choose "
+                "another --container-user"
+            )
+        if not _can(plan.output_dir, uid, gid, write=True):
+            raise PlanError(
+                f"the results folder {plan.output_dir} is not writable by uid {uid}:{gid}, the containers' user: "
+                f"`chown -R {uid}:{gid}` it or choose another --output-dir / --container-user"
+            )
+        if plan.hf_cache is not None and plan.model_path_root is None and not plan.options.skip_fetch:
+            if plan.hf_cache.exists() and not _can(plan.hf_cache, uid, gid, write=True):
                 raise PlanError(
-                    f"{shown} cannot be read by others, and the containers run as uid {self.user[0]} "
-                    "(never root): `chmod -R o+rX` them"
+                    f"the Hugging Face cache {plan.hf_cache} is not writable by uid {uid}, the fetch container's "
+                    f"user: pass --hf-cache with a folder it can write, or --skip-fetch"
                 )
-            uid, gid = self.user
-            # ... write the Hugging Face cache where the fetch step fills it ...
-            if plan.hf_cache is not None and plan.model_path_root is None and not plan.options.skip_fetch:
-                if not plan.hf_cache.exists():
-                    plan.hf_cache.mkdir(parents=True)
-                    os.chown(plan.hf_cache, uid, gid)
-                elif plan.hf_cache.stat().st_uid != uid:
-                    raise PlanError(
-                        f"the Hugging Face cache {plan.hf_cache} belongs to another user, and the fetch container "
-                        f"runs as uid {uid} (never root): pass --hf-cache with a folder of uid {uid}, or --skip-fetch"
-                    )
-            # ... and write the results.
-            for folder, _dirs, files in os.walk(plan.output_dir):
-                os.chown(folder, uid, gid)
-                for name in files:
-                    os.chown(os.path.join(folder, name), uid, gid)
+        self._remove_orphans(plan)
+
+    def _remove_orphans(self, plan: Plan) -> None:
+        """Containers a killed orchestrator left running on this results folder are removed before anything starts;
+        a live ablation on the same folder is refused (the runners' file lock would refuse it later anyway)."""
+        found = self.client.containers.list(all=True, filters={"label": f"{LABEL_OUTPUT_DIR}={plan.output_dir}"})
+        host = socket.gethostname()
+        for container in found:
+            labels = container.labels or {}
+            pid_text, owner_host = labels.get(LABEL_OWNER_PID, ""), labels.get(LABEL_OWNER_HOST, "")
+            if owner_host == host and pid_text.isdigit() and _alive(int(pid_text)):
+                raise PlanError(
+                    f"another ablation (pid {pid_text}) is running containers on {plan.output_dir}; wait for it, stop "
+                    "it, or use another --output-dir"
+                )
+            print(f"removing {container.name}, left running by an orchestrator that died (pid {pid_text or '?'})")
+            self._remove(container)
 
     def paths(self, plan: Plan) -> RunPaths:
         return RunPaths(
@@ -174,7 +230,10 @@ class DockerEngine(Engine):
         if task.kind == "fetch":
             assert plan.hf_cache is not None
             plan.hf_cache.mkdir(parents=True, exist_ok=True)
-            return [Mount(HF_CACHE_DIR, str(plan.hf_cache), type="bind", read_only=False)]
+            mounts = [Mount(HF_CACHE_DIR, str(plan.hf_cache), type="bind", read_only=False)]
+            if task.token_file is not None:
+                mounts.append(Mount(TOKEN_FILE, str(task.token_file), type="bind", read_only=True))
+            return mounts
         mounts = [
             Mount(DATA_DIR, str(plan.data_file.parent), type="bind", read_only=True),
             Mount(RESULTS_DIR, str(plan.output_dir), type="bind", read_only=False),
@@ -204,21 +263,35 @@ class DockerEngine(Engine):
         if not task.network:
             environment.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         environment.update(task.environment)
+        if task.token_file is not None:
+            environment["HF_TOKEN_PATH"] = TOKEN_FILE  # a path, never the token (docker inspect shows the env)
+        labels = {
+            LABEL_MANAGED: "1",
+            LABEL_RUN_ID: self.run_id,
+            LABEL_TASK: task.name,
+            LABEL_OUTPUT_DIR: str(plan.output_dir),
+            LABEL_OWNER_PID: str(os.getpid()),
+            LABEL_OWNER_HOST: socket.gethostname(),
+        }
         options: dict[str, Any] = {
             "command": task.argv,
             "name": f"vlm-ablation-{self.run_id}-{_slug(task.name)}",
-            "labels": {LABEL_MANAGED: "1", LABEL_RUN_ID: self.run_id, LABEL_TASK: task.name},
+            "labels": labels,
             "user": f"{self.user[0]}:{self.user[1]}",
             "environment": environment,
             "mounts": self._mounts(task),
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "shm_size": plan.options.shm_size,
+            "pids_limit": PIDS_LIMIT,
             "device_requests": self._device_requests(task.gpus),
             "working_dir": "/tmp",
             "init": True,
             "detach": True,
         }
+        if self.memory:
+            options["mem_limit"] = self.memory
+            options["memswap_limit"] = self.memory  # no swap on top: an OOM is reported, not a crawl
         if task.network:
             # Only the fetch step: downloads weights into the cache. Its entry point is not the image's.
             options["entrypoint"] = ["python", "-m", "orchestrator.hub_fetch"]
@@ -316,6 +389,9 @@ class DockerEngine(Engine):
             return None
         repo_digests = found.attrs.get("RepoDigests") or []
         return repo_digests[0] if repo_digests else found.id
+
+    def container_owner(self) -> tuple[int, int] | None:
+        return self.user
 
     def versions(self) -> dict[str, str]:
         info = self.client.version()

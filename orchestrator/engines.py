@@ -14,13 +14,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from contract.lifetime import PARENT_PID_ENV
 from orchestrator.plan import GpuSelection, Plan
 
 LineSink = Callable[[str], None]
 TaskKind = Literal["runner", "scoring", "fetch"]
 
+# Hub tokens, read from the orchestrator's environment for the fetch step only (given to it as a file).
+HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # The module each kind of task runs (the images' ENTRYPOINTs are `python -m runner` / `python -m scoring`).
 TASK_MODULES: dict[str, str] = {"runner": "runner", "scoring": "scoring", "fetch": "orchestrator.hub_fetch"}
 
@@ -46,6 +50,7 @@ class Task:
     timeout: float | None = None
     network: bool = False  # only the fetch step gets a network
     environment: dict[str, str] = field(default_factory=dict)
+    token_file: Path | None = None  # the fetch step's Hub token, as a file (never an environment variable)
 
 
 @dataclass
@@ -87,6 +92,10 @@ class Engine:
 
     def versions(self) -> dict[str, str]:
         return {}
+
+    def container_owner(self) -> tuple[int, int] | None:
+        """The uid:gid tasks run as when it is not this process's own (containers); None: this process's."""
+        return None
 
 
 def pump_lines(chunks: Iterable[str], sink: LineSink, lines: list[str]) -> None:
@@ -131,8 +140,10 @@ class LocalEngine(Engine):
         return [self.python, "-m", TASK_MODULES[task.kind], *task.argv]
 
     def environment(self, task: Task) -> dict[str, str]:
-        env = dict(os.environ)
+        # Never a Hub token: only the fetch step needs one, and it gets it as a file (HF_TOKEN_PATH).
+        env = {key: value for key, value in os.environ.items() if key not in HF_TOKEN_VARIABLES}
         env["PYTHONUNBUFFERED"] = "1"
+        env[PARENT_PID_ENV] = str(os.getpid())  # the child dies with this process (contract.lifetime)
         if task.gpus.mode == "none":
             env["CUDA_VISIBLE_DEVICES"] = ""
         elif task.gpus.mode == "ids":
@@ -142,6 +153,8 @@ class LocalEngine(Engine):
             env["HF_HUB_OFFLINE"] = "1"
             env["TRANSFORMERS_OFFLINE"] = "1"
         env.update(task.environment)
+        if task.token_file is not None:
+            env["HF_TOKEN_PATH"] = str(task.token_file)
         return env
 
     def run(self, task: Task, sink: LineSink) -> TaskResult:

@@ -40,7 +40,7 @@ def fetch_command(args: argparse.Namespace) -> int:
         dataset_summary="",
         image_paths=[],
     )
-    ablation = Ablation(options, make_engine(args.engine))
+    ablation = Ablation(options, make_engine(args.engine, args.container_user))
     ablation.attach(plan, scoring=False)
     print(f"fetching {len(specs)} model(s) into {hf_cache} ({ablation.engine.name} engine)")
     ablation.fetch()

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contract import DataFileError, file_sha256, load_dataset
-from runner.loop import is_batch_size
-from runner.registry import MODELS, ModelSpec, UnknownModelError, get_model
+from runner.loop import RunnerError, is_batch_size, validate_prompt_template
+from runner.registry import BUILTIN, MODELS, ModelSpec, UnknownModelError
 
 
 class PlanError(ValueError):
@@ -75,6 +75,8 @@ class AblationOptions:
     revisions: dict[str, str] = field(default_factory=dict)  # model -> Hub revision (reproduce pins these)
     images: dict[str, str] = field(default_factory=dict)  # family (or "scoring") -> image reference
     report: bool = True
+    container_user: str | None = None  # docker: UID:GID the containers run as (default: the invoking user)
+    memory: str | None = None  # docker: memory limit of each inference container (e.g. 64g); None: no limit
 
     def as_arguments(self) -> dict[str, Any]:
         """JSON-friendly copy for the manifest (never holds a token: tokens are never options)."""
@@ -142,12 +144,10 @@ def _missing_images(samples: list[Any]) -> list[str]:
 
 def build_plan(options: AblationOptions) -> Plan:
     """Every check that needs no engine, cheapest first. Raises PlanError; touches nothing but the results folder."""
-    specs = []
-    for name in options.models:
-        try:
-            specs.append(get_model(name))
-        except UnknownModelError as error:
-            raise PlanError(str(error)) from None
+    try:
+        specs = BUILTIN.resolve(options.models)  # every bad name at once, with suggestions
+    except UnknownModelError as error:
+        raise PlanError(str(error)) from None
     if not is_batch_size(options.batch_size):
         raise PlanError(f"--batch-size must be `auto` or at least 1, got {options.batch_size!r}")
     for name, size in options.batch_sizes.items():
@@ -157,6 +157,11 @@ def build_plan(options: AblationOptions) -> Plan:
         raise PlanError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
     if options.timeout is not None and options.timeout <= 0:
         raise PlanError(f"--timeout must be a positive number of seconds, got {options.timeout}")
+    if options.prompt_template is not None:
+        try:
+            validate_prompt_template(options.prompt_template)
+        except RunnerError as error:
+            raise PlanError(f"--prompt-template: {error}") from None
 
     data_file = options.data_file.expanduser().resolve()
     image_root = options.image_root.expanduser().resolve() if options.image_root else None

@@ -151,7 +151,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
     if not args.manifest.is_file():
         raise PlanError(f"manifest {args.manifest} not found")
     manifest = read_json(args.manifest, AblationManifest)
-    engine = make_engine(args.engine or manifest.engine)
+    engine = make_engine(args.engine or manifest.engine, args.container_user, manifest.arguments.get("memory"))
     options = options_from_manifest(manifest, args, engine)
     print(f"reproducing {args.manifest} into {options.output_dir.resolve()}")
     ablation = Ablation(options, engine)

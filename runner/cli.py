@@ -12,7 +12,18 @@ import sys
 import traceback
 from pathlib import Path
 
-from contract import PREDICTIONS_JSONL, RUN_MANIFEST, RUNNER_RESULT_PREFIX, RunnerResult, results_file
+from contract import (
+    PREDICTIONS_JSONL,
+    RUN_MANIFEST,
+    RUNNER_RESULT_PREFIX,
+    PredictionRecord,
+    RunManifest,
+    RunnerResult,
+    read_json,
+    read_jsonl,
+    results_file,
+)
+from contract.lifetime import follow_parent
 from runner.loop import AUTO, DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
 from runner.registry import MODELS, UnknownModelError
 
@@ -77,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    follow_parent()  # started by an orchestrator: die with it
     args = build_parser().parse_args(argv)
     config = RunConfig(
         model_name=args.model,
@@ -118,13 +130,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def failed_result(model: str, output_dir: Path, message: str) -> RunnerResult:
+    """The result line of a run that stopped: its counts are what is ON DISK (a disk-full run keeps what it wrote)."""
+    predictions = results_file(output_dir, PREDICTIONS_JSONL, model)
+    manifest = results_file(output_dir, RUN_MANIFEST, model)
+    written: dict[str, PredictionRecord] = {}
+    num_samples = 0
+    try:
+        if predictions.is_file():
+            written = {record.sample_id: record for record in read_jsonl(predictions, PredictionRecord)}
+        if manifest.is_file():
+            num_samples = read_json(manifest, RunManifest).num_samples
+    except (OSError, ValueError):
+        pass  # an unreadable file: the message says why the run failed; the counts stay what could be read
     return RunnerResult(
         model_name=model,
         status="failed",
-        predictions_file=str(results_file(output_dir, PREDICTIONS_JSONL, model)),
-        manifest_file=str(results_file(output_dir, RUN_MANIFEST, model)),
-        num_samples=0,
-        num_written=0,
-        num_errors=0,
+        predictions_file=str(predictions),
+        manifest_file=str(manifest),
+        num_samples=num_samples,
+        num_written=len(written),
+        num_errors=sum(1 for record in written.values() if record.error),
         message=message,
     )

@@ -18,11 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 from PIL import Image, ImageOps
 
 # Larger than any real panorama (8K x 4K = 33.5 MP) with room to spare; a header claiming more is refused before
 # any pixel is decoded (a "decompression bomb": a small file that expands to gigabytes).
 DEFAULT_MAX_DECODE_PIXELS = 16384 * 8192
+# ONE guard, ours (ImageLimits.max_decode_pixels, error kind `image_too_large`): Pillow's own check would warn on
+# stderr from 89 MP and raise above 179 MP, before ours could run, so it is switched off in the runner process.
+Image.MAX_IMAGE_PIXELS = None
+# Modes holding more than 8 bits per channel; convert("RGB") would clip them (a 16-bit PNG becomes white).
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 URL_TIMEOUT_S = 30.0
 URL_MAX_BYTES = 200 * 1024 * 1024
 
@@ -92,7 +98,7 @@ def load_image(source: str, limits: ImageLimits) -> Image.Image:
                 opened.draft("RGB", target)
             opened.load()
             image = ImageOps.exif_transpose(opened)
-            image = image.convert("RGB")
+            image = to_rgb(image)
     except ImageLoadError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -102,6 +108,21 @@ def load_image(source: str, limits: ImageLimits) -> Image.Image:
     if upright != image.size:
         image = image.resize(upright, Image.Resampling.BICUBIC)
     return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. High bit-depth grey images are SCALED to 8 bits (16-bit: 65535 -> 255), never clipped."""
+    if image.mode not in HIGH_BIT_DEPTH_MODES:
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        # Floating point: [0, 1] when it fits there, else the 16-bit range, like integer images.
+        top = 1.0 if values.size and values.max() <= 1.0 else 65535.0
+    else:
+        # 16-bit PNG/TIFF (I;16*, or I for a 16-bit file in older Pillows); wider integers scale by their maximum.
+        top = max(65535.0, float(values.max()) if values.size else 0.0)
+    grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def header_pixels(source: str) -> int:

@@ -34,6 +34,7 @@ from contract import (
     Sample,
     file_sha256,
     load_dataset,
+    mark_derived_stale,
     read_json,
     read_jsonl,
     results_file,
@@ -45,7 +46,10 @@ from runner.registry import CatalogueError, ModelSpec, get_model
 DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {query} in one or two sentences."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Manifest fields that change what a prediction is: a file made with other values is never extended.
-COMPATIBILITY_KEYS = ("model_name", "model_id", "model_path", "revision", "prompt_template", "decoding", "dtype")
+# The data file's sha256 too: another data set's samples must never be appended to this one's.
+COMPATIBILITY_KEYS = (
+    "model_name", "model_id", "model_path", "revision", "prompt_template", "decoding", "dtype", "data_sha256",
+)  # fmt: skip
 # --batch-size auto. On a GPU the step time of HF generate is mostly host overhead, so throughput grows with the
 # batch until the per-step GPU work dominates; measured on one H200: batch 128 gave 1.3-3.7x the samples/s of batch 32
 # (docs/PERFORMANCE.md). Beyond 128 was not measured; the cap also bounds what a kill loses and the padding waste.
@@ -107,20 +111,25 @@ class RunStats:
 
 
 def validate_prompt_template(template: str) -> None:
-    """The template must contain `{query}` and no other replacement field."""
+    """The template's only replacement field is a bare `{query}`: no format spec, no conversion, no other name.
+
+    A spec such as `{query:>3000000000}` would allocate gigabytes and `{query!r:>{query}}` fail only after the model
+    loaded; literal braces are written `{{` and `}}`."""
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
     except ValueError as error:
         raise RunnerError(f"prompt template {template!r} is not a valid format string: {error}", 2) from None
-    others = sorted({name for name in fields if name != "query"})
-    if others:
-        raise RunnerError(
-            f"prompt template {template!r} has field(s) {others}; only {{query}} is filled in "
-            "(write a literal brace as {{ or }})",
-            2,
-        )
-    if "query" not in fields:
+    fields = [field for field in fields if field[0] is not None]
+    if not any(name == "query" for name, _, _ in fields):
         raise RunnerError(f"prompt template {template!r} has no {{query}} placeholder", 2)
+    for name, spec, conversion in fields:
+        if name != "query" or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise RunnerError(
+                f"prompt template {template!r} has the field {shown}; the only field allowed is a bare {{query}} "
+                "(no format spec, no conversion; write a literal brace as {{ or }})",
+                2,
+            )
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -338,6 +347,8 @@ def run(
     if not samples:
         raise RunnerError(f"{config.data_file}: no samples to caption ({dataset.summary_line()})", 2)
     log(dataset.summary_line())
+    for warning in dataset.warnings:
+        log(f"WARNING: {warning}")
 
     predictions_path = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
     manifest_path = results_file(config.output_dir, RUN_MANIFEST, spec.name)
@@ -392,6 +403,14 @@ def run(
                     "with the same arguments; choose another --output-dir or pass --overwrite (moves it aside)",
                     2,
                 )
+            elif previous.get("data_sha256") != manifest.data_sha256:
+                raise RunnerError(
+                    f"{predictions_path} was made from another data file ({previous.get('data_file')}, sha256 "
+                    f"{str(previous.get('data_sha256'))[:12]}...; now {manifest.data_file}, sha256 "
+                    f"{manifest.data_sha256[:12]}...): its samples cannot be mixed with this one's. Choose another "
+                    "--output-dir, or pass --overwrite (moves the old files aside)",
+                    2,
+                )
             elif compatibility(previous) != ours:
                 theirs = compatibility(previous)
                 differences = {k: (theirs[k], ours[k]) for k in COMPATIBILITY_KEYS if theirs[k] != ours[k]}
@@ -409,6 +428,9 @@ def run(
         stats = RunStats(batch_size_used=fixed_batch_size)
         timings: dict[str, float] = {}
         if todo_samples:
+            stale = mark_derived_stale(config.output_dir, spec.name)
+            if stale:
+                log(f"predictions will change: marked {', '.join(p.name for p in stale)} stale (scoring rebuilds them)")
             try:
                 _generate_all(
                     config, spec, adapter_class, device, dtype_name, max_side, todo_samples, predictions_path, manifest,

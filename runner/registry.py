@@ -179,7 +179,7 @@ class Catalogue:
                 problems.append(str(error))
         if problems:
             raise UnknownModelError(
-                "; ".join(problems) + f". Valid names: {', '.join(self.models)}, or hf:Org/Name for any Hub model "
+                "; ".join(problems) + f"; valid names: {', '.join(self.models)}, or hf:Org/Name for any Hub model "
                 "(`python -m orchestrator models` lists them)"
             )
         names_seen: dict[str, str] = {}

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.lifetime import follow_parent
 from scoring.engine import MIN_BOOTSTRAP, ScoringOptions, score_models
 from scoring.java import ScoringError
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--predictions", type=Path, nargs="+", required=True, help="<model>_predictions.jsonl files")
     score.add_argument("--data", type=Path, default=None, help="data file; predictions must match its samples")
     score.add_argument("--intersection", action="store_true", help="score only samples in both data and predictions")
+    score.add_argument("--limit", type=int, help="score only the data file's first N samples (as runner --limit)")
     score.add_argument("--model-id", action="append", default=[], metavar="NAME=ID", help="model id without manifest")
     score.add_argument("--report", action="store_true", help="build the HTML report afterwards")
     _add_data_columns(score)
@@ -115,11 +117,16 @@ def _score_and_write(models: list, args: argparse.Namespace) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "score":
-        from scoring.inputs import load_data, load_model_predictions
+        from scoring.inputs import limit_samples, load_data, load_model_predictions
 
+        if args.limit is not None and not args.data:
+            raise ScoringError("--limit needs --data (the first N samples of which file?)")
         dataset = load_data(args.data, **_columns(args)) if args.data else None
+        subset = limit_samples(dataset, args.limit) if dataset is not None else None
+        if subset is not None:
+            print(f"scoring a subset: the first {subset.num_samples} of {subset.data_samples} samples (--limit)")
         ids = _model_ids(args.model_id)
-        models = [load_model_predictions(path, dataset, args.intersection, ids) for path in args.predictions]
+        models = [load_model_predictions(path, dataset, args.intersection, ids, subset) for path in args.predictions]
         _score_and_write(models, args)
         if args.report:
             print(f"report: {_build_report(args.output_dir)}")
@@ -143,6 +150,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    follow_parent()  # started by an orchestrator: die with it
     try:
         return run(argv)
     except ScoringError as error:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import sacrebleu
 
-from contract import COCO_BLEU_METRICS, HEADLINE_METRICS, MetricsFile, SampleCounts, SampleScores
+from contract import COCO_BLEU_METRICS, HEADLINE_METRICS, MetricsFile, SampleCounts, SampleScores, SubsetInfo
 from scoring.cleanup import clean_prediction, normalise_text
 from scoring.java import ScoringError, find_java, java_version
 from scoring.meteor import MeteorProcess, meteor_from_stats
@@ -46,6 +46,7 @@ class ModelPredictions:
     # normalisation, like every reference.
     apply_cleanup: bool = True
     random_weights: bool = False  # a tiny random-weight checkpoint (from `<model>_run.json`)
+    subset: SubsetInfo | None = None  # only the data file's first N samples were scored (--limit)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class ModelResult:
             unavailable=self.unavailable,
             warnings=self.warnings,
             random_weights=self.model.random_weights,
+            subset=self.model.subset,
         )
 
     def sample_scores(self) -> list[SampleScores]:

@@ -11,6 +11,7 @@ from contract import (
     Dataset,
     PredictionRecord,
     RunManifest,
+    SubsetInfo,
     load_dataset,
     read_json,
     read_jsonl,
@@ -72,8 +73,19 @@ def load_model_predictions(
     dataset: Dataset | None = None,
     intersection: bool = False,
     model_ids: Mapping[str, str] | None = None,
+    subset: SubsetInfo | None = None,
 ) -> ModelPredictions:
+    """`subset`: `dataset` holds only the first `subset.limit` samples (--limit); predictions of later samples of the
+    same data file are expected then, and left out (an earlier full run, or a run with a larger limit)."""
     records, warnings = _deduplicate(path, read_predictions(path))
+    if subset is not None and dataset is not None:
+        wanted = {sample.sample_id for sample in dataset.samples}
+        beyond = [record for record in records if record.sample_id not in wanted]
+        if beyond:
+            records = [record for record in records if record.sample_id in wanted]
+            warnings.append(f"{len(beyond)} predictions beyond the first {subset.limit} samples left out (--limit)")
+        if not records:
+            raise ScoringError(f"{path}: no prediction for the first {subset.limit} samples of {dataset.path}")
     name = model_name_for(path, records)
     model_id = model_id_for(path, name, model_ids or {})
     run = run_manifest_for(path, name)
@@ -125,6 +137,7 @@ def load_model_predictions(
         warnings=warnings,
         source=str(path),
         random_weights=bool(run is not None and run.random_weights),
+        subset=subset,
     )
 
 
@@ -154,3 +167,14 @@ def load_data(path: Path, **columns: str) -> Dataset:
         return load_dataset(path, **columns)
     except DataFileError as error:
         raise ScoringError(str(error)) from error
+
+
+def limit_samples(dataset: Dataset, limit: int | None) -> SubsetInfo | None:
+    """Keep the data file's first `limit` samples (as `python -m runner --limit` captions them); None: all of them."""
+    if limit is None or limit >= len(dataset.samples):
+        return None
+    if limit < 1:
+        raise ScoringError(f"--limit must be at least 1, got {limit}")
+    subset = SubsetInfo(num_samples=limit, data_samples=len(dataset.samples), limit=limit)
+    dataset.samples = dataset.samples[:limit]
+    return subset

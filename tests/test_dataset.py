@@ -123,3 +123,43 @@ def test_utf8_bom_and_urls(tmp_path: Path) -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="data file not found"):
         load_dataset(tmp_path / "absent.csv")
+
+
+# --- defects found by the fault campaign ----------------------------------------------------------------------
+
+
+def test_unquoted_comma_in_a_caption_is_refused_with_its_line(tmp_path: Path) -> None:
+    """`...,Sunny,extra field` used to keep `Sunny` and drop the rest of the caption silently."""
+    data = tmp_path / "data.csv"
+    data.write_text(
+        "url,query,annotation\na.jpg,weather,It is sunny.\na.jpg,weather,Sunny,with a few clouds\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataFileError, match=r"data.csv: line 3 has 4 fields but the header has 3 .*must be quoted"):
+        load_dataset(data)
+
+
+def test_a_short_row_is_refused_with_its_line(tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("url,query,annotation\na.jpg,weather,It is sunny.\na.jpg,weather\n", encoding="utf-8")
+    with pytest.raises(DataFileError, match=r"line 3 has 2 fields but the header has 3"):
+        load_dataset(data)
+
+
+def test_errors_name_the_file_line_after_a_multi_line_caption(tmp_path: Path) -> None:
+    """Record 3 starts on file line 5 when record 2's quoted caption spans lines 3-4."""
+    data = tmp_path / "data.csv"
+    data.write_text(
+        'url,query,annotation\na.jpg,weather,ok\na.jpg,people,"two\nlines"\n,people,no image here\n', encoding="utf-8"
+    )
+    with pytest.raises(DataFileError, match=r"row at line 5 has an empty 'url'"):
+        load_dataset(data)
+
+
+def test_identical_duplicate_rows_warn_once_with_a_count(tmp_path: Path) -> None:
+    rows = [("a.jpg", "weather", "sunny"), ("a.jpg", "weather", "sunny"), ("a.jpg", "weather", "sunny")]
+    rows += [("a.jpg", "weather", "cloudy"), ("b.jpg", "weather", "sunny")]
+    dataset = load_dataset(write_quic_csv(tmp_path / "data.csv", rows))
+    assert dataset.samples[0].references == ["sunny", "sunny", "sunny", "cloudy"]  # kept, as the tools score them
+    assert len(dataset.warnings) == 1
+    assert "2 row(s) repeat an earlier (url, query, annotation) row exactly (first at line 3)" in dataset.warnings[0]

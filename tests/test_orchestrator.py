@@ -168,7 +168,7 @@ def test_both_engines_get_the_same_arguments_but_for_paths(tmp_path: Path, panor
     assert runner_argv(plan, spec, hub, GpuSelection("ids", ("1",)), "0123abcd")[10:12] == ["--revision", "0123abcd"]
     assert scoring_argv(plan, container, ["a", "b"]) == [
         "score", "--predictions", "/results/a_predictions.jsonl", "/results/b_predictions.jsonl",
-        "--output-dir", "/results", "--data", "/data/data.csv", "--report",
+        "--output-dir", "/results", "--data", "/data/data.csv", "--limit", "5", "--report",
     ]  # fmt: skip
 
 

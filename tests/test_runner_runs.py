@@ -160,8 +160,12 @@ def test_empty_data_is_a_clear_error_and_no_model_is_loaded(content, tiny_checkp
     ("template", "message"),
     [
         ("Describe the scene.", "has no {query} placeholder"),
-        ("Describe the {query} of {place}.", "has field(s) ['place']"),
+        ("Describe the {query} of {place}.", "has the field {place}"),
         ("Describe the {query", "is not a valid format string"),
+        # A format spec could allocate gigabytes (it was OOM-killed); a conversion failed after the model loaded.
+        ("Describe {query:>3000000000}", "has the field {query:>3000000000}; the only field allowed is a bare"),
+        ("{query!r:>{query}}", "has the field {query!r:>{query}}"),
+        ("Describe the {query!s}.", "has the field {query!s}"),
     ],
 )
 def test_bad_prompt_template_fails_before_loading(
