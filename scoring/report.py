@@ -202,7 +202,10 @@ def load_inputs(
             names += sorted(p.name[: -len(suffix)] for p in results_dir.glob("*" + suffix))
     loaded = [_load_model(results_dir, name, summary, ablation, skipped) for name in dict.fromkeys(names)]
     humans = [m for m in loaded if m.name == HUMAN_BASELINE_NAME or m.model_id.startswith(HUMAN_BASELINE_ID_PREFIX)]
-    shown = [m for m in loaded if m not in humans and (m.metrics or m.run or m.record or m.has_outputs or models)]
+    human_names = {m.name for m in humans}
+    shown = [
+        m for m in loaded if m.name not in human_names and (m.metrics or m.run or m.record or m.has_outputs or models)
+    ]
     if not shown:
         raise ReportInputError(
             f"{results_dir}: nothing to report: no model's {METRICS_JSON.format(model='*')}, "
@@ -367,8 +370,8 @@ def fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
     """x100 with `digits` decimals; a real minus sign so negative gaps read as such."""
     if value is None or not math.isfinite(value):
         return "n/a"
-    text = f"{value * SCALE:{'+' if sign else ''}.{digits}f}"
-    return text.replace("-", "\u2212")
+    shown = round(value * SCALE, digits) or 0.0  # a tiny negative rounds to 0.00, never to "-0.00"
+    return f"{shown:{'+' if sign else ''}.{digits}f}".replace("-", "\u2212")
 
 
 def fmt_ci(ci: tuple[float, float] | None, digits: int = 2) -> str:
@@ -458,10 +461,17 @@ class RankCells:
 
 @dataclass
 class Ranking:
+    """One metric's leaderboard order and its pairwise tests (the significance matrix shows the same tests)."""
+
     metric: str
     order: list[str]  # scored models with a value, best first
     cells: dict[str, RankCells]
-    pairs: int  # size of the Holm family
+    tests: dict[tuple[str, str], PairTest]
+
+    @property
+    def pairs(self) -> int:
+        """The size of the Holm family."""
+        return len(self.tests) // 2
 
 
 def rank(inputs: ReportInputs, metric: str) -> Ranking:
@@ -486,7 +496,7 @@ def rank(inputs: ReportInputs, metric: str) -> Ranking:
             f"({verdict} at {ALPHA} after the correction over {len(tests) // 2} pairs)"
         )
         cells[name] = RankCells(position, gap, fmt_ci(test.ci), test.significant, title)
-    return Ranking(metric, [name for name, _ in valued], cells, len(tests) // 2)
+    return Ranking(metric, [name for name, _ in valued], cells, tests)
 
 
 def best_values(models: list[ModelView], digits: int) -> dict[str, float]:
@@ -851,7 +861,6 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
         title=f"VLM ablation report: {len(inputs.models)} model(s), {len(inputs.samples)} sample(s)",
         sections=SECTIONS,
         charts=charts,
-        tests={metric: pair_tests(inputs, metric) for metric in context["with_values"]},
         best=best_values(inputs.scored, 2),
         per_query_metrics=per_query or list(context["with_values"]),
         sample_metrics=[m for m in SAMPLE_SCORE_KEYS if m in context["with_values"]] or list(SAMPLE_SCORE_KEYS),

@@ -230,7 +230,8 @@ def holm_significant(p_values: dict[frozenset[str], float], alpha: float = 0.05)
 
 
 def x100(value: float, digits: int = 2, sign: bool = False) -> str:
-    return f"{value * 100:{'+' if sign else ''}.{digits}f}".replace("-", "\u2212")
+    """As the page shows a score: x100, a real minus sign, and no "-0.00" (-0.0 + 0.0 is 0.0)."""
+    return f"{round(value * 100, digits) + 0.0:{'+' if sign else ''}.{digits}f}".replace("-", "\u2212")
 
 
 def visible_text(page: str) -> str:
@@ -378,6 +379,14 @@ def test_significance_is_coloured_exactly_where_holm_says(tmp_path: Path, reques
     assert "Holm-Bonferroni" in visible_text(page) and "0.05/3" in visible_text(page)
 
 
+def test_scores_are_shown_x100_without_negative_zero() -> None:
+    from scoring.report import fmt
+
+    assert fmt(0.123456) == "12.35" and fmt(1.5, 1) == "150.0" and fmt(None) == "n/a" and fmt(float("nan")) == "n/a"
+    assert fmt(-0.0831, sign=True) == "\u22128.31" and fmt(0.0831, sign=True) == "+8.31"
+    assert fmt(-0.00001) == "0.00" and fmt(-0.00001, sign=True) == "+0.00"  # [-1.07, -0.00] was shown
+
+
 def test_holm_adjusted_p_values() -> None:
     # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02, 0.03, 0.06, 0.06
     assert holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -467,6 +476,24 @@ def test_subset_runs_say_so_in_page_and_tables(tmp_path: Path, request) -> None:
     assert f"{text} ({folder.scored_models[1]})" in visible_text(page)
 
 
+def test_failed_model_and_failed_samples_are_listed_with_reasons(tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request)
+    page = build_report(folder.results, data_file=folder.data_file).read_text(encoding="utf-8")
+    message = "container exited with code 137 (killed: out of memory) after 25% of samples"
+    row = leaderboard_row(page, FAILED)
+    assert 'class="status-failed"' in row and f"failed: {message} (3 predictions written)" in row
+    assert f"<li><b>{FAILED}</b> (failed): {message}</li>" in page
+    for model in folder.scored_models:
+        failures = [s for s in folder.scores(model).values() if s.error]
+        assert failures, "fixture should have failed samples"
+        assert f"<b>{model}</b>: {len(failures)} failed sample(s)" in page
+        for failure in failures:
+            assert f'<td class="mono">{failure.sample_id}</td>' in page
+    md = (folder.results / COMPARISON_MD).read_text()
+    assert f"Not shown: {FAILED} (failed: container exited with code 137" in md
+    assert f"| {FAILED} |" not in md
+
+
 def test_comparison_tables_bold_the_best_and_show_ci_half_widths(tmp_path: Path, request) -> None:
     folder = synthetic_folder(tmp_path, request)
     build_report(folder.results, data_file=folder.data_file)
@@ -520,7 +547,8 @@ def test_spice_unavailable_is_na_everywhere(tmp_path: Path, request) -> None:
     page = build_report(folder.results, data_file=folder.data_file).read_text(encoding="utf-8")
     for model in folder.scored_models:
         assert re.search(
-            r'<td class="na" title="SPICE: no value \(see the notes below\)">n/a</td>', leaderboard_row(page, model)
+            r'<td class="na" data-metric="spice" title="SPICE: no value \(see the notes below\)">n/a</td>',
+            leaderboard_row(page, model),
         )
     assert "SPICE: n/a (no model has a value; see the notes under the leaderboard)" in page  # in place of the chart
     assert len(re.findall(r'<img src="data:image/svg\+xml;base64,', page)) == len(REPORT_METRICS) - 1

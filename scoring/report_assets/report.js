@@ -49,10 +49,7 @@ function rankBy(metric) {
     gap.title = cells ? cells.title : "";
     gap.classList.toggle("sig-worse", !!(cells && cells.significant));
   }
-  const column = Array.from(table.tHead.rows[0].cells).findIndex((th) => th.dataset.metric === metric);
-  for (const row of table.rows) {
-    Array.from(row.cells).forEach((cell, index) => cell.classList.toggle("ranked", index === column));
-  }
+  for (const cell of table.querySelectorAll("[data-metric]")) cell.classList.toggle("ranked", cell.dataset.metric === metric);
   for (const label of document.querySelectorAll(".rank-label")) label.textContent = DATA.labels[metric];
 }
 
