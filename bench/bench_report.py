@@ -31,6 +31,7 @@ from contract import (
     AblationManifest,
     MetricsFile,
     ModelRunRecord,
+    PairDifference,
     PredictionRecord,
     RunManifest,
     Sample,
@@ -68,6 +69,11 @@ def synthetic_prediction(references: Sequence[str], rng: random.Random, quality:
     words = rng.choice(list(references)).split()
     out = [w if rng.random() < quality else rng.choice(FILLERS) for w in words if rng.random() < 0.5 + quality / 2]
     return " ".join(out[:30]) or "a panorama"
+
+
+# Synthetic corpus metrics: the sentence-level ones plus COCO BLEU-4 (here a fixed multiple of sacreBLEU's).
+SYNTHETIC_METRICS = (*HEADLINE_METRICS, "coco_bleu4")
+COCO_BLEU4_FACTOR = 1.08
 
 
 def _sample_scores(prediction: str, references: Sequence[str], rng: random.Random, spice: bool) -> dict:
@@ -192,21 +198,22 @@ def write_synthetic_results(
             )
             continue
         write_jsonl_atomic(results_file(results_dir, SAMPLE_SCORES_JSONL, model), scores)
-        per_sample[model] = {s.sample_id: s.scores for s in scores}
+        with_coco = [s.scores | {"coco_bleu4": round(s.scores["bleu4"] * COCO_BLEU4_FACTOR, 6)} for s in scores]
+        per_sample[model] = {s.sample_id: row for s, row in zip(scores, with_coco, strict=True)}
         metrics: dict[str, float | None] = {}
         ci: dict[str, tuple[float, float] | None] = {}
-        for metric in HEADLINE_METRICS:
-            values = [s.scores[metric] for s in scores]
+        for metric in SYNTHETIC_METRICS:
+            values = [row[metric] for row in with_coco]
             if any(v is None for v in values):
                 metrics[metric], ci[metric] = None, None
                 continue
             metrics[metric], ci[metric] = _mean_ci([float(v) for v in values if v is not None], rng)
         per_query: dict[str, dict[str, float | None]] = {}
         for query in dict.fromkeys(s.query for s in scores):
-            chosen_scores = [s.scores for s in scores if s.query == query]
+            chosen_scores = [row for s, row in zip(scores, with_coco, strict=True) if s.query == query]
             per_query[query] = {
                 m: None if metrics[m] is None else statistics.fmean(c[m] for c in chosen_scores)
-                for m in HEADLINE_METRICS
+                for m in SYNTHETIC_METRICS
             }
         write_json_atomic(
             results_file(results_dir, METRICS_JSON, model),
@@ -232,8 +239,10 @@ def write_synthetic_results(
             )
         )
 
-    significance = _significance(per_sample, spice_available, seed)
-    write_json_atomic(results_dir / SUMMARY_JSON, Summary(models=entries, significance=significance))
+    significance, differences = _significance(per_sample, spice_available, seed)
+    write_json_atomic(
+        results_dir / SUMMARY_JSON, Summary(models=entries, significance=significance, differences=differences)
+    )
     write_json_atomic(
         results_dir / ABLATION_MANIFEST,
         AblationManifest(
@@ -256,31 +265,48 @@ def write_synthetic_results(
                 model_name="human-baseline",
                 model_id="human (leave-one-out: first reference vs the rest)",
                 num_samples=len(samples),
-                metrics={"bleu4": 0.21, "meteor": 0.24, "rougeL": 0.41, "cider": 0.78, "spice": None},
+                metrics={
+                    "bleu4": 0.21,
+                    "coco_bleu4": 0.23,
+                    "meteor": 0.24,
+                    "rougeL": 0.41,
+                    "cider": 0.78,
+                    "spice": None,
+                },
                 counts=SampleCounts(scored=len(samples), empty=0, failed=0),
                 unavailable={"spice": SPICE_UNAVAILABLE_REASON},
             ),
         )
 
 
-def _significance(per_sample: dict[str, dict[str, dict]], spice: bool, seed: int) -> dict[str, dict[str, float]]:
-    """Paired bootstrap p-values (two-sided) on the synthetic per-sample scores."""
-    rng = random.Random(seed)
+def _significance(
+    per_sample: dict[str, dict[str, dict]], spice: bool, seed: int, resamples: int = 1000
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, PairDifference]]]:
+    """Paired bootstrap on the synthetic per-sample scores, as scoring does it: every model resampled with the same
+    indices; two-sided p-values and each pair's difference with the percentile 95% CI of the resampled ones."""
+    import numpy as np
+
+    from scoring.resample import bootstrap_weights, confidence_intervals, paired_p_value
+
     names = list(per_sample)
-    out: dict[str, dict[str, float]] = {}
-    for metric in HEADLINE_METRICS:
-        if metric == "spice" and not spice:
+    sample_ids = sorted(set.intersection(*(set(per_sample[name]) for name in names))) if names else []
+    weights = bootstrap_weights(len(sample_ids), resamples, seed) / max(1, len(sample_ids))
+    p_values: dict[str, dict[str, float]] = {}
+    differences: dict[str, dict[str, PairDifference]] = {}
+    for metric in SYNTHETIC_METRICS:
+        if metric == "spice" and not spice or not sample_ids:
             continue
-        out[metric] = {}
+        values = {n: np.array([per_sample[n][sid][metric] for sid in sample_ids], dtype=np.float64) for n in names}
+        observed = {name: float(v.mean()) for name, v in values.items()}
+        resampled = {name: weights @ v for name, v in values.items()}
+        p_values[metric], differences[metric] = {}, {}
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
-                shared = [sid for sid in per_sample[a] if sid in per_sample[b]]
-                diffs = [per_sample[a][sid][metric] - per_sample[b][sid][metric] for sid in shared]
-                observed = statistics.fmean(diffs)
-                resampled = [statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(200)]
-                flips = sum(1 for d in resampled if (d <= 0 if observed > 0 else d >= 0))
-                out[metric][f"{a}|{b}"] = min(1.0, 2 * (flips + 1) / (len(resampled) + 1))
-    return out
+                pair = f"{a}|{b}"
+                p_values[metric][pair] = paired_p_value(observed[a], observed[b], resampled[a], resampled[b])
+                ci = confidence_intervals({metric: resampled[a] - resampled[b]})[metric]
+                differences[metric][pair] = PairDifference(difference=observed[a] - observed[b], ci=ci)
+    return p_values, differences
 
 
 def write_local_panoramas(data: Path, folder: Path, size: tuple[int, int] = (2048, 1024)) -> Path:

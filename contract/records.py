@@ -50,6 +50,7 @@ __all__ = [
     "MetricsFile",
     "SampleScores",
     "SummaryEntry",
+    "PairDifference",
     "Summary",
     "ModelRunRecord",
     "AblationManifest",
@@ -257,6 +258,13 @@ class SummaryEntry(BaseModel):
     message: str | None = None
 
 
+class PairDifference(_Record):
+    """One metric's difference between two models scored on the same samples (0-1 scale, A minus B)."""
+
+    difference: float  # observed corpus metric of A minus that of B
+    ci: tuple[float, float]  # percentile 95% interval of the paired bootstrap differences
+
+
 class Summary(BaseModel):
     """`all_models_summary.json`."""
 
@@ -266,6 +274,8 @@ class Summary(BaseModel):
     # paired bootstrap p-values: metric -> "modelA|modelB" -> p
     significance: dict[str, dict[str, float]] = Field(default_factory=dict)
     signature: dict[str, str] = Field(default_factory=dict)
+    # The same pairs' differences, resampled with the same indices as the p-values: metric -> "modelA|modelB" -> A - B
+    differences: dict[str, dict[str, PairDifference]] = Field(default_factory=dict)
 
 
 class ModelRunRecord(BaseModel):

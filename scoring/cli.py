@@ -92,13 +92,14 @@ def _options(args: argparse.Namespace) -> ScoringOptions:
     )
 
 
-def _build_report(results_dir: Path) -> Path:
-    from scoring.report import build_report  # written separately; imported only when a report is asked for
+def _build_report(results_dir: Path, models: Sequence[str] | None = None) -> Path:
+    from scoring.report import build_report  # imported only when a report is asked for
 
-    return build_report(results_dir)
+    return build_report(results_dir, models=models)
 
 
-def _score_and_write(models: list, args: argparse.Namespace) -> None:
+def _score_and_write(models: list, args: argparse.Namespace) -> list[str]:
+    """Score, write every result file, print one line per model; returns the names of the models scored."""
     from scoring.outputs import metric_line, write_model_outputs, write_summary
 
     started = time.perf_counter()
@@ -112,6 +113,7 @@ def _score_and_write(models: list, args: argparse.Namespace) -> None:
         print(f"  wrote {path}", flush=True)
     write_summary(args.output_dir, args.bootstrap, args.seed)
     print(f"scored {len(results)} model(s) in {time.perf_counter() - started:.1f} s; summary in {args.output_dir}")
+    return [result.model.model_name for result in results]
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -127,9 +129,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(f"scoring a subset: the first {subset.num_samples} of {subset.data_samples} samples (--limit)")
         ids = _model_ids(args.model_id)
         models = [load_model_predictions(path, dataset, args.intersection, ids, subset) for path in args.predictions]
-        _score_and_write(models, args)
-        if args.report:
-            print(f"report: {_build_report(args.output_dir)}")
+        scored = _score_and_write(models, args)
+        if args.report:  # only the models just scored: other files in the folder may be unrelated or unreadable
+            print(f"report: {_build_report(args.output_dir, scored)}")
     elif args.command == "human-baseline":
         from scoring.inputs import leave_one_out, load_data
 

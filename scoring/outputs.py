@@ -17,6 +17,7 @@ from contract import (
     SAMPLE_SCORES_JSONL,
     SUMMARY_JSON,
     MetricsFile,
+    PairDifference,
     SampleScores,
     Summary,
     SummaryEntry,
@@ -29,7 +30,7 @@ from contract import (
 )
 from scoring.engine import ALL_METRICS, MIN_BOOTSTRAP, ModelResult
 from scoring.java import ScoringError
-from scoring.resample import SampleMatrix, bootstrap_weights, corpus_metrics, paired_p_value
+from scoring.resample import SampleMatrix, bootstrap_weights, confidence_intervals, corpus_metrics, paired_p_value
 
 _METRICS_SUFFIX = METRICS_JSON.replace("{model}", "")
 
@@ -83,8 +84,8 @@ def _read_models(results_dir: Path) -> list[tuple[MetricsFile, list[SampleScores
 
 
 def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int = 0) -> Summary:
-    """Summary of every `<model>_metrics.json` in the folder, with paired bootstrap p-values between every two
-    models scored on the same samples (resampled with the same indices)."""
+    """Summary of every `<model>_metrics.json` in the folder, with paired bootstrap p-values, differences and the
+    differences' 95% CIs between every two models scored on the same samples (resampled with the same indices)."""
     models = _read_models(results_dir)
     if not models:
         raise ScoringError(f"{results_dir}: no *{_METRICS_SUFFIX} files to summarise")
@@ -101,6 +102,7 @@ def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int =
         for metrics, _ in models
     ]
     significance: dict[str, dict[str, float]] = {}
+    differences: dict[str, dict[str, PairDifference]] = {}
     bootstrapped: dict[str, tuple[list[str], dict[str, np.ndarray], dict[str, float]]] = {}
     for metrics, rows in models:
         if rows is None:
@@ -118,13 +120,18 @@ def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int =
             continue  # p-values only for models scored on the same samples
         for metric in ALL_METRICS:
             if metric in values_a and metric in values_b:
+                pair = f"{name_a}|{name_b}"
                 p = paired_p_value(observed_a[metric], observed_b[metric], values_a[metric], values_b[metric])
-                significance.setdefault(metric, {})[f"{name_a}|{name_b}"] = p
+                significance.setdefault(metric, {})[pair] = p
+                difference = observed_a[metric] - observed_b[metric]
+                ci = confidence_intervals({metric: values_a[metric] - values_b[metric]})[metric]
+                if np.isfinite([difference, *ci]).all():  # JSON has no NaN; a NaN metric has no difference
+                    differences.setdefault(metric, {})[pair] = PairDifference(difference=difference, ci=ci)
     signature = dict(models[0][0].signature)
     signature["significance"] = (
         f"paired bootstrap, {resamples} resamples, seed {seed}, two-sided, p=(1+#|d_b-d|>=|d|)/(B+1)"
     )
-    return Summary(models=entries, significance=significance, signature=signature)
+    return Summary(models=entries, significance=significance, signature=signature, differences=differences)
 
 
 def comparison_csv(summary: Summary) -> str:

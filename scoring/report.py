@@ -1,9 +1,9 @@
 """The ablation report: one self-contained `report.html` plus paper-ready `comparison.md` / `comparison.tex`.
 
-Everything is read from a results folder through the contract's file formats. The page needs no network: CSS
-and JS are inlined from `scoring/report_assets/`, charts are matplotlib SVGs embedded as data URIs, and all
-per-sample data is embedded ONCE as JSON that plain JS renders page by page (1,211 samples x 8 models stays
-responsive because only one page of rows is ever in the DOM).
+Everything is read from a results folder through the contract's file formats and rendered with Jinja2 templates
+in `scoring/report_assets/` (HTML autoescaped). The page needs no network: CSS and JS are inlined, charts are
+matplotlib SVGs embedded as data URIs, and all per-sample data is embedded ONCE as JSON that plain JS renders page
+by page (1,211 samples x 8 models stays responsive because only one page of rows is ever in the DOM).
 
 Panorama thumbnails are small JPEGs written next to the page in `thumbs/` (not embedded): QuIC-360 test has 393
 distinct panoramas; a 256x128 photo thumbnail is about 7 kB, so as base64 data URIs they would add about 3.6 MB
@@ -15,23 +15,26 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import io
 import json
 import math
-import re
+import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import jinja2
+from markupsafe import Markup
 
 from contract import (
     ABLATION_MANIFEST,
-    HEADLINE_METRICS,
     METRICS_JSON,
     PREDICTIONS_JSONL,
     REPORT_HTML,
     RUN_MANIFEST,
+    SAMPLE_SCORE_KEYS,
     SAMPLE_SCORES_JSONL,
     SUMMARY_JSON,
     AblationManifest,
@@ -40,6 +43,7 @@ from contract import (
     PredictionRecord,
     RunManifest,
     SampleScores,
+    SubsetInfo,
     Summary,
     file_sha256,
     load_dataset,
@@ -58,11 +62,33 @@ THUMB_SIZE = (256, 128)  # 2:1 like the equirectangular panoramas
 # "human-baseline" (its --name can change that; its model_id always starts with "human (").
 HUMAN_BASELINE_NAME = "human-baseline"
 HUMAN_BASELINE_ID_PREFIX = "human ("
-METRIC_LABELS = {"bleu4": "BLEU-4", "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr", "spice": "SPICE"}
+# Report columns: sacreBLEU's BLEU-4 (the tool's own signature) beside pycocoevalcap's, which papers report.
+REPORT_METRICS = ("bleu4", "coco_bleu4", "meteor", "rougeL", "cider", "spice")
+METRIC_LABELS = {
+    "bleu4": "sacreBLEU BLEU-4",
+    "coco_bleu4": "COCO BLEU-4",
+    "meteor": "METEOR",
+    "rougeL": "ROUGE-L",
+    "cider": "CIDEr",
+    "spice": "SPICE",
+}
+DEFAULT_RANK_METRIC = "cider"
 SCALE = 100.0  # scores are shown x100, the captioning papers' convention (files keep the 0-1 scale)
+ALPHA = 0.05  # family-wise error rate of the Holm-Bonferroni correction, per metric
+DEMO_SENTENCE = "DEMO: random-weight models; these numbers mean nothing"
 MAX_FAILED_SAMPLES_LISTED = 50  # per model in the page; the predictions file has them all
+SECTIONS = {  # id -> the nav link's text, which is also the section's heading
+    "leaderboard": "Leaderboard",
+    "charts": "Charts",
+    "per-query": "Per query",
+    "significance": "Significance",
+    "samples": "Samples",
+    "run": "Run",
+    "failures": "Failures",
+}
 
 _ASSETS = Path(__file__).with_name("report_assets")
+_T = TypeVar("_T")
 
 
 class ReportInputError(ValueError):
@@ -88,6 +114,10 @@ class ModelView:
     @property
     def has_outputs(self) -> bool:
         return bool(self.scores or self.predictions)
+
+    @property
+    def random_weights(self) -> bool:
+        return bool((self.metrics and self.metrics.random_weights) or (self.run and self.run.random_weights))
 
     def metric(self, name: str) -> float | None:
         value = self.metrics.metrics.get(name) if self.metrics else None
@@ -116,82 +146,101 @@ class ReportInputs:
     summary: Summary | None = None
     ablation: AblationManifest | None = None
     human: MetricsFile | None = None
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out, one line each
     image_note: str = ""
 
     @property
     def scored(self) -> list[ModelView]:
         return [m for m in self.models if m.status == "scored"]
 
-    def unavailable(self) -> dict[str, str]:
-        """metric -> why it has no value, merged over models (the first reason given wins)."""
-        reasons: dict[str, str] = {}
-        for model in self.scored:
-            for metric, reason in (model.metrics.unavailable if model.metrics else {}).items():
-                reasons.setdefault(metric, reason)
-        return reasons
 
-
-def _model_name_from(path: Path, suffix: str) -> str:
-    return path.name[: -len(suffix)]
+def _read(path: Path, reader: Callable[[Path], _T], skipped: list[str]) -> _T | None:
+    """The file, or None when it is absent; an unreadable one is left out with a line saying why."""
+    if not path.is_file():
+        return None
+    try:
+        return reader(path)
+    except (OSError, ValueError) as error:  # ValueError covers bad JSON, bad records and bad UTF-8
+        skipped.append(f"skipped unreadable {path}: {_clip(_one_line(str(error)), 300)}")
+        return None
 
 
 def _suffix(pattern: str) -> str:
     return pattern.replace("{model}", "")
 
 
-def load_inputs(results_dir: Path, *, data_file: Path | None = None, image_root: Path | None = None) -> ReportInputs:
+def load_inputs(
+    results_dir: Path,
+    *,
+    models: Sequence[str] | None = None,
+    data_file: Path | None = None,
+    image_root: Path | None = None,
+) -> ReportInputs:
+    """Read the folder. `models`: the models to show, plus the ones the orchestrator's run_manifest.json records as
+    failed or pending (they cannot be scored, and a report must not hide them) and the human baseline; None: every
+    model with a file in the folder. Unreadable files are left out and listed in `skipped`."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise ReportInputError(f"{results_dir}: results folder not found")
+    skipped: list[str] = []
+    summary = _read(results_dir / SUMMARY_JSON, lambda p: read_json(p, Summary), skipped)
+    ablation = _read(results_dir / ABLATION_MANIFEST, lambda p: read_json(p, AblationManifest), skipped)
+    records = ablation.models if ablation else []
 
-    summary = read_json(results_dir / SUMMARY_JSON, Summary) if (results_dir / SUMMARY_JSON).is_file() else None
-    ablation_path = results_dir / ABLATION_MANIFEST
-    ablation = read_json(ablation_path, AblationManifest) if ablation_path.is_file() else None
-
-    # Model order: the summary's, then the orchestrator's, then whatever files exist (sorted).
-    names: list[str] = []
-    if summary:
-        names += [entry.model_name for entry in summary.models]
-    if ablation:
-        names += [record.model_name for record in ablation.models]
-    for pattern in (METRICS_JSON, SAMPLE_SCORES_JSONL, PREDICTIONS_JSONL, RUN_MANIFEST):
-        suffix = _suffix(pattern)
-        names += sorted(_model_name_from(p, suffix) for p in results_dir.glob("*" + suffix))
-    loaded = [_load_model(results_dir, name, summary, ablation) for name in dict.fromkeys(names)]
+    if models is not None:
+        names = [*models, *(r.model_name for r in records if r.status != "completed")]
+        # The human-agreement row belongs to every report of the folder.
+        names += [HUMAN_BASELINE_NAME] if results_file(results_dir, METRICS_JSON, HUMAN_BASELINE_NAME).is_file() else []
+        names += (
+            [e.model_name for e in summary.models if e.model_id.startswith(HUMAN_BASELINE_ID_PREFIX)] if summary else []
+        )
+    else:  # the summary's order, then the orchestrator's, then whatever files exist (sorted)
+        names = [e.model_name for e in summary.models] if summary else []
+        names += [r.model_name for r in records]
+        for pattern in (METRICS_JSON, SAMPLE_SCORES_JSONL, PREDICTIONS_JSONL, RUN_MANIFEST):
+            suffix = _suffix(pattern)
+            names += sorted(p.name[: -len(suffix)] for p in results_dir.glob("*" + suffix))
+    loaded = [_load_model(results_dir, name, summary, ablation, skipped) for name in dict.fromkeys(names)]
     humans = [m for m in loaded if m.name == HUMAN_BASELINE_NAME or m.model_id.startswith(HUMAN_BASELINE_ID_PREFIX)]
-    human = next((m.metrics for m in humans if m.metrics is not None), None)
-    models = [m for m in loaded if m.name not in {h.name for h in humans}]
-    if not models:
+    human_names = {m.name for m in humans}
+    shown = [
+        m for m in loaded if m.name not in human_names and (m.metrics or m.run or m.record or m.has_outputs or models)
+    ]
+    if not shown:
         raise ReportInputError(
             f"{results_dir}: nothing to report: no model's {METRICS_JSON.format(model='*')}, "
             f"{PREDICTIONS_JSONL.format(model='*')} or {SUMMARY_JSON} found"
+            + (f" ({'; '.join(skipped)})" if skipped else "")
         )
-    samples = _load_samples(models, ablation, data_file, image_root)
-    inputs = ReportInputs(results_dir, models, samples, summary=summary, ablation=ablation, human=human)
-    return inputs
+    samples = _load_samples(shown, ablation, data_file, image_root)
+    human = next((m.metrics for m in humans if m.metrics is not None), None)
+    return ReportInputs(results_dir, shown, samples, summary=summary, ablation=ablation, human=human, skipped=skipped)
 
 
-def _load_model(results_dir: Path, name: str, summary: Summary | None, ablation: AblationManifest | None) -> ModelView:
+def _load_model(
+    results_dir: Path, name: str, summary: Summary | None, ablation: AblationManifest | None, skipped: list[str]
+) -> ModelView:
     view = ModelView(name=name)
-    path = results_file(results_dir, METRICS_JSON, name)
-    if path.is_file():
-        view.metrics = read_json(path, MetricsFile)
-        view.model_id = view.metrics.model_id
-    path = results_file(results_dir, RUN_MANIFEST, name)
-    if path.is_file():
-        view.run = read_json(path, RunManifest)
-        view.model_id = view.model_id or view.run.model_id
-    path = results_file(results_dir, SAMPLE_SCORES_JSONL, name)
-    if path.is_file():
-        view.scores = {record.sample_id: record for record in read_jsonl(path, SampleScores)}
-    path = results_file(results_dir, PREDICTIONS_JSONL, name)
-    if path.is_file():
-        # A resumed run may append a sample again: the last record wins, as in scoring.
-        view.predictions = {record.sample_id: record for record in read_jsonl(path, PredictionRecord)}
+    view.metrics = _read(results_file(results_dir, METRICS_JSON, name), lambda p: read_json(p, MetricsFile), skipped)
+    view.run = _read(results_file(results_dir, RUN_MANIFEST, name), lambda p: read_json(p, RunManifest), skipped)
+    scores = _read(
+        results_file(results_dir, SAMPLE_SCORES_JSONL, name), lambda p: list(read_jsonl(p, SampleScores)), skipped
+    )
+    predictions = _read(
+        results_file(results_dir, PREDICTIONS_JSONL, name), lambda p: list(read_jsonl(p, PredictionRecord)), skipped
+    )
+    view.scores = {record.sample_id: record for record in scores or []}
+    # A resumed run may append a sample again: the last record wins, as in scoring.
+    view.predictions = {record.sample_id: record for record in predictions or []}
 
     entry = next((e for e in summary.models if e.model_name == name), None) if summary else None
     view.record = next((r for r in ablation.models if r.model_name == name), None) if ablation else None
-    view.model_id = view.model_id or (entry.model_id if entry else "") or (view.record.model_id if view.record else "")
+    view.model_id = (
+        (view.metrics.model_id if view.metrics else "")
+        or (view.run.model_id if view.run else "")
+        or (entry.model_id if entry else "")
+        or (view.record.model_id if view.record else "")
+    )
     if view.record is not None and view.record.status == "failed":
         view.status, view.message = "failed", view.record.message
     elif entry is not None and entry.status == "failed":
@@ -211,8 +260,7 @@ def _load_samples(
     samples: dict[str, SampleView] = {}
     data_file = data_file or _recorded_data_file(models, ablation)
     if data_file is not None:
-        dataset = load_dataset(data_file, image_root=image_root)
-        for sample in dataset.samples:
+        for sample in load_dataset(data_file, image_root=image_root).samples:
             local = None if sample.image_path.startswith(("http://", "https://")) else Path(sample.image_path)
             samples[sample.sample_id] = SampleView(
                 sample.sample_id, sample.image, sample.query, list(sample.references), local_image=local
@@ -315,145 +363,211 @@ def _thumbnail(image: Path, thumbs: Path, pil_image: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Numbers and formatting.
+# Numbers: formatting, significance after correction, rankings.
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value * SCALE:.{digits}f}"
+def fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    """x100 with `digits` decimals; a real minus sign so negative gaps read as such."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    shown = round(value * SCALE, digits) or 0.0  # a tiny negative rounds to 0.00, never to "-0.00"
+    return f"{shown:{'+' if sign else ''}.{digits}f}".replace("-", "\u2212")
 
 
-def _half_width(ci: tuple[float, float] | None) -> float | None:
-    return None if ci is None else (ci[1] - ci[0]) / 2
+def fmt_ci(ci: tuple[float, float] | None, digits: int = 2) -> str:
+    return "" if ci is None else f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def fmt_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values: the i-th smallest of m is multiplied by (m - i + 1), made monotone.
+
+    A pair is significant at family-wise level ALPHA exactly when its adjusted p is below ALPHA, i.e. when it and
+    every smaller p-value beat their step-down thresholds ALPHA/m, ALPHA/(m-1), ...
+    """
+    count = len(p_values)
+    adjusted = [1.0] * count
+    running = 0.0
+    for rank, index in enumerate(sorted(range(count), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (count - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+@dataclass
+class PairTest:
+    """One metric, models a and b: the paired bootstrap p-value, its Holm adjustment and a - b with its CI."""
+
+    p: float
+    p_holm: float
+    difference: float | None  # a - b (0-1 scale), None when the summary predates differences
+    ci: tuple[float, float] | None
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < ALPHA
+
+    @property
+    def direction(self) -> str | None:
+        """Whether a scores higher ("better") or lower ("worse") than b."""
+        if self.difference is None or self.difference == 0:
+            return None
+        return "better" if self.difference > 0 else "worse"
+
+
+def pair_tests(inputs: ReportInputs, metric: str) -> dict[tuple[str, str], PairTest]:
+    """(a, b) -> test, in both orders, over the pairs of SHOWN scored models that have a p-value: this metric's
+    Holm family (the summary may hold more pairs, e.g. with models left out of this report)."""
+    if inputs.summary is None:
+        return {}
+    p_values = inputs.summary.significance.get(metric, {})
+    differences = inputs.summary.differences.get(metric, {})
+    names = [m.name for m in inputs.scored]
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for first, second in ((a, b), (b, a)):  # the summary keys each pair once, in its own order
+                p = p_values.get(f"{first}|{second}")
+                if p is not None and math.isfinite(p):
+                    pairs.append((first, second, p, differences.get(f"{first}|{second}")))
+                    break
+    values = {m.name: m.metric(metric) for m in inputs.scored}
+    tests: dict[tuple[str, str], PairTest] = {}
+    for (a, b, p, diff), p_holm in zip(pairs, holm_adjusted([pair[2] for pair in pairs]), strict=True):
+        if diff is not None:
+            difference, ci = diff.difference, diff.ci
+        else:  # a summary written before differences were recorded: the observed difference, no interval
+            value_a, value_b = values[a], values[b]
+            difference, ci = (value_a - value_b if value_a is not None and value_b is not None else None), None
+        tests[(a, b)] = PairTest(p, p_holm, difference, ci)
+        flipped = None if ci is None else (-ci[1], -ci[0])
+        tests[(b, a)] = PairTest(p, p_holm, None if difference is None else -difference, flipped)
+    return tests
+
+
+@dataclass
+class RankCells:
+    """What the leaderboard shows for one model when ranked by one metric (display strings)."""
+
+    rank: str
+    gap: str
+    ci: str
+    significant: bool
+    title: str
+
+
+@dataclass
+class Ranking:
+    """One metric's leaderboard order and its pairwise tests (the significance matrix shows the same tests)."""
+
+    metric: str
+    order: list[str]  # scored models with a value, best first
+    cells: dict[str, RankCells]
+    tests: dict[tuple[str, str], PairTest]
+
+    @property
+    def pairs(self) -> int:
+        """The size of the Holm family."""
+        return len(self.tests) // 2
+
+
+def rank(inputs: ReportInputs, metric: str) -> Ranking:
+    label = METRIC_LABELS[metric]
+    tests = pair_tests(inputs, metric)
+    valued = sorted(((m.name, v) for m in inputs.scored if (v := m.metric(metric)) is not None), key=lambda x: -x[1])
+    cells: dict[str, RankCells] = {}
+    for name, value in valued:
+        position = str(1 + sum(1 for _, other in valued if other > value))  # ties share a rank
+        best_name, best_value = valued[0]
+        if name == best_name:
+            cells[name] = RankCells(position, "best", "", False, f"highest {label}")
+            continue
+        test = tests.get((name, best_name))
+        gap = fmt(value - best_value, sign=True)
+        if test is None:
+            cells[name] = RankCells(position, gap, "", False, f"no paired test with {best_name} (other samples)")
+            continue
+        verdict = "significant" if test.significant else "not significant"
+        title = (
+            f"{name} \u2212 {best_name}: p = {test.p:.4f}, Holm-adjusted p = {test.p_holm:.4f} "
+            f"({verdict} at {ALPHA} after the correction over {len(tests) // 2} pairs)"
+        )
+        cells[name] = RankCells(position, gap, fmt_ci(test.ci), test.significant, title)
+    return Ranking(metric, [name for name, _ in valued], cells, tests)
 
 
 def best_values(models: list[ModelView], digits: int) -> dict[str, float]:
     """metric -> the best value rounded as displayed, so ties at the shown precision are all bold. Nothing is
     bold with fewer than two models to compare."""
     best: dict[str, float] = {}
-    if len(models) < 2:
-        return best
-    for metric in HEADLINE_METRICS:
+    for metric in REPORT_METRICS:
         values = [round(v * SCALE, digits) for m in models if (v := m.metric(metric)) is not None]
-        if values:
+        if len(models) >= 2 and values:
             best[metric] = max(values)
     return best
 
 
-def _is_best(model: ModelView, metric: str, best: dict[str, float], digits: int) -> bool:
+def is_best(model: ModelView, metric: str, best: dict[str, float], digits: int) -> bool:
     value = model.metric(metric)
     return value is not None and metric in best and round(value * SCALE, digits) == best[metric]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Paper tables.
+# Notes that apply to many models, said once.
 
 
-def _latex_escape(text: str) -> str:
-    replacements = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "$": r"\$",
-        "#": r"\#",
-        "_": r"\_",
-        "{": r"\{",
-        "}": r"\}",
-        "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}",
-    }
-    return "".join(replacements.get(char, char) for char in text)
+def subset_text(subset: SubsetInfo) -> str:
+    text = f"subset: first {subset.num_samples:,} of {subset.data_samples:,} samples"
+    return text + (f" (--limit {subset.limit})" if subset.limit is not None else "")
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", r"\|").replace("*", r"\*").replace("_", r"\_")
+@dataclass
+class Notes:
+    """What applies to several models, each distinct text once with the models it applies to."""
+
+    unavailable: list[str]  # "SPICE n/a for every model: <reason>"
+    subsets: list[str]  # "subset: first 50 of 1,211 samples (--limit 50)", models named unless all
+    warnings: list[str]  # "every model: ..." / "a, b: ..."
 
 
-def comparison_markdown(inputs: ReportInputs, digits: int = 1) -> str:
-    scored = inputs.scored
-    best = best_values(scored, digits)
-    header = "| Model | " + " | ".join(METRIC_LABELS[m] for m in HEADLINE_METRICS) + " |"
-    lines = [
-        f"Scores x100 with 95% bootstrap CI half-widths (±); best in bold; n = {_num_samples_text(inputs)}.",
-        "",
-        header,
-        "|:--|" + "--:|" * len(HEADLINE_METRICS),
-    ]
-    for model in scored:
-        cells = []
-        for metric in HEADLINE_METRICS:
-            value = _fmt(model.metric(metric), digits)
-            if _is_best(model, metric, best, digits):
-                value = f"**{value}**"
-            half = _half_width(model.ci(metric))
-            cells.append(value if half is None or model.metric(metric) is None else f"{value} ± {_fmt(half, digits)}")
-        lines.append(f"| {_md_escape(model.name)} | " + " | ".join(cells) + " |")
-    if inputs.human:
-        cells = [_fmt(inputs.human.metrics.get(m), digits) for m in HEADLINE_METRICS]
-        lines.append("| *Human (leave-one-out)* | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines += [f"- {METRIC_LABELS.get(m, m)} n/a: {_one_line(reason)}" for m, reason in inputs.unavailable().items()]
-    lines += [f"- Not shown: {_not_shown(m)}" for m in _not_scored(inputs)]
-    if inputs.human:
-        lines.append("- Human: each sample's first reference scored against the others (one reference fewer).")
-    return "\n".join(lines).rstrip() + "\n"
+def notes(inputs: ReportInputs) -> Notes:
+    everyone = sorted(m.name for m in inputs.scored)
+    unavailable: dict[tuple[str, str], list[str]] = {}
+    subsets: dict[str, list[str]] = {}
+    warnings: dict[str, list[str]] = {}
+    for model in inputs.scored:
+        assert model.metrics is not None
+        reasons = model.metrics.unavailable
+        for metric, reason in reasons.items():
+            unavailable.setdefault((METRIC_LABELS.get(metric, metric), _one_line(reason)), []).append(model.name)
+        if model.metrics.subset is not None:
+            subsets.setdefault(subset_text(model.metrics.subset), []).append(model.name)
+        for warning in model.metrics.warnings:
+            if not any(reason in warning for reason in reasons.values()):  # restates an n/a reason: said once above
+                warnings.setdefault(_one_line(warning), []).append(model.name)
 
+    def every(names: list[str]) -> bool:
+        return len(everyone) > 1 and sorted(names) == everyone
 
-def comparison_latex(inputs: ReportInputs, digits: int = 1) -> str:
-    scored = inputs.scored
-    best = best_values(scored, digits)
-    lines = [
-        "% Generated by `python -m scoring report`. Needs \\usepackage{booktabs}.",
-        "\\begin{table}[t]",
-        "\\centering",
-        "\\begin{tabular}{l" + "r" * len(HEADLINE_METRICS) + "}",
-        "\\toprule",
-        "Model & " + " & ".join(METRIC_LABELS[m] for m in HEADLINE_METRICS) + " \\\\",
-        "\\midrule",
-    ]
-    for model in scored:
-        cells = []
-        for metric in HEADLINE_METRICS:
-            value = _fmt(model.metric(metric), digits)
-            if _is_best(model, metric, best, digits):
-                value = f"\\textbf{{{value}}}"
-            half = _half_width(model.ci(metric))
-            if half is not None and model.metric(metric) is not None:
-                value += f" {{\\scriptsize $\\pm$ {_fmt(half, digits)}}}"
-            cells.append(value)
-        lines.append(f"{_latex_escape(model.name)} & " + " & ".join(cells) + " \\\\")
-    if inputs.human:
-        lines.append("\\midrule")
-        cells = [_fmt(inputs.human.metrics.get(m), digits) for m in HEADLINE_METRICS]
-        lines.append("\\textit{Human (leave-one-out)} & " + " & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    notes = [f"{METRIC_LABELS.get(m, m)} n/a: {_one_line(reason)}" for m, reason in inputs.unavailable().items()]
-    caption = (
-        f"Captioning scores ($\\times$100, n = {_num_samples_text(inputs)}) with 95\\% bootstrap confidence "
-        "interval half-widths; best in bold."
+    return Notes(
+        unavailable=[
+            f"{label} n/a for {'every model' if every(names) else ', '.join(names)}: {reason}"
+            for (label, reason), names in unavailable.items()
+        ],
+        subsets=[
+            text if len(everyone) == 1 or every(names) else f"{text} ({', '.join(names)})"
+            for text, names in subsets.items()
+        ],
+        warnings=[f"{'every model' if every(names) else ', '.join(names)}: {text}" for text, names in warnings.items()],
     )
-    if notes:
-        caption += " " + " ".join(_latex_escape(n) + "." for n in notes)
-    lines += [f"\\caption{{{caption}}}", "\\label{tab:vlm-ablation}", "\\end{table}"]
-    lines += [f"% not shown: {_not_shown(m)}" for m in _not_scored(inputs)]  # one line each: stays a comment
-    return "\n".join(lines) + "\n"
 
 
-def _one_line(text: str) -> str:
-    """Newlines would end a LaTeX comment or a Markdown list item, and a blank line breaks a LaTeX caption."""
-    return " ".join(text.split())
-
-
-def _not_shown(model: ModelView) -> str:
-    return f"{_one_line(model.name)} ({model.status}: {_one_line(model.message or 'no reason recorded')})"
-
-
-def _not_scored(inputs: ReportInputs) -> list[ModelView]:
-    return [m for m in inputs.models if m.status != "scored"]
-
-
-def _num_samples_text(inputs: ReportInputs) -> str:
-    counts = sorted({m.metrics.num_samples for m in inputs.scored if m.metrics})
-    return "/".join(str(c) for c in counts) or str(len(inputs.samples))
+def unavailable_metrics(inputs: ReportInputs) -> list[str]:
+    """Metrics no scored model has a value for (SPICE without its CoreNLP jars)."""
+    return [m for m in REPORT_METRICS if not any(model.metric(m) is not None for model in inputs.scored)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -469,7 +583,7 @@ def metric_charts(inputs: ReportInputs) -> dict[str, str]:
 
     charts: dict[str, str] = {}
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "vlm-ablation", "font.size": 9}):
-        for metric in HEADLINE_METRICS:
+        for metric in REPORT_METRICS:
             rows = [(m.name, v, m.ci(metric)) for m in inputs.scored if (v := m.metric(metric)) is not None]
             if not rows:
                 continue
@@ -492,7 +606,7 @@ def metric_charts(inputs: ReportInputs) -> dict[str, str]:
                 axes.axvline(human * SCALE, color="#e45756", linestyle="--", linewidth=1)
             reach = max([v + h for v, h in zip(values, high, strict=True)] + [human * SCALE if human else 0.0])
             axes.set_xlim(0, reach * 1.05 if reach > 0 else 1)  # bars start at 0; an all-zero chart still has a scale
-            axes.set_xlabel(f"{METRIC_LABELS[metric]} (x100), error bars: 95% CI")
+            axes.set_xlabel(f"{METRIC_LABELS[metric]}, error bars: 95% CI")
             axes.spines[["top", "right"]].set_visible(False)
             buffer = io.StringIO()
             figure.savefig(buffer, format="svg", metadata={"Date": None})
@@ -502,169 +616,57 @@ def metric_charts(inputs: ReportInputs) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The page.
+# Text helpers shared by the templates.
 
 
-def _e(value: object) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+def _one_line(text: str) -> str:
+    """Newlines would end a LaTeX comment or a Markdown list item, and a blank line breaks a LaTeX caption."""
+    return " ".join(text.split())
 
 
-def _leaderboard(inputs: ReportInputs) -> str:
-    best = best_values(inputs.scored, 2)
-    unavailable = inputs.unavailable()
-    head = "".join(f'<th data-sort="num" title="click to sort">{_e(METRIC_LABELS[m])}</th>' for m in HEADLINE_METRICS)
-    rows = []
-    for model in inputs.models:
-        cells = [f'<td class="model" data-value="{_e(model.name)}">{_e(model.name)}</td>']
-        for metric in HEADLINE_METRICS:
-            value = model.metric(metric)
-            if model.status != "scored":
-                cells.append('<td data-value="-1" class="na">—</td>')
-                continue
-            if value is None:
-                reason = (model.metrics.unavailable.get(metric) if model.metrics else None) or unavailable.get(metric)
-                cells.append(f'<td data-value="-1" class="na" title="{_e(reason)}">n/a</td>')
-                continue
-            ci = model.ci(metric)
-            bold = " best" if _is_best(model, metric, best, 2) else ""
-            ci_text = f'<span class="ci">[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>' if ci else ""
-            cells.append(f'<td data-value="{value:.6f}" class="num{bold}">{_fmt(value)} {ci_text}</td>')
-        counts = model.metrics.counts if model.metrics else None
-        num = model.metrics.num_samples if model.metrics else len(model.predictions)
-        cells.append(f'<td data-value="{num}" class="num">{num}</td>')
-        if counts:
-            cells.append(f'<td data-value="{counts.failed}" class="num">{counts.failed} / {counts.empty}</td>')
-        else:
-            cells.append('<td data-value="-1" class="na">—</td>')
-        message = model.message if model.message and model.status != "scored" else ""
-        status = _e(model.status) + (f": {_e(_clip(message, 160))}" if message else "")
-        cells.append(
-            f'<td data-value="{_e(model.status)}" class="status-{_e(model.status)}" title="{_e(message)}">{status}</td>'
-        )
-        rows.append(f'<tr data-model="{_e(model.name)}">' + "".join(cells) + "</tr>")
-    foot = ""
-    if inputs.human:
-        human_cells = "".join(f'<td class="num">{_fmt(inputs.human.metrics.get(m))}</td>' for m in HEADLINE_METRICS)
-        foot = (
-            '<tfoot><tr class="human"><td>human (leave-one-out)</td>'
-            f"{human_cells}<td class='num'>{inputs.human.num_samples}</td><td></td><td>reference agreement</td></tr>"
-            "</tfoot>"
-        )
-    notes = "".join(f"<li><b>{_e(METRIC_LABELS.get(m, m))} n/a</b>: {_e(r)}</li>" for m, r in unavailable.items())
-    if inputs.human:
-        notes += (
-            "<li>The human row scores each sample's first reference against the others (leave-one-out), so it "
-            "has one reference fewer than the models had: a rough ceiling, not an exact comparison.</li>"
-        )
-    return (
-        '<table id="leaderboard" class="sortable"><thead><tr><th data-sort="text">Model</th>'
-        f'{head}<th data-sort="num">n</th><th data-sort="num" title="failed / empty predictions">failed / empty</th>'
-        f'<th data-sort="text">status</th></tr></thead><tbody>{"".join(rows)}</tbody>{foot}</table>'
-        f'<p class="hint">Scores x100; <span class="ci">[95% bootstrap CI]</span>; best in bold; click a header to '
-        f"sort.</p>" + (f'<ul class="notes">{notes}</ul>' if notes else "")
-    )
+def _clip(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
 
 
-def _charts_html(inputs: ReportInputs, charts: dict[str, str]) -> str:
-    figures = []
-    for metric in HEADLINE_METRICS:
-        label = _e(METRIC_LABELS[metric])
-        if metric in charts:
-            human = inputs.human.metrics.get(metric) if inputs.human else None
-            caption = label + ("; red dashed line: human (leave-one-out)" if human is not None else "")
-            figures.append(
-                f'<figure><img src="{charts[metric]}" alt="{label} per model with 95% CI">'
-                f"<figcaption>{caption}</figcaption></figure>"
-            )
-        else:
-            reason = inputs.unavailable().get(metric, "no model has a value")
-            figures.append(f'<figure class="na"><figcaption>{label}: n/a ({_e(reason)})</figcaption></figure>')
-    return '<div class="charts">' + "".join(figures) + "</div>"
+def _short(value: str | None, length: int = 12) -> str | None:
+    return value if value is None or len(value) <= length else value[:length] + "…"
 
 
-def _manifest_html(inputs: ReportInputs) -> str:
-    parts = []
-    ablation = inputs.ablation
-    if ablation:
-        facts = [
-            ("engine", ablation.engine),
-            ("data file", ablation.data_file),
-            ("data sha256", ablation.data_sha256),
-            ("started", ablation.started_at),
-            ("finished", ablation.finished_at),
-            ("scoring image", _join(ablation.scoring_image, ablation.scoring_image_digest)),
-        ]
-        facts += [(k, v) for k, v in sorted(ablation.versions.items())]
-        parts.append(_facts_table(facts))
-    else:
-        parts.append(f"<p class='note'>No {ABLATION_MANIFEST} in this folder (not run through the orchestrator).</p>")
-    head = (
-        "<tr><th>model</th><th>model id</th><th>revision</th><th>image digest</th><th>dtype / device</th>"
-        '<th title="used / requested">batch</th><th>decoding</th><th>data sha256</th><th>load s</th><th>generate s</th>'
-        "<th>samples/s</th><th>status</th></tr>"
-    )
-    rows = []
-    for model in inputs.models:
-        run, record = model.run, model.record
-        timings = run.timings if run else {}
-        revision = (run.resolved_revision or run.revision) if run else (record.resolved_revision if record else None)
-        digest = record.image_digest if record else None
-        rows.append(
-            "<tr>"
-            f"<td>{_e(model.name)}</td><td>{_e(model.model_id)}{_local_checkpoint(run)}</td>"
-            f"<td class='mono'>{_e(_short(revision))}</td>"
-            f"<td class='mono' title='{_e(digest)}'>{_e(_short(digest, 19))}</td>"
-            f"<td>{_e(_join(run.dtype, run.device_name or run.device) if run else None)}</td>"
-            f"<td class='num'>{_e(_batch(run) if run else None)}</td>"
-            f"<td class='mono'>{_e(_decoding(run.decoding) if run else None)}</td>"
-            f"<td class='mono' title='{_e(run.data_sha256 if run else None)}'>"
-            f"{_e(_short(run.data_sha256 if run else None))}</td>"
-            f"<td class='num'>{_seconds(timings.get('load_s'))}</td>"
-            f"<td class='num'>{_seconds(timings.get('generate_s'))}</td>"
-            f"<td class='num'>{_seconds(timings.get('samples_per_s'))}</td>"
-            f"<td class='status-{_e(model.status)}'>{_e(model.status)}</td></tr>"
-        )
-    parts.append(f"<table class='manifest'>{head}{''.join(rows)}</table>")
-    prompts: dict[str, list[str]] = {}
-    for model in inputs.models:
-        if model.run:
-            prompts.setdefault(model.run.prompt_template, []).append(model.name)
-    for template, names in prompts.items():
-        who = "all models" if len(names) == len(inputs.models) else ", ".join(names)
-        parts.append(f"<p>Prompt template ({_e(who)}):</p><pre>{_e(template)}</pre>")
-    return "".join(parts)
+def _join(*values: object) -> str | None:
+    present = [str(v) for v in values if v not in (None, "")]
+    return " ".join(present) if present else None
 
 
-def _failures_html(inputs: ReportInputs) -> str:
-    parts = []
-    failed_models = [m for m in inputs.models if m.status != "scored"]
-    if failed_models:
-        items = "".join(
-            f"<li><b>{_e(m.name)}</b> ({_e(m.status)}): {_e(m.message or 'no reason recorded')}</li>"
-            for m in failed_models
-        )
-        parts.append(f"<h3>Models</h3><ul class='failed-models'>{items}</ul>")
-    else:
-        parts.append("<p>No model failed.</p>")
-    sample_parts = []
-    for model in inputs.models:
-        failures = _failed_samples(model)
-        if not failures:
-            continue
-        kinds = Counter(error for _, _, error in failures)
-        kinds_text = "; ".join(f"{count} x {_e(_clip(kind, 160))}" for kind, count in kinds.most_common(5))
-        rows = "".join(
-            f"<tr><td class='mono'>{_e(sid)}</td><td>{_e(query)}</td><td>{_e(_clip(error, 400))}</td></tr>"
-            for sid, query, error in failures[:MAX_FAILED_SAMPLES_LISTED]
-        )
-        more = len(failures) - MAX_FAILED_SAMPLES_LISTED
-        more_text = f"<p>and {more} more in {_e(PREDICTIONS_JSONL.format(model=model.name))}</p>" if more > 0 else ""
-        sample_parts.append(
-            f"<details><summary><b>{_e(model.name)}</b>: {len(failures)} failed sample(s): {kinds_text}</summary>"
-            f"<table><tr><th>sample</th><th>query</th><th>reason</th></tr>{rows}</table>{more_text}</details>"
-        )
-    parts.append("<h3>Samples</h3>" + ("".join(sample_parts) or "<p>No sample failed.</p>"))
-    return "".join(parts)
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _decoding(decoding: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={json.dumps(value)}" for key, value in sorted(decoding.items()))
+
+
+_LATEX = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
+)
+
+
+def _latex(text: str) -> str:
+    return _one_line(text).translate(_LATEX)
+
+
+def _markdown(text: str) -> str:
+    return _one_line(text).replace("|", r"\|").replace("*", r"\*").replace("_", r"\_")
 
 
 def _failed_samples(model: ModelView) -> list[tuple[str, str, str]]:
@@ -678,45 +680,96 @@ def _failed_samples(model: ModelView) -> list[tuple[str, str, str]]:
     return list(failures.values())
 
 
-def _join(*values: object, separator: str = " ") -> str | None:
-    present = [str(v) for v in values if v not in (None, "")]
-    return separator.join(present) if present else None
+def _error_kinds(failures: list[tuple[str, str, str]]) -> str:
+    kinds = Counter(error for _, _, error in failures)
+    return "; ".join(f"{count} x {_clip(kind, 160)}" for kind, count in kinds.most_common(5))
 
 
-def _short(value: str | None, length: int = 12) -> str | None:
-    return value if value is None or len(value) <= length else value[:length] + "…"
+def paper_cells(model: ModelView, best: dict[str, float], style: str) -> list[str]:
+    """One Markdown ("md") or LaTeX ("tex") cell per metric: x100 with one decimal, bold when best, ± the CI's
+    half-width (the interval may be asymmetric; the page and the metrics files have its bounds)."""
+    cells = []
+    for metric in REPORT_METRICS:
+        value, ci = model.metric(metric), model.ci(metric)
+        text = fmt(value, 1)
+        if is_best(model, metric, best, 1):
+            text = f"**{text}**" if style == "md" else f"\\textbf{{{text}}}"
+        if value is not None and ci is not None:
+            half = fmt((ci[1] - ci[0]) / 2, 1)
+            text += f" ± {half}" if style == "md" else f" {{\\scriptsize $\\pm$ {half}}}"
+        cells.append(text)
+    return cells
 
 
-def _clip(text: str, length: int) -> str:
-    return text if len(text) <= length else text[: length - 1] + "…"
+def _human_cells(human: MetricsFile) -> list[str]:
+    return [fmt(human.metrics.get(metric), 1) for metric in REPORT_METRICS]
 
 
-def _seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
+def _not_shown(model: ModelView) -> str:
+    return f"{_one_line(model.name)} ({model.status}: {_one_line(model.message or 'no reason recorded')})"
 
 
-def _local_checkpoint(run: RunManifest | None) -> str:
-    """Weights loaded from a local folder instead of the Hub id (e.g. the demo's tiny random checkpoints)."""
-    if run is None or not run.model_path:
-        return ""
-    return f"<div class='note' title='{_e(run.model_path)}'>local weights: {_e(_clip(run.model_path, 60))}</div>"
+def _prompts(inputs: ReportInputs) -> dict[str, list[str]]:
+    """prompt template -> the models that used it."""
+    prompts: dict[str, list[str]] = {}
+    for model in inputs.models:
+        if model.run:
+            prompts.setdefault(model.run.prompt_template, []).append(model.name)
+    return prompts
 
 
-def _batch(run: RunManifest) -> str:
-    return f"{run.batch_size_used} / {run.batch_size_requested}"
+def _num_samples_text(inputs: ReportInputs) -> str:
+    counts = sorted({m.metrics.num_samples for m in inputs.scored if m.metrics})
+    return "/".join(f"{c:,}" for c in counts) or f"{len(inputs.samples):,}"
 
 
-def _decoding(decoding: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={json.dumps(value)}" for key, value in sorted(decoding.items()))
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(_ASSETS),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),  # md/tex escape their own way
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+)
+# `tojson` escapes <, >, & and ' so no caption can end the <script> block; NaN would make JSON.parse fail.
+_ENV.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "separators": (",", ":"), "allow_nan": False}
+_ENV.filters.update(
+    label=METRIC_LABELS.get,
+    one_line=_one_line,
+    fmt=fmt,
+    fmt_ci=fmt_ci,
+    fmt_p=fmt_p,
+    latex=_latex,
+    md=_markdown,
+    clip=_clip,
+    short=_short,
+)
+_ENV.globals.update(
+    METRIC_LABELS=METRIC_LABELS,
+    DEMO_SENTENCE=DEMO_SENTENCE,
+    ALPHA=ALPHA,
+    join_present=_join,
+    subset_text=subset_text,
+    seconds=_seconds,
+    decoding=_decoding,
+    failed_samples=_failed_samples,
+    error_kinds=_error_kinds,
+    is_best=is_best,
+    paper_cells=paper_cells,
+    human_cells=_human_cells,
+    not_shown=_not_shown,
+    MAX_FAILED_SAMPLES_LISTED=MAX_FAILED_SAMPLES_LISTED,
+    PREDICTIONS_JSONL=PREDICTIONS_JSONL,
+    ABLATION_MANIFEST=ABLATION_MANIFEST,
+)
 
 
-def _facts_table(facts: list[tuple[str, object]]) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th><td class='mono'>{_e(v)}</td></tr>" for k, v in facts if v is not None)
-    return f"<table class='facts'>{rows}</table>"
+# ---------------------------------------------------------------------------------------------------------
+# The page and the paper tables.
 
 
-def page_data(inputs: ReportInputs) -> dict[str, Any]:
-    """The JSON the page's JS renders from: embedded once, arrays aligned with `models` and `metrics`."""
+def page_data(inputs: ReportInputs, rankings: dict[str, Ranking], ranked: list[str]) -> dict[str, Any]:
+    """The JSON the page's JS renders from: embedded once, arrays aligned with `models` and `sampleMetrics`."""
     shown = [m for m in inputs.models if m.has_outputs]
     queries = list(dict.fromkeys(s.query for s in inputs.samples))
     query_index = {q: i for i, q in enumerate(queries)}
@@ -728,16 +781,12 @@ def page_data(inputs: ReportInputs) -> dict[str, Any]:
             record = model.predictions.get(sample.sample_id)
             if score is not None:
                 predictions.append(score.prediction)
-                scores.append([_round(score.scores.get(metric)) for metric in HEADLINE_METRICS])
+                scores.append([_round(score.scores.get(metric)) for metric in SAMPLE_SCORE_KEYS])
                 errors.append(score.error or (record.error if record else None))
-            elif record is not None:
-                predictions.append(record.prediction)
-                scores.append(None)
-                errors.append(record.error)
             else:
-                predictions.append(None)
+                predictions.append(record.prediction if record else None)
                 scores.append(None)
-                errors.append("no prediction")
+                errors.append(record.error if record else "no prediction")
         samples.append(
             {
                 "id": sample.sample_id,
@@ -750,17 +799,18 @@ def page_data(inputs: ReportInputs) -> dict[str, Any]:
             }
         )
     return {
-        "metrics": list(HEADLINE_METRICS),
-        "metricLabels": METRIC_LABELS,
         "scale": SCALE,
+        "labels": METRIC_LABELS,
+        "sampleMetrics": list(SAMPLE_SCORE_KEYS),
         "models": [m.name for m in shown],
-        "scoredModels": [m.name for m in inputs.scored],
+        "scoredModels": ranked,  # best first, as in the leaderboard
         "queries": queries,
         "samples": samples,
         "perQuery": _finite({m.name: m.metrics.per_query for m in inputs.scored if m.metrics}),
-        "corpus": _finite({m.name: {k: m.metric(k) for k in HEADLINE_METRICS} for m in inputs.scored}),
-        "significance": _finite(inputs.summary.significance if inputs.summary else {}),
-        "unavailable": inputs.unavailable(),
+        "ranking": {
+            metric: {"order": r.order, "cells": {name: vars(cells) for name, cells in r.cells.items()}}
+            for metric, r in rankings.items()
+        },
     }
 
 
@@ -777,48 +827,85 @@ def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 5)
 
 
-def _json_for_script(payload: object) -> str:
-    # Inside a <script> element "</script" ends it and "<!--" changes how it is parsed: escape every <, > and &
-    # as JSON unicode escapes, which JSON.parse turns back into the same characters.
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def render_html(inputs: ReportInputs, charts: dict[str, str]) -> str:
-    template = (_ASSETS / "report.html").read_text(encoding="utf-8")
-    title = f"VLM ablation report: {len(inputs.models)} model(s), {len(inputs.samples)} sample(s)"
-    subtitle_bits = [str(inputs.results_dir.resolve())]
-    if inputs.ablation:
-        subtitle_bits.append(f"data {inputs.ablation.data_file}")
-    warnings = sorted({w for m in inputs.scored if m.metrics for w in m.metrics.warnings})
-    warnings_html = "".join(f"<li>{_e(w)}</li>" for w in warnings)
-    replacements = {
-        "@TITLE@": _e(title),
-        "@SUBTITLE@": _e(" · ".join(subtitle_bits)),
-        "@CSS@": (_ASSETS / "report.css").read_text(encoding="utf-8"),
-        "@JS@": (_ASSETS / "report.js").read_text(encoding="utf-8"),
-        "@WARNINGS@": f"<ul class='warnings'>{warnings_html}</ul>" if warnings else "",
-        "@LEADERBOARD@": _leaderboard(inputs),
-        "@CHARTS@": _charts_html(inputs, charts),
-        "@MANIFEST@": _manifest_html(inputs),
-        "@FAILURES@": _failures_html(inputs),
-        "@IMAGE_NOTE@": _e(inputs.image_note),
-        "@DATA@": _json_for_script(page_data(inputs)),
+def _context(inputs: ReportInputs, rank_by: str) -> dict[str, Any]:
+    """What every template gets: the models ranked, the notes said once, the demo flag."""
+    rankings = {metric: rank(inputs, metric) for metric in REPORT_METRICS}
+    with_values = [m for m in REPORT_METRICS if m not in unavailable_metrics(inputs)]
+    if rank_by not in with_values:
+        rank_by = with_values[0] if with_values else rank_by
+    order = rankings[rank_by].order
+    ranked = sorted(inputs.scored, key=lambda m: order.index(m.name) if m.name in order else len(order))
+    return {
+        "inputs": inputs,
+        "rank_by": rank_by,
+        "ranking": rankings[rank_by],
+        "rankings": rankings,
+        "ranked": ranked,  # scored models, best first by rank_by
+        "rows": ranked + [m for m in inputs.models if m.status != "scored"],
+        "not_scored": [m for m in inputs.models if m.status != "scored"],
+        "metrics": REPORT_METRICS,
+        "with_values": with_values,
+        "demo_models": [m.name for m in inputs.models if m.random_weights],
+        "notes": notes(inputs),
+        "num_samples": _num_samples_text(inputs),
+        "prompts": _prompts(inputs),
     }
-    # One pass (re.sub) so a replacement's text, which holds user data, is never itself searched for markers.
-    return re.sub(r"@[A-Z_]+@", lambda match: replacements[match.group(0)], template)
 
 
-def build_report(results_dir: Path, *, data_file: Path | None = None, image_root: Path | None = None) -> Path:
-    """Write report.html, comparison.md and comparison.tex into `results_dir`; return the report's path."""
+def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEFAULT_RANK_METRIC) -> str:
+    context = _context(inputs, rank_by)
+    rows = [row for m in inputs.scored if m.metrics for row in m.metrics.per_query.values()]
+    per_query = [m for m in context["with_values"] if any(row.get(m) is not None for row in rows)]
+    return _ENV.get_template("report.html").render(
+        **context,
+        title=f"VLM ablation report: {len(inputs.models)} model(s), {len(inputs.samples)} sample(s)",
+        sections=SECTIONS,
+        charts=charts,
+        best=best_values(inputs.scored, 2),
+        per_query_metrics=per_query or list(context["with_values"]),
+        sample_metrics=[m for m in SAMPLE_SCORE_KEYS if m in context["with_values"]] or list(SAMPLE_SCORE_KEYS),
+        data=page_data(inputs, context["rankings"], [m.name for m in context["ranked"]]),
+        css=Markup((_ASSETS / "report.css").read_text(encoding="utf-8")),
+        js=Markup((_ASSETS / "report.js").read_text(encoding="utf-8")),
+    )
+
+
+def comparison_markdown(inputs: ReportInputs, rank_by: str = DEFAULT_RANK_METRIC) -> str:
+    return _ENV.get_template("comparison.md").render(**_context(inputs, rank_by), best=best_values(inputs.scored, 1))
+
+
+def comparison_latex(inputs: ReportInputs, rank_by: str = DEFAULT_RANK_METRIC) -> str:
+    return _ENV.get_template("comparison.tex").render(**_context(inputs, rank_by), best=best_values(inputs.scored, 1))
+
+
+def build_report(
+    results_dir: Path,
+    *,
+    models: Sequence[str] | None = None,
+    data_file: Path | None = None,
+    image_root: Path | None = None,
+    rank_by: str = DEFAULT_RANK_METRIC,
+) -> Path:
+    """Write report.html, comparison.md and comparison.tex into `results_dir`; return the report's path.
+
+    `models`: the models to show (`python -m scoring score --report` passes the ones it scored); None shows every
+    model in the folder. Files that cannot be read are left out, each named on stderr and at the top of the page.
+    """
+    if rank_by not in REPORT_METRICS:
+        raise ReportInputError(f"rank_by {rank_by!r}: expected one of {', '.join(REPORT_METRICS)}")
     results_dir = Path(results_dir)
-    data_file = Path(data_file) if data_file is not None else None
-    image_root = Path(image_root) if image_root is not None else None
-    inputs = load_inputs(results_dir, data_file=data_file, image_root=image_root)
+    inputs = load_inputs(
+        results_dir,
+        models=models,
+        data_file=Path(data_file) if data_file is not None else None,
+        image_root=Path(image_root) if image_root is not None else None,
+    )
+    for line in inputs.skipped:
+        print(f"warning: {line}", file=sys.stderr)
     make_thumbnails(inputs)
     charts = metric_charts(inputs)
-    write_text_atomic(results_dir / COMPARISON_MD, comparison_markdown(inputs))
-    write_text_atomic(results_dir / COMPARISON_TEX, comparison_latex(inputs))
+    write_text_atomic(results_dir / COMPARISON_MD, comparison_markdown(inputs, rank_by))
+    write_text_atomic(results_dir / COMPARISON_TEX, comparison_latex(inputs, rank_by))
     report = results_dir / REPORT_HTML
-    write_text_atomic(report, render_html(inputs, charts))
+    write_text_atomic(report, render_html(inputs, charts, rank_by))
     return report

@@ -1,4 +1,6 @@
-"""The report opened in real headless Chromium: no console errors, leaderboard and every model's prediction visible.
+"""The report opened in real headless Chromium: no console errors, leaderboard ranked and re-ranked, significance
+coloured only where the stated correction says, demo banner, a phone-width layout without sideways scrolling, and
+every model's prediction visible.
 
 Chromium is driven through the DevTools protocol over `--remote-debugging-pipe` (file descriptors 3 and 4, JSON
 messages ending in NUL): no websocket library, no port to find or race for, and the browser exits with us. We
@@ -25,10 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_report import ReportFolder, demo_results_folder, synthetic_folder
+from test_report import (
+    FAILED,
+    ReportFolder,
+    demo_results_folder,
+    holm_significant,
+    significance_fixture,
+    synthetic_folder,
+    x100,
+)
 
-from contract import SAMPLE_SCORES_JSONL, MetricsFile, SampleScores, read_json, read_jsonl, results_file
-from scoring.report import build_report
+from contract import SAMPLE_SCORES_JSONL, SampleScores, read_jsonl, results_file
+from scoring.report import DEMO_SENTENCE, build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -148,9 +158,13 @@ class Page:
         self.session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
             self.send(domain)
+        self.set_viewport(width, height)
+
+    def set_viewport(self, width: int, height: int, mobile: bool = False) -> None:
+        """`mobile` as a phone: the viewport meta tag applies and scrollbars overlay the page."""
         self.send(
             "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
         )
 
     def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -180,8 +194,17 @@ class Page:
                 found.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
         return found
 
-    def screenshot(self, path: Path) -> Path:
-        data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
+    def screenshot(self, path: Path, full_page: bool = False) -> Path:
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:  # lazy thumbnails below the fold would be blank: load them all first
+            self.evaluate(
+                "Promise.all(Array.from(document.images).map((i) => { i.loading = 'eager'; "
+                "return i.decode().catch(() => null); }))"
+            )
+            size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+            clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+            params |= {"captureBeyondViewport": True, "clip": clip}
+        data = self.send("Page.captureScreenshot", params)["data"]
         path.write_bytes(base64.b64decode(data))
         copy_dir = os.environ.get(SCREENSHOT_DIR_ENV)
         if copy_dir:
@@ -227,7 +250,7 @@ def check_report_in_browser(page: Page, folder: ReportFolder, report: Path, scre
     assert state["ready"] == "1", state
     assert page.errors() == [] and state["jsErrors"] == ""
     assert state["boardVisible"]
-    assert [name for name, _ in state["boardRows"]] == folder.models
+    assert [name for name, _ in state["boardRows"]] == folder.rows("cider")  # ranked by CIDEr, failed last
     assert all(shown for _, shown in state["boardRows"])
 
     # The first sample in file order shows every model that produced outputs, with the cleaned prediction.
@@ -268,26 +291,165 @@ def test_report_of_demo_results_in_browser(page: Page, tmp_path: Path, request) 
     assert 0 < width <= 256, state
     human = page.evaluate(
         "(() => { const r = document.querySelector('#leaderboard tfoot tr.human'); "
-        "return r && r.checkVisibility() ? r.cells[0].textContent : null; })()"
+        "return r && r.checkVisibility() ? r.querySelector('td.model').textContent : null; })()"
     )
     assert human == "human (leave-one-out)"
+    # Tiny random-weight checkpoints: the page says so first.
+    banner = page.evaluate(
+        "(() => { const b = document.getElementById('demo-banner'); window.scrollTo(0, 0);"
+        " return b && b.checkVisibility() ? [b.querySelector('strong').textContent, b.getBoundingClientRect().top]"
+        " : null; })()"
+    )
+    assert banner == [DEMO_SENTENCE, 0]
 
 
-def test_leaderboard_sorts_and_browser_filters_sorts(page: Page, tmp_path: Path, request) -> None:
+LEADERBOARD_JS = """(() => Array.from(document.querySelectorAll('#leaderboard tbody tr')).map((r) => ({
+  model: r.dataset.model, rank: r.querySelector('td.rank').textContent,
+  gap: r.querySelector('td.gap .v').textContent, shaded: r.querySelector('td.gap').classList.contains('sig-worse'),
+  ranked: Array.from(r.cells).filter((c) => c.classList.contains('ranked')).length })))()"""
+
+
+def choose(page: Page, select_id: str, value: str) -> None:
+    page.evaluate(
+        f"(() => {{ const s = document.getElementById({json.dumps(select_id)}); s.value = {json.dumps(value)};"
+        " s.dispatchEvent(new Event('change')); })()"
+    )
+
+
+def test_leaderboard_ranks_by_cider_and_reranks_by_the_chosen_metric(page: Page, tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request)
+    # METEOR in the reverse order of CIDEr (set by hand), so re-ranking has to move rows.
+    for value, model in enumerate(folder.ranked("cider"), start=1):
+        folder.patch_metrics(model, metrics=folder.metrics(model).metrics | {"meteor": value / 10})
+    assert folder.ranked("meteor") == folder.ranked("cider")[::-1]
+    page.open(build_report(folder.results, data_file=folder.data_file))
+
+    def expected(metric: str) -> list[dict[str, Any]]:
+        values = {m: folder.metrics(m).metrics[metric] for m in folder.scored_models}
+        best = max(values.values())
+        rows = [
+            {"model": m, "rank": str(i), "gap": "best" if i == 1 else x100(values[m] - best, sign=True)}
+            for i, m in enumerate(folder.ranked(metric), start=1)
+        ]
+        return rows + [{"model": FAILED, "rank": "—", "gap": "—"}]
+
+    for metric in ("cider", "meteor", "bleu4", "cider"):
+        if metric != "cider" or page.evaluate("document.getElementById('rank-metric').value") != "cider":
+            choose(page, "rank-metric", metric)
+        rows = page.evaluate(LEADERBOARD_JS)
+        assert [{k: r[k] for k in ("model", "rank", "gap")} for r in rows] == expected(metric), metric
+        # The ranking column is marked in every row with scores (the failed row says why across the columns).
+        assert [r["ranked"] for r in rows] == [1] * len(folder.scored_models) + [0]
+        label = page.evaluate("Array.from(document.querySelectorAll('.rank-label')).map((e) => e.textContent)")
+        assert set(label) == {{"cider": "CIDEr", "meteor": "METEOR", "bleu4": "sacreBLEU BLEU-4"}[metric]}
+    assert page.errors() == []
+
+
+def test_significance_colouring_follows_the_stated_holm_correction(page: Page, tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request)
+    significance_fixture(folder)
+    page.open(build_report(folder.results, data_file=folder.data_file))
+    best, second, third = folder.ranked("cider")
+    for metric in ("cider", "bleu4"):
+        choose(page, "significance-metric", metric)
+        shown = page.evaluate(
+            """(() => Array.from(document.querySelectorAll('.sig-block')).filter((b) => b.checkVisibility())
+                 .map((b) => [b.dataset.metric, b.querySelector('.hint').textContent,
+                   Array.from(b.querySelectorAll('td.cell[data-model]')).map((c) => [c.closest('tr').dataset.model,
+                     c.dataset.model, Array.from(c.classList).filter((k) => k.startsWith('sig-'))])]))()"""
+        )
+        assert len(shown) == 1 and shown[0][0] == metric
+        _, hint, cells = shown[0]
+        assert "Holm-Bonferroni" in " ".join(hint.split()) and "compared with 0.05/3" in " ".join(hint.split())
+        significant = holm_significant(folder.p_values(metric))
+        assert len(cells) == 6
+        for a, b, classes in cells:
+            value_a, value_b = (folder.metrics(m).metrics[metric] for m in (a, b))
+            colour = ["sig-better" if value_a > value_b else "sig-worse"] if frozenset({a, b}) in significant else []
+            assert classes == colour, (metric, a, b)
+        # The leaderboard's gap to the best is shaded by the same rule.
+        choose(page, "rank-metric", metric)
+        shaded = {r["model"]: r["shaded"] for r in page.evaluate(LEADERBOARD_JS)}
+        leader = folder.ranked(metric)[0]
+        for model in folder.scored_models:
+            assert shaded[model] == (frozenset({model, leader}) in significant), (metric, model)
+    # p = 0.03 (< 0.05 uncorrected) between the best two by CIDEr: not coloured.
+    assert holm_significant(folder.p_values("cider")) == {frozenset({best, third})}
+    assert page.errors() == []
+
+
+def test_demo_banner_only_for_random_weight_models(page: Page, tmp_path: Path, request) -> None:
+    demo = synthetic_folder(tmp_path / "demo", request)
+    demo.patch_metrics(demo.scored_models[0], random_weights=True)
+    page.open(build_report(demo.results, data_file=demo.data_file))
+    banner = page.evaluate(
+        """(() => { const b = document.getElementById('demo-banner');
+             return b && b.checkVisibility() ? {text: b.querySelector('strong').textContent,
+               top: b.getBoundingClientRect().top, first: document.body.firstElementChild === b} : null; })()"""
+    )
+    assert banner == {"text": DEMO_SENTENCE, "top": 0, "first": True}
+    page.screenshot(tmp_path / "report-demo-banner-1400.png")
+    assert page.errors() == []
+    real = synthetic_folder(tmp_path / "real", request)
+    page.open(build_report(real.results, data_file=real.data_file))
+    assert page.evaluate("document.getElementById('demo-banner')") is None
+    assert DEMO_SENTENCE not in page.evaluate("document.body.innerText")
+
+
+LAYOUT_JS = """(() => {
+  window.scrollTo(0, 0);
+  const doc = document.documentElement;
+  const box = document.querySelector('#leaderboard-section .scroll');
+  const grid = document.querySelector('.charts').getBoundingClientRect();
+  const figures = Array.from(document.querySelectorAll('.charts figure')).map((f) => f.getBoundingClientRect())
+    .map((r) => ({left: Math.round(r.left), right: Math.round(r.right), top: Math.round(r.top)}));
+  // Anything reaching past the right edge that is not inside a box that scrolls on its own.
+  const outside = Array.from(document.querySelectorAll('body *')).filter((e) => !e.closest('.scroll')
+    && e.getBoundingClientRect().right > doc.clientWidth + 0.5).map((e) => e.tagName + '.' + e.className);
+  return {scrollWidth: doc.scrollWidth, clientWidth: doc.clientWidth, boxScrollWidth: box.scrollWidth,
+    boxClientWidth: box.clientWidth, boxRight: box.getBoundingClientRect().right, figures, outside,
+    grid: {left: Math.round(grid.left), right: Math.round(grid.right)}};
+})()"""
+
+
+def test_phone_width_has_no_sideways_scrolling_and_charts_fill_a_desktop(page: Page, tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request)
+    report = build_report(folder.results, data_file=folder.data_file)
+
+    page.set_viewport(390, 844, mobile=True)
+    page.open(report)
+    narrow = page.evaluate(LAYOUT_JS)
+    assert narrow["clientWidth"] == 390
+    assert narrow["scrollWidth"] <= narrow["clientWidth"], narrow  # the page never scrolls sideways
+    assert narrow["outside"] == []
+    # The leaderboard is wider than the phone: it scrolls inside its own box, which stays on screen.
+    assert narrow["boxScrollWidth"] > narrow["boxClientWidth"] and narrow["boxRight"] <= 390
+    # Charts wrap to one column, each inside the screen.
+    figures = narrow["figures"]
+    assert len({f["left"] for f in figures}) == 1 and all(f["right"] <= 390 for f in figures)
+    assert [f["top"] for f in figures] == sorted({f["top"] for f in figures})
+    assert page.errors() == []
+    page.screenshot(tmp_path / "report-390.png", full_page=True)
+
+    page.set_viewport(1400, 1000)
+    page.open(report)
+    wide = page.evaluate(LAYOUT_JS)
+    assert wide["scrollWidth"] <= wide["clientWidth"] and wide["outside"] == []
+    rows: dict[int, list[dict[str, int]]] = {}
+    for figure in wide["figures"]:
+        rows.setdefault(figure["top"], []).append(figure)
+    assert len(rows[min(rows)]) >= 3  # several charts side by side
+    for row in rows.values():  # every row of charts spans the grid: no empty columns
+        assert min(f["left"] for f in row) == wide["grid"]["left"], wide
+        assert abs(max(f["right"] for f in row) - wide["grid"]["right"]) <= 1, wide
+    assert page.errors() == []
+    page.screenshot(tmp_path / "report-1400.png", full_page=True)
+
+
+def test_browser_filters_and_sorts_samples(page: Page, tmp_path: Path, request) -> None:
     folder = synthetic_folder(tmp_path, request)
     planted = folder.plant_prediction(folder.scored_models[1], 4, "A Zebracorn grazing near the pier.")
     page.open(build_report(folder.results, data_file=folder.data_file))
-
-    # Clicking BLEU-4 sorts scored models by their corpus value, highest first; failed rows (-1) go last.
-    order = page.evaluate(
-        """(() => { const th = Array.from(document.querySelectorAll('#leaderboard th'))
-              .find((h) => h.textContent.startsWith('BLEU-4')); th.click();
-            return Array.from(document.querySelectorAll('#leaderboard tbody tr')).map((r) => r.dataset.model); })()"""
-    )
-    bleu = {
-        m: read_json(folder.results / f"{m}_metrics.json", MetricsFile).metrics["bleu4"] for m in folder.scored_models
-    }
-    assert order == sorted(bleu, key=lambda m: -bleu[m]) + [m for m in folder.models if m not in bleu]
 
     # Query filter: exactly the samples of that query.
     query = folder.queries[1]

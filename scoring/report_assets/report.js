@@ -29,37 +29,28 @@ function fmt(value, digits = 2) {
   return value === null || value === undefined || Number.isNaN(value) ? "n/a" : (value * DATA.scale).toFixed(digits);
 }
 
-function fillMetricSelect(select, metrics) {
-  for (const metric of metrics) select.append(el("option", { value: metric, text: DATA.metricLabels[metric] }));
-}
-
-function metricsWithValues() {
-  // Metrics that at least one model has (SPICE may be unavailable everywhere).
-  const have = DATA.metrics.filter((m) => DATA.scoredModels.some((name) => DATA.corpus[name][m] !== null));
-  return have.length ? have : DATA.metrics;
-}
-
 // ---------------------------------------------------------------------------------------------- leaderboard
 
-function makeSortable(table) {
-  const headers = Array.from(table.tHead.rows[0].cells);
-  headers.forEach((header, column) => {
-    header.addEventListener("click", () => {
-      const numeric = header.dataset.sort === "num";
-      const descending = !header.classList.contains("sorted-desc");
-      headers.forEach((h) => h.classList.remove("sorted-asc", "sorted-desc"));
-      header.classList.add(descending ? "sorted-desc" : "sorted-asc");
-      const body = table.tBodies[0];
-      const rows = Array.from(body.rows);
-      rows.sort((a, b) => {
-        const x = a.cells[column].dataset.value;
-        const y = b.cells[column].dataset.value;
-        const order = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
-        return descending ? -order : order;
-      });
-      body.append(...rows);
-    });
-  });
+function rankBy(metric) {
+  // Re-rank the server-rendered rows: ranked models in the metric's order, then the rest as rendered.
+  const table = document.getElementById("leaderboard");
+  const body = table.tBodies[0];
+  const ranking = DATA.ranking[metric];
+  const rows = Array.from(body.rows);
+  const byName = new Map(rows.map((row) => [row.dataset.model, row]));
+  const ranked = ranking.order.map((name) => byName.get(name));
+  body.append(...ranked, ...rows.filter((row) => !ranking.order.includes(row.dataset.model)));
+  for (const row of body.rows) {
+    const cells = ranking.cells[row.dataset.model];
+    const gap = row.querySelector("td.gap");
+    row.querySelector("td.rank").textContent = cells ? cells.rank : "—";
+    gap.querySelector(".v").textContent = cells ? cells.gap : "—";
+    gap.querySelector(".ci").textContent = cells ? cells.ci : "";
+    gap.title = cells ? cells.title : "";
+    gap.classList.toggle("sig-worse", !!(cells && cells.significant));
+  }
+  for (const cell of table.querySelectorAll("[data-metric]")) cell.classList.toggle("ranked", cell.dataset.metric === metric);
+  for (const label of document.querySelectorAll(".rank-label")) label.textContent = DATA.labels[metric];
 }
 
 // ---------------------------------------------------------------------------------------------- heat map
@@ -89,8 +80,7 @@ function renderHeatmap(metric) {
     }
   }
   if (!values.length) {
-    const reason = DATA.unavailable[metric] || "no per-query values in the metrics files";
-    holder.append(el("p", { class: "note", text: `${DATA.metricLabels[metric]}: n/a (${reason})` }));
+    holder.append(el("p", { class: "note", text: `${DATA.labels[metric]}: n/a (no per-query values; see the notes under the leaderboard)` }));
     return;
   }
   const low = Math.min(...values), high = Math.max(...values);
@@ -116,49 +106,9 @@ function renderHeatmap(metric) {
 
 // ---------------------------------------------------------------------------------------------- significance
 
-function pValue(metric, a, b) {
-  const pairs = DATA.significance[metric] || {};
-  const p = pairs[`${a}|${b}`];
-  return p === undefined ? pairs[`${b}|${a}`] : p;
-}
-
-function renderSignificance(metric) {
-  const holder = document.getElementById("significance");
-  const hint = document.getElementById("significance-hint");
-  holder.replaceChildren();
-  const models = DATA.scoredModels;
-  const pairs = (models.length * (models.length - 1)) / 2;
-  if (!Object.keys(DATA.significance[metric] || {}).length) {
-    hint.textContent = "";
-    const reason = DATA.unavailable[metric] || (models.length < 2 ? "fewer than two scored models" : "no p-values in all_models_summary.json");
-    holder.append(el("p", { class: "note", text: `${DATA.metricLabels[metric]}: n/a (${reason})` }));
-    return;
-  }
-  hint.textContent =
-    `Two-sided paired bootstrap p-values over the same samples. Green: the row model scores higher with p < 0.05; ` +
-    `red: lower. With ${pairs} pairs, a Bonferroni-corrected threshold is ${(0.05 / Math.max(1, pairs)).toPrecision(2)}.`;
-  const head = el("tr", {}, el("th", { text: "row vs column" }));
-  for (const name of models) head.append(el("th", { text: name }));
-  const body = el("tbody");
-  for (const a of models) {
-    const row = el("tr", {}, el("th", { text: a }));
-    for (const b of models) {
-      if (a === b) {
-        row.append(el("td", { class: "cell na", text: "—" }));
-        continue;
-      }
-      const p = pValue(metric, a, b);
-      const cell = el("td", { class: "cell", text: p === undefined || p === null ? "n/a" : p < 0.001 ? "<0.001" : p.toFixed(3) });
-      const va = DATA.corpus[a][metric], vb = DATA.corpus[b][metric];
-      if (p !== undefined && p !== null && p < 0.05 && va !== null && vb !== null) {
-        cell.classList.add(va > vb ? "sig-better" : "sig-worse");
-      }
-      cell.title = `${a} ${fmt(va)} vs ${b} ${fmt(vb)}`;
-      row.append(cell);
-    }
-    body.append(row);
-  }
-  holder.append(el("table", {}, el("thead", {}, head), body));
+function showSignificance(metric) {
+  // The matrices are rendered in the page, one per metric; show the chosen one.
+  for (const block of document.querySelectorAll(".sig-block")) block.hidden = block.dataset.metric !== metric;
 }
 
 // ---------------------------------------------------------------------------------------------- sample browser
@@ -197,7 +147,7 @@ function applyFilters() {
   const queryIndex = document.getElementById("filter-query").value;
   const text = document.getElementById("filter-text").value.trim().toLowerCase();
   const sort = document.getElementById("sort-order").value;
-  const metricIndex = DATA.metrics.indexOf(document.getElementById("score-metric").value);
+  const metricIndex = DATA.sampleMetrics.indexOf(document.getElementById("score-metric").value);
   browser.metricIndex = metricIndex;
   if (text && searchTexts === null) {
     searchTexts = DATA.samples.map((s) =>
@@ -248,7 +198,7 @@ function renderSample(sample) {
   side.append(el("div", {}, el("span", { class: "query", text: DATA.queries[sample.q] })));
   side.append(el("div", { class: "sid", text: sample.id }));
   const { mean, spread } = stats(sample, metricIndex);
-  const label = DATA.metricLabels[DATA.metrics[metricIndex]];
+  const label = DATA.labels[DATA.sampleMetrics[metricIndex]];
   side.append(el("div", { class: "spread", text: `${label}: mean ${fmt(mean, 1)}, spread ${fmt(spread, 1)}` }));
 
   const refs = el("ol", { class: "refs" });
@@ -262,7 +212,7 @@ function renderSample(sample) {
     const top = score !== null && DATA.models.length > 1 && score === best && best > 0;
     const card = el("div", { class: top ? "pred top" : "pred", "data-model": name });
     const all = sample.score[index];
-    const tooltip = all ? DATA.metrics.map((m, i) => `${DATA.metricLabels[m]} ${fmt(all[i], 1)}`).join(" · ") : "";
+    const tooltip = all ? DATA.sampleMetrics.map((m, i) => `${DATA.labels[m]} ${fmt(all[i], 1)}`).join(" · ") : "";
     card.append(el("div", { class: "who" }, el("span", { text: name }), el("span", { class: "score", title: tooltip, text: fmt(score, 1) })));
     const prediction = sample.pred[index];
     card.append(el("div", { class: "text", text: prediction === null ? "" : prediction === "" ? "(empty)" : prediction }));
@@ -293,7 +243,6 @@ function setUpBrowser() {
   for (const sample of DATA.samples) counts[sample.q] = (counts[sample.q] || 0) + 1;
   querySelect.append(el("option", { value: "", text: `all queries (${DATA.samples.length})` }));
   DATA.queries.forEach((query, index) => querySelect.append(el("option", { value: String(index), text: `${query} (${counts[index] || 0})` })));
-  fillMetricSelect(document.getElementById("score-metric"), metricsWithValues());
   const sortSelect = document.getElementById("sort-order");
   for (const [value, text] of sortOptions()) sortSelect.append(el("option", { value, text }));
   let timer = null;
@@ -318,15 +267,13 @@ function setUpBrowser() {
 // ---------------------------------------------------------------------------------------------- start
 
 function main() {
-  makeSortable(document.getElementById("leaderboard"));
+  const rankSelect = document.getElementById("rank-metric");
+  rankSelect.addEventListener("change", () => rankBy(rankSelect.value));
   const heatmapSelect = document.getElementById("heatmap-metric");
-  fillMetricSelect(heatmapSelect, metricsWithValues());
   heatmapSelect.addEventListener("change", () => renderHeatmap(heatmapSelect.value));
   renderHeatmap(heatmapSelect.value);
   const significanceSelect = document.getElementById("significance-metric");
-  fillMetricSelect(significanceSelect, metricsWithValues());
-  significanceSelect.addEventListener("change", () => renderSignificance(significanceSelect.value));
-  renderSignificance(significanceSelect.value);
+  significanceSelect.addEventListener("change", () => showSignificance(significanceSelect.value));
   setUpBrowser();
   document.body.dataset.ready = "1";
 }
