@@ -134,11 +134,14 @@ def check_remote_config(config: dict[str, Any], where: str) -> Geometry:
     vit = _require(config, "vision_config", where)
     _expect(llm.get("model_type"), "internlm2", f"{where}: llm_config.model_type")
     _expect(vit.get("model_type"), "intern_vit_6b", f"{where}: vision_config.model_type")
-    _expect(config.get("template"), SUPPORTED_TEMPLATE, f"{where}: template")
-    _expect(config.get("ps_version", "v1"), "v2", f"{where}: ps_version (pixel shuffle)")
-    _expect(config.get("select_layer", -1), -1, f"{where}: select_layer")
-    _expect(vit.get("norm_type", "rms_norm"), "layer_norm", f"{where}: vision_config.norm_type")
-    _expect(bool(vit.get("qk_normalization", False)), False, f"{where}: vision_config.qk_normalization")
+    # Read explicitly, not defaulted: the remote config classes' defaults are those of other InternVL models.
+    _expect(_require(config, "template", where), SUPPORTED_TEMPLATE, f"{where}: template")
+    _expect(_require(config, "ps_version", where), "v2", f"{where}: ps_version (pixel shuffle)")
+    _expect(_require(config, "select_layer", where), -1, f"{where}: select_layer")
+    vision_where = f"{where}: vision_config"
+    _expect(_require(vit, "norm_type", vision_where), "layer_norm", f"{where}: vision_config.norm_type")
+    _expect(_require(vit, "qk_normalization", vision_where), False, f"{where}: vision_config.qk_normalization")
+    _require(vit, "qkv_bias", vision_where)
     _expect(llm.get("hidden_act", "silu"), "silu", f"{where}: llm_config.hidden_act")
     _expect(vit.get("hidden_act", "gelu"), "gelu", f"{where}: vision_config.hidden_act")
     for key in ("use_backbone_lora", "use_llm_lora"):
@@ -207,6 +210,8 @@ RENAMES: list[tuple[re.Pattern[str], str]] = [
     )
 ]
 VISION_QKV = re.compile(_VISION + r"attn\.qkv\.(weight|bias)")
+# Recomputed from the config by both models; older InternLM2 checkpoints may store it.
+DERIVED_BUFFER = re.compile(_TEXT + r"attention\.rotary_emb\.inv_freq")
 TEXT_WQKV = re.compile(_TEXT + r"attention\.wqkv\.(weight|bias)")
 
 
@@ -288,34 +293,49 @@ def weight_files(folder: Path) -> list[Path]:
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def plan_weights(folder: Path, geometry: Geometry) -> list[TargetTensor]:
-    """Every native tensor to write, from the safetensors headers only (no tensor data is read)."""
+# A header: tensor name -> (shape, safetensors dtype name), per weight file.
+Headers = dict[Path, dict[str, tuple[tuple[int, ...], str]]]
+
+
+def read_headers(folder: Path) -> Headers:
+    """Tensor names, shapes and dtypes of every weight file (safetensors headers only; no tensor data is read)."""
     from safetensors import safe_open
 
-    targets: list[TargetTensor] = []
-    unknown: list[str] = []
+    headers: Headers = {}
     for path in weight_files(folder):
         with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118  (safe_open has keys(), not iteration)
-                tensor_slice = handle.get_slice(name)
-                shape, dtype_name = tuple(tensor_slice.get_shape()), tensor_slice.get_dtype()
-                if dtype_name not in _DTYPES:
-                    raise ConversionError(f"{path}: tensor {name} has dtype {dtype_name}, expected F32/F16/BF16")
-                names = native_names(name)
-                if names is None:
-                    unknown.append(name)
-                    continue
-                if len(names) == 1:
-                    targets.append(TargetTensor(names[0], path, name, None, shape, _DTYPES[dtype_name]))
-                    continue
-                splitter = split_vit_qkv if name.startswith("vision_model") else split_internlm2_wqkv
-                parts = splitter(torch.empty(shape, device="meta"), geometry)
-                targets += [
-                    TargetTensor(target, path, name, index, tuple(part.shape), _DTYPES[dtype_name])
-                    for index, (target, part) in enumerate(zip(names, parts, strict=True))
-                ]
+            headers[path] = {
+                name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+                for name in handle.keys()  # noqa: SIM118  (safe_open has keys(), not iteration)
+            }
+    return headers
+
+
+def plan_weights(headers: Headers, geometry: Geometry, where: Path | str) -> list[TargetTensor]:
+    """Every native tensor to write, with its source tensor and shape."""
+    targets: list[TargetTensor] = []
+    unknown: list[str] = []
+    for path, tensors in headers.items():
+        for name, (shape, dtype_name) in tensors.items():
+            if DERIVED_BUFFER.fullmatch(name):
+                continue
+            if dtype_name not in _DTYPES:
+                raise ConversionError(f"{path}: tensor {name} has dtype {dtype_name}, expected F32/F16/BF16")
+            names = native_names(name)
+            if names is None:
+                unknown.append(name)
+                continue
+            if len(names) == 1:
+                targets.append(TargetTensor(names[0], path, name, None, shape, _DTYPES[dtype_name]))
+                continue
+            splitter = split_vit_qkv if name.startswith("vision_model") else split_internlm2_wqkv
+            parts = splitter(torch.empty(shape, device="meta"), geometry)
+            targets += [
+                TargetTensor(target, path, name, index, tuple(part.shape), _DTYPES[dtype_name])
+                for index, (target, part) in enumerate(zip(names, parts, strict=True))
+            ]
     if unknown:
-        raise ConversionError(f"{folder}: tensors this converter does not know: {unknown[:10]} ({len(unknown)} in all)")
+        raise ConversionError(f"{where}: tensors this converter does not know: {unknown[:10]} ({len(unknown)} in all)")
     return targets
 
 
@@ -451,7 +471,7 @@ def native_config(remote: dict[str, Any], *, image_token_id: int) -> Any:
         hidden_act="gelu",
         layer_norm_eps=float(vit.get("layer_norm_eps", 1e-6)),
         norm_type="layer_norm",
-        attention_bias=bool(vit.get("qkv_bias", True)),
+        attention_bias=bool(vit["qkv_bias"]),
         use_qk_norm=False,
         use_absolute_position_embeddings=True,
         use_mean_pooling=True,  # InternViT has no final LayerNorm: the last layer's output goes to the projector
@@ -678,33 +698,35 @@ def check_chat_template(processor: Any) -> None:
 # --- the conversion ------------------------------------------------------------------------------------------
 
 
-def convert(
-    remote_dir: Path | str,
-    out_dir: Path | str,
-    *,
-    source: str | None = None,
-    commit: str | None = None,
-    max_shard_bytes: int = MAX_SHARD_BYTES,
-) -> Path:
-    """Write the native InternVL checkpoint of a remote-code InternVL2 folder into out_dir (new or empty).
+@dataclass
+class ConversionPlan:
+    """Everything convert() writes except the weights' data, made and checked from metadata only."""
 
-    source/commit: the Hub id and commit the folder is a snapshot of (recorded in conversion.json).
+    geometry: Geometry
+    remote_tokenizer: RemoteTokenizer
+    processor: Any  # InternVLProcessor (with the converted tokenizer)
+    config: Any  # InternVLConfig
+    targets: list[TargetTensor]
+
+    def generation_config(self) -> Any:
+        from transformers import GenerationConfig
+
+        tokenizer = self.remote_tokenizer
+        return GenerationConfig(
+            bos_token_id=tokenizer.token_id(tokenizer.bos_token),
+            eos_token_id=tokenizer.token_id(TURN_END),  # the remote chat() stops at the template separator
+            pad_token_id=tokenizer.token_id(tokenizer.pad_token),
+            do_sample=False,
+        )
+
+
+def plan_conversion(config: dict[str, Any], tokenizer_dir: Path, headers: Headers, where: str) -> ConversionPlan:
+    """Check a remote checkpoint from its config.json, tokenizer files and safetensors headers; no weight is read.
+
+    Also what a connected host runs against the real checkpoint without downloading its weights (docs/RUNNER.md).
     """
-    from transformers import GenerationConfig
-
-    remote_dir, out_dir = Path(remote_dir), Path(out_dir)
-    if not remote_dir.is_dir():
-        raise ConversionError(f"{remote_dir}: not a folder")
-    config = read_config(remote_dir)
-    if config.get("model_type") == NATIVE_MODEL_TYPE:
-        raise ConversionError(f"{remote_dir}: already a native InternVL checkpoint (model_type {NATIVE_MODEL_TYPE!r})")
-    checkpoint_format(remote_dir)  # neither format: says so
-    geometry = check_remote_config(config, str(remote_dir / "config.json"))
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConversionError(f"{out_dir}: exists and is not empty; convert into a new folder")
-
-    # Cheap checks first: tokenizer, processor, config, weight names and shapes.
-    remote_tokenizer = read_remote_tokenizer(remote_dir)
+    geometry = check_remote_config(config, where)
+    remote_tokenizer = read_remote_tokenizer(tokenizer_dir)
     tokenizer = fast_tokenizer(remote_tokenizer)
     per_tile = tokens_per_tile(config)
     check_tokenizer(remote_tokenizer, tokenizer, probe_texts(per_tile))
@@ -717,23 +739,43 @@ def convert(
         dynamic=bool(config.get("dynamic_image_size", True)),
     )
     check_chat_template(processor)
-    image_token_id = remote_tokenizer.token_id(IMG_CONTEXT)
-    target_config = native_config(config, image_token_id=image_token_id)
+    target_config = native_config(config, image_token_id=remote_tokenizer.token_id(IMG_CONTEXT))
     if target_config.text_config.vocab_size < len(tokenizer) - 1:  # -1: the appended <video>
-        raise ConversionError(f"{remote_dir}: llm_config.vocab_size is smaller than the tokenizer's {len(tokenizer)}")
-    targets = plan_weights(remote_dir, geometry)
-    check_against_native_model(targets, target_config, remote_dir)
+        raise ConversionError(f"{where}: llm_config.vocab_size is smaller than the tokenizer's {len(tokenizer) - 1}")
+    targets = plan_weights(headers, geometry, where)
+    check_against_native_model(targets, target_config, where)
+    return ConversionPlan(geometry, remote_tokenizer, processor, target_config, targets)
+
+
+def convert(
+    remote_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    source: str | None = None,
+    commit: str | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Path:
+    """Write the native InternVL checkpoint of a remote-code InternVL2 folder into out_dir (new or empty).
+
+    source/commit: the Hub id and commit the folder is a snapshot of (recorded in conversion.json).
+    """
+    remote_dir, out_dir = Path(remote_dir), Path(out_dir)
+    if not remote_dir.is_dir():
+        raise ConversionError(f"{remote_dir}: not a folder")
+    config = read_config(remote_dir)
+    if config.get("model_type") == NATIVE_MODEL_TYPE:
+        raise ConversionError(f"{remote_dir}: already a native InternVL checkpoint (model_type {NATIVE_MODEL_TYPE!r})")
+    checkpoint_format(remote_dir)  # neither format: says so
+    check_remote_config(config, str(remote_dir / "config.json"))
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConversionError(f"{out_dir}: exists and is not empty; convert into a new folder")
+    plan = plan_conversion(config, remote_dir, read_headers(remote_dir), str(remote_dir))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_weights(targets, geometry, out_dir, max_shard_bytes)
-    target_config.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    GenerationConfig(
-        bos_token_id=remote_tokenizer.token_id(remote_tokenizer.bos_token),
-        eos_token_id=remote_tokenizer.token_id(TURN_END),  # the remote chat() stops at the template separator
-        pad_token_id=remote_tokenizer.token_id(remote_tokenizer.pad_token),
-        do_sample=False,
-    ).save_pretrained(out_dir)
+    write_weights(plan.targets, plan.geometry, out_dir, max_shard_bytes)
+    plan.config.save_pretrained(out_dir)
+    plan.processor.save_pretrained(out_dir)
+    plan.generation_config().save_pretrained(out_dir)
     if (remote_dir / RANDOM_WEIGHTS_MARKER).is_file():
         shutil.copyfile(remote_dir / RANDOM_WEIGHTS_MARKER, out_dir / RANDOM_WEIGHTS_MARKER)
     record = conversion_record(remote_dir, source=source, commit=commit)

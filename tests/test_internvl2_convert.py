@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ from runner.convert_internvl2 import (
     convert_into_cache,
     converted_dir,
     find_converted,
+    plan_conversion,
 )
 from runner.loop import DEFAULT_PROMPT_TEMPLATE
 from runner.registry import get_model
@@ -543,13 +545,14 @@ def test_folders_that_are_neither_format_are_refused_by_name(pair, tmp_path):
         (lambda c: c.update(ps_version="v1"), r"ps_version \(pixel shuffle\) is 'v1'"),
         (lambda c: c.update(select_layer=-4), r"select_layer is -4"),
         (lambda c: c["vision_config"].update(qk_normalization=True), r"qk_normalization is True"),
+        (lambda c: c["vision_config"].pop("qkv_bias"), r"vision_config: missing 'qkv_bias'"),
         (lambda c: c["llm_config"].update(num_key_value_heads=4), r"wqkv has 64 rows; the config's heads need 96"),
         (
             lambda c: c["llm_config"].update(intermediate_size=128),
             r"do not match the native InternVL model.*'language_model.model.layers.0.mlp.down_proj.weight', \(32, 64\)",
         ),
     ],
-    ids=["other-llm", "other-template", "pixel-shuffle-v1", "other-layer", "qk-norm", "heads", "sizes"],
+    ids=["other-llm", "other-template", "pixel-shuffle-v1", "other-layer", "qk-norm", "no-qkv-bias", "heads", "sizes"],
 )
 def test_layouts_this_converter_does_not_reproduce_are_refused(pair, tmp_path, edit, message):
     remote, _, _ = pair
@@ -570,9 +573,23 @@ def test_unknown_tensors_and_missing_files_are_refused(pair, tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ConversionError, match=r"does not know: \['vision_model.extra.weight'\]"):
         convert(folder, tmp_path / "out")
+    # A stored rotary inv_freq (older InternLM2 checkpoints) is recomputed by the model: skipped, not refused.
+    save_file(
+        {"language_model.model.layers.0.attention.rotary_emb.inv_freq": torch.ones(4)},
+        str(folder / "extra.safetensors"),
+    )
+    del index["weight_map"]["vision_model.extra.weight"]
+    index["weight_map"]["language_model.model.layers.0.attention.rotary_emb.inv_freq"] = "extra.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = convert(folder, tmp_path / "with_inv_freq")
+    assert "language_model.model.layers.0.attention.rotary_emb.inv_freq" not in load_file(
+        str(out / "model.safetensors")
+    )
     (folder / "extra.safetensors").unlink()
     with pytest.raises(ConversionError, match=r"shards \['extra.safetensors'\] are not in the folder"):
         convert(folder, tmp_path / "out")
+    del index["weight_map"]["language_model.model.layers.0.attention.rotary_emb.inv_freq"]
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     (folder / "tokenizer.model").unlink()
     with pytest.raises(ConversionError, match=r"no tokenizer.model"):
         convert(folder, tmp_path / "out")
@@ -580,3 +597,33 @@ def test_unknown_tensors_and_missing_files_are_refused(pair, tmp_path):
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(ConversionError, match=r"taken: exists and is not empty"):
         convert(remote, tmp_path / "taken")
+
+
+# --- on a connected host only: the REAL checkpoint's metadata ------------------------------------------------------
+
+HUB_CHECKS = os.environ.get("VLM_ABLATION_HUB_CHECKS") == "1"
+
+
+@pytest.mark.skipif(not HUB_CHECKS, reason="set VLM_ABLATION_HUB_CHECKS=1 on a host with Hub access")
+def test_real_checkpoint_converts_from_its_metadata(tmp_path):
+    """Downloads only config.json and the tokenizer files (about 1.5 MB) and reads the safetensors headers over
+    HTTP (no weights): every tensor name and shape of the published checkpoint maps onto the native model, and the
+    real InternLM2 tokenizer converts to a fast one with sentencepiece's ids for the runner's prompts."""
+    from huggingface_hub import get_safetensors_metadata, hf_hub_download
+
+    spec = get_model(MODEL)
+    for name in ("config.json", "tokenizer.model", "tokenizer_config.json"):
+        hf_hub_download(spec.hub_id, name, revision=spec.revision, local_dir=tmp_path)
+    metadata = get_safetensors_metadata(spec.hub_id, revision=spec.revision)
+    headers = {
+        Path(file_name): {name: (tuple(info.shape), info.dtype) for name, info in file_metadata.tensors.items()}
+        for file_name, file_metadata in metadata.files_metadata.items()
+    }
+    config = json.loads((tmp_path / "config.json").read_text())
+    plan = plan_conversion(config, tmp_path, headers, spec.hub_id)  # raises on any mismatch
+    parameters = sum(math.prod(target.shape) for target in plan.targets)
+    assert parameters == pytest.approx(2.21e9, rel=0.03)  # the model card's size
+    assert (plan.config.image_token_id, plan.config.image_seq_length) == (92546, 256)
+    assert plan.generation_config().eos_token_id == 92542  # <|im_end|>
+    text = plan.config.text_config
+    assert (text.hidden_size, text.num_attention_heads, text.num_key_value_heads) == (2048, 16, 8)
