@@ -493,6 +493,61 @@ def test_fetch_converts_the_snapshot_once_and_the_runner_loads_it_offline(pair, 
     assert (on_hub.manifest.model_path, on_hub.manifest.resolved_revision) == (None, COMMIT)
 
 
+def test_a_snapshot_nobody_converted_is_converted_at_load(pair, chat_data, on_native, tmp_path):
+    """The Hub id offline with only the downloaded snapshot in the cache (no fetch-step conversion): converted into a
+    temporary folder, said on stderr, same predictions; the read-only cache gets no new files."""
+    remote, _, _ = pair
+    hf_home = tmp_path / "hf"
+    fake_hub_cache(hf_home, remote)
+    before = sorted(path for path in hf_home.rglob("*"))
+    on_hub = run(*runner_args(chat_data, tmp_path / "hub"), env=runner_env() | {"HF_HOME": str(hf_home)})
+    assert f"OpenGVLab/InternVL2-2B: no converted folder for commit {COMMIT}; converting it" in on_hub.stderr
+    assert sorted(path for path in hf_home.rglob("*")) == before
+    assert {(r.image, r.query): (r.prompt, r.prediction) for r in on_hub.predictions} == {
+        (r.image, r.query): (r.prompt, r.prediction) for r in on_native.predictions
+    }
+    assert on_hub.manifest is not None and on_hub.manifest.resolved_revision == COMMIT
+
+
+def test_fetch_step_prints_the_converted_folder_in_its_result_line(pair, tmp_path, monkeypatch, capsys):
+    """hub_fetch.main with the download replaced (the Hub cannot run here) by the local stand-in snapshot."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from orchestrator import hub_fetch
+
+    remote, _, _ = pair
+    hf_home = tmp_path / "hf"
+    snapshot = fake_hub_cache(hf_home, remote)
+    monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kwargs: str(snapshot))
+    assert hub_fetch.main(["--model-id", "OpenGVLab/InternVL2-2B", "--revision", "main"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(hub_fetch.FETCH_RESULT_PREFIX)
+    assert json.loads(last[len(hub_fetch.FETCH_RESULT_PREFIX) :]) == {
+        "model_id": "OpenGVLab/InternVL2-2B",
+        "revision": "main",
+        "resolved_revision": COMMIT,
+        "converted": str(hf_home / "vlm-ablation-converted" / "OpenGVLab--InternVL2-2B" / COMMIT),
+    }
+    # A snapshot that cannot be converted fails the fetch with the reason.
+    (snapshot / "tokenizer.model").unlink()
+    shutil.rmtree(hf_home / "vlm-ablation-converted")
+    assert hub_fetch.main(["--model-id", "OpenGVLab/InternVL2-2B", "--revision", "main"]) == 1
+    assert "error: could not convert OpenGVLab/InternVL2-2B@" in capsys.readouterr().out
+
+
+def test_converter_command_line(pair, tmp_path, capsys):
+    from runner.convert_internvl2 import main
+
+    remote, native, _ = pair
+    assert main([str(remote), str(tmp_path / "out"), "--source", "OpenGVLab/InternVL2-2B", "--commit", COMMIT]) == 0
+    record = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert (record["source"], record["source_commit"]) == ("OpenGVLab/InternVL2-2B", COMMIT)
+    assert main([str(native), str(tmp_path / "again")]) == 2
+    assert "already a native InternVL checkpoint" in capsys.readouterr().err
+
+
 def test_a_stale_or_partial_converted_folder_is_not_used(pair, tmp_path):
     remote, _, _ = pair
     target = converted_dir("OpenGVLab/InternVL2-2B", COMMIT, tmp_path)
