@@ -515,6 +515,8 @@ def _generate_all(
     adapter = adapter_class(spec, loaded, device, dtype)
     timings["load_s"] = round(time.perf_counter() - started, 3)
     manifest.resolved_revision = adapter.resolved_revision
+    for key, value in adapter.manifest_extras().items():
+        setattr(manifest, key, value)
     manifest.device_name = device_name(device_str)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -143,6 +143,10 @@ class Adapter:
                 **self.generation_kwargs(),
             )
 
+    def manifest_extras(self) -> dict[str, Any]:
+        """Extra keys for `<model>_run.json` about how the model was loaded (e.g. a checkpoint conversion)."""
+        return {}
+
     def generation_kwargs(self) -> dict[str, Any]:
         """Model-specific generate() arguments: the catalogue entry's `generate_kwargs` (e.g. a stop token)."""
         return dict(self.spec.generate_kwargs)

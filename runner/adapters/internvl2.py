@@ -7,19 +7,25 @@ takes either, chosen from the checkpoint's config.json:
 
 - native ("internvl"): InternVLForConditionalGeneration + InternVLProcessor with its chat template; the processor
   tiles the image and expands `<IMG_CONTEXT>`; generate returns prompt + answer, sliced at the padded length.
-  The tiny checkpoint uses this format, so this path is what runs offline in tests.
-- remote code ("internvl_chat", trust_remote_code=True, at the registry's revision, in an image pinned to
-  transformers 4.46.3): no processor exists, so this module builds the inputs itself: the `internlm2-chat`
-  prompt, dynamic 448 px tiling with a thumbnail, ImageNet normalisation, and `<img>` + `<IMG_CONTEXT>` x
-  (tokens per tile x tiles) + `</img>` in place of `<image>`. The remote generate() feeds the language model
-  embeddings only, so it returns ONLY the new tokens: nothing is sliced off.
+- remote code ("internvl_chat") on transformers >= 5: converted to the native format (runner/convert_internvl2.py)
+  and loaded as above. For a Hub id the fetch step converted it once into
+  $HF_HOME/vlm-ablation-converted/<org>--<name>/<commit>/, which is used as is; a local --model-path in the remote
+  format, or a snapshot nobody converted, is converted into a temporary folder first (said on stderr). The run
+  manifest records the conversion (`manifest_extras`).
+- remote code on transformers 4.46.x (trust_remote_code=True, at the registry's revision; the reference path a
+  connected host compares against): no processor exists, so this module builds the inputs itself: the
+  `internlm2-chat` prompt, dynamic 448 px tiling with a thumbnail, ImageNet normalisation, and `<img>` +
+  `<IMG_CONTEXT>` x (tokens per tile x tiles) + `</img>` in place of `<image>`. The remote generate() feeds the
+  language model embeddings only, so it returns ONLY the new tokens: nothing is sliced off.
 No InternVL code is copied here; the remote code is downloaded from the Hub at the pinned revision and run as is.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from PIL import Image
 from transformers import PretrainedConfig
 
@@ -53,6 +60,42 @@ TURN_END = "<|im_end|>"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# InternVL2-2B's `internlm2-chat` conversation (MPT separator style, sep `<|im_end|>` with NO newline after it):
+#   <|im_start|>system\n{system}<|im_end|><|im_start|>user\n<image>\n{question}<|im_end|><|im_start|>assistant\n
+# and its tokenizer prepends <s>. Native InternVL processors expand `<IMG_CONTEXT>` to
+# `<img>` + `<IMG_CONTEXT>` x (tokens per tile x tiles) + `</img>`, which is what the remote code puts in place of
+# `<image>`; so this template writes `<IMG_CONTEXT>` where the remote prompt has `<image>`.
+INTERNVL2_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set system_message = messages[0]['content'] if messages[0]['content'] is string "
+    "else messages[0]['content'][0]['text'] -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set system_message = '" + INTERNVL2_SYSTEM_MESSAGE + "' -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}"
+    "{{ '<|im_start|>system\\n' + system_message + '<|im_end|>' }}"
+    "{%- for message in loop_messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<IMG_CONTEXT>\\n' }}"
+    "{%- elif item['type'] == 'video' -%}{{ '<video>\\n' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+RESERVED_IN_INSTRUCTIONS = (IMAGE_PLACEHOLDER, IMG_CONTEXT, "<video>")
+
+# The tokenizer attributes transformers' InternVLProcessor reads (saved in tokenizer_config.json).
+INTERNVL_NAMED_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+
 
 def internvl2_chat_prompt(instruction: str, system_message: str = INTERNVL2_SYSTEM_MESSAGE) -> str:
     """The text InternVL2's chat()/batch_chat() build for one image and one question, before image expansion."""
@@ -61,6 +104,12 @@ def internvl2_chat_prompt(instruction: str, system_message: str = INTERNVL2_SYST
         f"<|im_start|>user\n{IMAGE_PLACEHOLDER}\n{instruction}{TURN_END}"
         "<|im_start|>assistant\n"
     )
+
+
+def internvl2_native_prompt(instruction: str, bos_token: str, system_message: str = INTERNVL2_SYSTEM_MESSAGE) -> str:
+    """What INTERNVL2_CHAT_TEMPLATE renders: the remote prompt with its BOS written out and `<IMG_CONTEXT>` in
+    place of `<image>` (the same ids: the remote tokenizer adds BOS itself, the processor expands the image)."""
+    return bos_token + internvl2_chat_prompt(instruction, system_message).replace(IMAGE_PLACEHOLDER, IMG_CONTEXT, 1)
 
 
 def expand_image_placeholder(prompt: str, num_tiles: int, tokens_per_tile: int) -> str:
@@ -161,6 +210,22 @@ def checkpoint_model_type(source: str, revision: str | None) -> str:
     return model_type
 
 
+def native_classes_available() -> bool:
+    """transformers >= 5: remote-code checkpoints are converted and run natively (4.46.x runs the remote code)."""
+    return int(transformers.__version__.split(".")[0]) >= 5
+
+
+def log(message: str) -> None:
+    print(f"internvl2: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class ConvertedModel(LoadedModel):
+    """A remote-code checkpoint loaded through its native conversion; `conversion` goes into the run manifest."""
+
+    conversion: dict[str, Any] | None = None
+
+
 @register_adapter("internvl2")
 class InternVL2Adapter(Adapter):
     model_class_name = "InternVLForConditionalGeneration"  # the native format; remote code loads via AutoModel
@@ -170,8 +235,60 @@ class InternVL2Adapter(Adapter):
         cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device, spec: ModelSpec
     ) -> LoadedModel:
         if checkpoint_model_type(source, revision) == REMOTE_MODEL_TYPE:
+            if native_classes_available():
+                return cls._load_converted(source, revision=revision, dtype=dtype, device=device, spec=spec)
             return cls._load_remote(source, revision=revision, dtype=dtype, device=device)
         return super().load(source, revision=revision, dtype=dtype, device=device, spec=spec)
+
+    @classmethod
+    def _load_converted(
+        cls, source: str, *, revision: str | None, dtype: torch.dtype, device: torch.device, spec: ModelSpec
+    ) -> ConvertedModel:
+        """The native conversion of a remote-code checkpoint: the fetch step's cache folder, else a fresh one."""
+        from runner.convert_internvl2 import convert, find_converted, read_record
+
+        local = Path(source).is_dir()
+        commit = None if local else resolve_hub_revision(source, revision)
+        folder = None if local else find_converted(source, commit)
+        scratch: Path | None = None
+        if folder is not None:
+            log(f"using the converted checkpoint {folder} (made by the fetch step)")
+        else:
+            snapshot = Path(source) if local else cls._snapshot(source, commit or revision)
+            scratch = Path(tempfile.mkdtemp(prefix="vlm-ablation-internvl2-"))
+            folder = scratch / "native"
+            why = "a local folder in the remote-code format" if local else f"no converted folder for commit {commit}"
+            log(f"{source}: {why}; converting it to the native format into {folder} (removed after loading)")
+            convert(snapshot, folder, source=None if local else source, commit=commit)
+        record = read_record(folder) or {}
+        try:
+            loaded = super().load(str(folder), revision=None, dtype=dtype, device=device, spec=spec)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)  # loaded tensors no longer need the files
+        conversion = {
+            "source": record.get("source"),
+            "source_commit": record.get("source_commit"),
+            "converter_version": record.get("converter_version"),
+            "converted_at_load": scratch is not None,  # True: into a temporary folder, removed after loading
+            "converted_folder": None if scratch is not None else str(folder),
+        }
+        return ConvertedModel(
+            model=loaded.model, processor=loaded.processor, resolved_revision=commit, conversion=conversion
+        )
+
+    @staticmethod
+    def _snapshot(source: str, revision: str | None) -> Path:
+        """The downloaded snapshot of a Hub id (from the cache when offline)."""
+        from huggingface_hub import constants, snapshot_download
+
+        try:
+            return Path(snapshot_download(source, revision=revision, local_files_only=bool(constants.HF_HUB_OFFLINE)))
+        except Exception as error:  # noqa: BLE001  (any hub/cache failure becomes one clear message)
+            raise RuntimeError(
+                f"{source}@{revision}: neither a converted folder nor a downloaded snapshot is in the cache "
+                f"({type(error).__name__}: {error}); run the fetch step first (python -m orchestrator fetch)"
+            ) from None
 
     @classmethod
     def _load_remote(
@@ -195,8 +312,9 @@ class InternVL2Adapter(Adapter):
             model=model.to(device).eval(), processor=tokenizer, resolved_revision=commit or commit_hash(model)
         )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, spec: Any, loaded: LoadedModel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(spec, loaded, *args, **kwargs)
+        self.conversion = getattr(loaded, "conversion", None)
         self.remote = getattr(self.model.config, "model_type", None) == REMOTE_MODEL_TYPE
         if self.remote:
             config = self.model.config
@@ -225,7 +343,19 @@ class InternVL2Adapter(Adapter):
         if expected != ours:
             raise RuntimeError(f"InternVL2 prompt mismatch: checkpoint template gives {expected!r}, adapter {ours!r}")
 
+    def manifest_extras(self) -> dict[str, Any]:
+        """Extra keys for the run manifest: how a remote-code checkpoint was converted, when it was."""
+        return {"conversion": self.conversion} if self.conversion else {}
+
     def build_prompt(self, instruction: str) -> str:
+        reserved = [token for token in RESERVED_IN_INSTRUCTIONS if token in instruction]
+        if reserved:
+            # The model would look for an image or video there (and the converted tokenizer reads `<video>` as one
+            # token where the remote one spells it out): refuse rather than caption something else.
+            raise ValueError(
+                f"{self.spec.name}: the instruction {instruction!r} contains {reserved}, which InternVL2 reserves "
+                "for images and video; change the prompt template or the query"
+            )
         if self.remote:
             return internvl2_chat_prompt(instruction, self.system_message)
         return super().build_prompt(instruction)
