@@ -28,7 +28,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from orchestrator.hub_fetch import convert_snapshot
-from runner.adapters import adapter_for
+from runner.adapters import open_adapter
 from runner.adapters.internvl2 import (
     INTERNVL2_SYSTEM_MESSAGE,
     expand_image_placeholder,
@@ -68,10 +68,7 @@ def chat_data(tmp_path_factory: pytest.TempPathFactory):
 
 
 def load_adapter(checkpoint: Path | str):
-    spec = get_model(MODEL)
-    adapter_class = adapter_for(spec.family)
-    loaded = adapter_class.load(str(checkpoint), revision=None, dtype=torch.float32, device=torch.device("cpu"))
-    return adapter_class(spec, loaded, torch.device("cpu"), torch.float32)
+    return open_adapter(get_model(MODEL), str(checkpoint), device=torch.device("cpu"), dtype=torch.float32)
 
 
 def native_model(folder: Path):
