@@ -238,3 +238,6 @@ def run_runner() -> Callable[..., RunnerRun]:
         return parse_runner_output(command[3:], completed.returncode, completed.stdout, completed.stderr)
 
     return run
+
+
+from slurm_cluster import slurm_cluster_fixture  # noqa: E402, F401  (session fixture: a real single-node Slurm cluster)
