@@ -14,32 +14,51 @@ EXTRA_ARGS     ?=
 MODEL          ?=
 MANIFEST       ?= $(OUTPUT_DIR)/run_manifest.json
 
-# Images: FAMILIES=all or a comma list (blip2,llava,...,scoring); BASE_IMAGE overrides the CUDA PyTorch base.
+# Images: FAMILIES=all or a comma list (blip2,llava,...,generic,scoring), or IMAGE_MODELS=<models> for what those
+# models need; BASE_IMAGE overrides the CUDA PyTorch base.
 FAMILIES       ?= all
+IMAGE_MODELS   ?=
 BASE_IMAGE     ?=
 SCORING_BASE_IMAGE ?=
 IMAGE_ARGS     ?=
-# Offline image builds: `make wheelhouse` fills images/wheelhouse (TORCH_WHEEL: a local torch wheel to use).
-WHEEL_TARGETS  ?= blip2 instructblip llava llava-next qwen2.5-vl gemma3 scoring
-TORCH_WHEEL    ?=
+# Offline image builds: `make wheelhouse` fills WHEELHOUSE with every image's wheels, resolved against the base
+# image's torch (BASE_REQUIREMENTS), then `make images IMAGE_ARGS=--offline` installs from there only.
+WHEELHOUSE     ?= images/wheelhouse
+WHEEL_TARGETS  ?= blip2 instructblip internvl2 internvl2-remote llava llava-next qwen2.5-vl gemma3 generic scoring
+BASE_REQUIREMENTS ?= torch==2.14.1 torchvision==0.29.1
 
-# The demo: all 8 models as tiny random-weight checkpoints on data/sample, local engine, CPU.
+# The demo: tiny random-weight checkpoints of MODELS on data/sample, local engine, CPU. Its results go to
+# OUTPUT_DIR when that is given on the command line (or in the environment), else to DEMO_DIR.
 DEMO_DIR       ?= results/demo
+DEMO_OUTPUT    = $(if $(filter command line environment environment override,$(origin OUTPUT_DIR)),$(OUTPUT_DIR),$(DEMO_DIR))
+CONTAINER_USER ?=
+MEMORY         ?=
+MODELS_FILE    ?=
 TINY_DIR       ?= .cache/tiny-checkpoints
 PYTEST_ARGS    ?=
 
-.PHONY: help setup test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample
+.PHONY: help setup test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample models
 
 help:
-	@echo "make setup                      create .venv with everything (torch, runner, scoring, orchestrator, tests)"
-	@echo "make demo                       all 8 models (tiny random weights) on data/sample, scored; CPU, minutes"
-	@echo "make test                       the test suite (Docker tests run when an engine answers at DOCKER_HOST)"
-	@echo "make images [FAMILIES=...]      build the family images and the scoring image"
-	@echo "make quic360                    download QuIC-360 test split + images into data/quic360/"
-	@echo "make ablation [MODELS=...]      run models over DATA_CSV, score, summarise (GPU host: one command)"
-	@echo "make run-one MODEL=name         one model, same pipeline"
-	@echo "make fetch [MODELS=...]         download weights into the Hugging Face cache (HF_TOKEN from the env)"
-	@echo "make reproduce MANIFEST=file    rerun a run_manifest.json with its pins and report differences"
+	@echo "Commands:"
+	@echo "  make setup                  create .venv with everything (torch, runner, scoring, orchestrator, tests)"
+	@echo "  make demo                   tiny RANDOM-WEIGHT models on data/sample, scored; CPU, minutes (results/demo)"
+	@echo "  make test                   the test suite (Docker tests need an engine at DOCKER_HOST, Slurm tests root)"
+	@echo "  make images                 the family images and the scoring image (or IMAGE_MODELS=... for some models)"
+	@echo "  make quic360                QuIC-360 test split + its images -> data/quic360/test.csv"
+	@echo "  make ablation               run MODELS over DATA_CSV, score, summarise, report (GPU host: one command)"
+	@echo "  make run-one MODEL=name     one model, same pipeline"
+	@echo "  make fetch                  download MODELS' weights into the Hugging Face cache (HF_TOKEN from the env)"
+	@echo "  make reproduce              rerun MANIFEST with its pins and report differences"
+	@echo "  make models                 list the models you can name, with what is verified for each"
+	@echo "Variables (name=default):"
+	@echo "  MODELS=$(MODELS)  comma list, hf:Org/Name[@rev], or all    MODELS_FILE=  your own catalogue entries"
+	@echo "  DATA_CSV=$(DATA_CSV)    OUTPUT_DIR=$(OUTPUT_DIR)    DEMO_DIR=$(DEMO_DIR)"
+	@echo "  BATCH_SIZE=$(BATCH_SIZE)    MAX_NEW_TOKENS=$(MAX_NEW_TOKENS)    GPUS=$(GPUS)    ENGINE=$(ENGINE)    TIMEOUT=(none)"
+	@echo "  CONTAINER_USER=(you)  UID:GID containers run as    MEMORY=(none)  per-container memory limit, e.g. 64g"
+	@echo "  EXTRA_ARGS=  more orchestrator options (python -m orchestrator ablation --help)"
+	@echo "  FAMILIES=$(FAMILIES)  IMAGE_MODELS=  BASE_IMAGE=  SCORING_BASE_IMAGE=  IMAGE_ARGS=  (make images)"
+	@echo "  MANIFEST=$(MANIFEST)  (make reproduce)    PYTEST_ARGS=  (make test)"
 
 setup:
 	python3 -m venv .venv
@@ -55,38 +74,43 @@ lint:
 demo:
 	@echo "=== DEMO: tiny RANDOM-WEIGHT models. Their captions are meaningless and their scores say nothing about"
 	@echo "=== the real models; the demo shows that the whole pipeline runs. Real runs: make ablation on a GPU host."
-	$(PYTHON) -m orchestrator tiny --models all --out $(TINY_DIR)
-	$(PYTHON) -m orchestrator ablation --engine local --gpus none --models all \
-		--data data/sample/sample.csv --output-dir $(DEMO_DIR) --model-path-root $(TINY_DIR) \
+	$(PYTHON) -m orchestrator tiny --models $(MODELS) --out $(TINY_DIR)
+	$(PYTHON) -m orchestrator ablation --engine local --gpus none --models $(MODELS) \
+		--data data/sample/sample.csv --output-dir $(DEMO_OUTPUT) --model-path-root $(TINY_DIR) \
 		--batch-size 4 --max-new-tokens 16 $(EXTRA_ARGS)
-	@echo "=== DEMO done: results in $(DEMO_DIR)/ (open $(DEMO_DIR)/report.html)."
-	@echo "=== Reminder: tiny random-weight models, so the captions and the numbers above are meaningless."
+	@echo "=== DEMO done: results in $(DEMO_OUTPUT)/ (open $(DEMO_OUTPUT)/report.html)."
 
 ablation:
 	$(PYTHON) -m orchestrator ablation --models $(MODELS) --data $(DATA_CSV) --output-dir $(OUTPUT_DIR) \
 		--batch-size $(BATCH_SIZE) --max-new-tokens $(MAX_NEW_TOKENS) --gpus $(GPUS) --engine $(ENGINE) \
-		$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(EXTRA_ARGS)
+		$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(CONTAINER_USER),--container-user $(CONTAINER_USER)) \
+		$(if $(MEMORY),--memory $(MEMORY)) $(if $(MODELS_FILE),--models-file $(MODELS_FILE)) $(EXTRA_ARGS)
+
+models:
+	$(PYTHON) -m orchestrator models $(if $(MODELS_FILE),--models-file $(MODELS_FILE))
 
 run-one:
 	@test -n "$(MODEL)" || { echo "usage: make run-one MODEL=<model name> [DATA_CSV=...]"; exit 2; }
 	$(MAKE) ablation MODELS=$(MODEL)
 
 fetch:
-	$(PYTHON) -m orchestrator fetch --models $(MODELS) --engine $(ENGINE) --output-dir $(OUTPUT_DIR)
+	$(PYTHON) -m orchestrator fetch --models $(MODELS) --engine $(ENGINE) --output-dir $(OUTPUT_DIR) \
+		$(if $(CONTAINER_USER),--container-user $(CONTAINER_USER)) $(if $(MODELS_FILE),--models-file $(MODELS_FILE))
 
 reproduce:
-	$(PYTHON) -m orchestrator reproduce --manifest $(MANIFEST) $(EXTRA_ARGS)
+	$(PYTHON) -m orchestrator reproduce --manifest $(MANIFEST) $(if $(CONTAINER_USER),--container-user $(CONTAINER_USER)) \
+		$(EXTRA_ARGS)
 
 images:
-	$(PYTHON) -m orchestrator images --families $(FAMILIES) \
+	$(PYTHON) -m orchestrator images $(if $(IMAGE_MODELS),--models $(IMAGE_MODELS),--families $(FAMILIES)) \
 		$(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) \
 		$(if $(SCORING_BASE_IMAGE),--scoring-base-image $(SCORING_BASE_IMAGE)) $(IMAGE_ARGS)
 
-# One `pip download` per image: the families pin different, incompatible versions.
+# One `pip download` per image: the families pin different, incompatible versions. Files already there are kept.
 wheelhouse:
-	@test -n "$(TORCH_WHEEL)" || { echo "make wheelhouse TORCH_WHEEL=/path/to/torch-*.whl (the base image's torch, so pip does not fetch another)"; exit 2; }
+	mkdir -p $(WHEELHOUSE)
 	for target in $(WHEEL_TARGETS); do \
-		$(PYTHON) -m pip download --quiet --dest images/wheelhouse $(TORCH_WHEEL) setuptools \
+		$(PYTHON) -m pip download --quiet --dest $(WHEELHOUSE) $(BASE_REQUIREMENTS) setuptools \
 			-r images/$$target/requirements.txt || exit 1; \
 	done
 

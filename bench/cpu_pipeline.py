@@ -182,7 +182,7 @@ def measure_tiny_runner(
         config = RunConfig(
             model_name=spec.name, data_file=data_file, output_dir=work / "tiny_runs" / spec.name,
             model_path=tiny_dir, batch_size=batch_size, max_new_tokens=8, min_new_tokens=8, device="cpu",
-            dtype="float32", num_workers=2, overwrite=True, progress=False,
+            dtype="float32", num_workers=2, overwrite=True, progress="none",
         )  # fmt: skip
         started = time.perf_counter()
         result = run(config, log=lambda line: None)

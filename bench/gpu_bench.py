@@ -201,7 +201,7 @@ def runner_path(
         return RunConfig(
             model_name=spec.name, data_file=data, output_dir=out, batch_size=batch_size,
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, device=device.type, dtype=dtype_name,
-            num_workers=args.num_workers, overwrite=True, progress=False,
+            num_workers=args.num_workers, overwrite=True, progress="none",
         )  # fmt: skip
 
     quiet = lambda line: None  # noqa: E731  (the loop's log lines are not part of the benchmark output)

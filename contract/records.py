@@ -35,6 +35,8 @@ __all__ = [
     "mark_derived_stale",
     "RANDOM_WEIGHTS_MARKER",
     "RUNNER_RESULT_PREFIX",
+    "RUNNER_PROGRESS_PREFIX",
+    "RunnerProgress",
     "HEADLINE_METRICS",
     "COCO_BLEU_METRICS",
     "SAMPLE_SCORE_KEYS",
@@ -83,6 +85,8 @@ RANDOM_WEIGHTS_MARKER = "vlm-ablation-random-weights.json"
 
 # The runner's last stdout line, for the orchestrator: RUNNER_RESULT_PREFIX + RunnerResult JSON.
 RUNNER_RESULT_PREFIX = "RUNNER_RESULT "
+# With `--progress json`, the runner's progress on stderr: RUNNER_PROGRESS_PREFIX + RunnerProgress JSON.
+RUNNER_PROGRESS_PREFIX = "RUNNER_PROGRESS "
 
 # The corpus metrics users read, in report order; all on a 0-1 scale. None means "not computed" (e.g. SPICE
 # without its CoreNLP jars) and is never replaced by 0.0.
@@ -163,6 +167,16 @@ class RunnerResult(_Record):
     message: str | None = None
 
 
+class RunnerProgress(_Record):
+    """One progress line of the runner (`--progress json`): the orchestrator renders them live."""
+
+    phase: Literal["loading", "generating", "done"]
+    done: int  # samples with a record in the predictions file (this run's and earlier ones)
+    total: int  # samples this run is to caption in all
+    errors: int = 0  # of `done`, samples recorded with an error
+    samples_per_s: float | None = None  # this run's generation speed so far
+
+
 class RunManifest(BaseModel):
     """`<model>_run.json`: how one model's predictions were made. Extra keys allowed for forward growth."""
 
@@ -171,7 +185,7 @@ class RunManifest(BaseModel):
     model_name: str
     model_id: str
     model_path: str | None = None  # local checkpoint used instead of the Hub id
-    revision: str = "main"
+    revision: str | None = "main"  # None for a local checkpoint folder
     resolved_revision: str | None = None
     family: str
     dtype: str
@@ -299,7 +313,7 @@ class AblationManifest(BaseModel):
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
-    engine: Literal["docker", "local"]
+    engine: Literal["docker", "local", "slurm"]
     arguments: dict[str, Any]
     data_file: str
     data_sha256: str
@@ -309,6 +323,8 @@ class AblationManifest(BaseModel):
     scoring_image_digest: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    # The user's own catalogue entries (--models-file) the run used, as written there: reproduce rebuilds the file.
+    catalogue_entries: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------

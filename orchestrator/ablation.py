@@ -38,11 +38,11 @@ from contract import (
     results_file,
     write_json_atomic,
 )
-from orchestrator.console import Console, clock, duration, metric_line
+from orchestrator.console import DEMO_NOTICE, Console, clock, duration, metric_line
 from orchestrator.engines import HF_TOKEN_VARIABLES, Engine, RunPaths, Task, TaskResult
 from orchestrator.hub_fetch import FETCH_RESULT_PREFIX
 from orchestrator.plan import AblationOptions, GpuSelection, Plan, PlanError, build_plan, parse_gpus
-from runner.registry import ModelSpec
+from runner.registry import BUILTIN_CATALOGUE, HUB_PREFIX, ModelSpec
 
 SCORING_IMAGE = "vlm-ablation/scoring:latest"
 LOGS_DIR = "logs"
@@ -108,7 +108,9 @@ def image_for(options: AblationOptions, spec: ModelSpec) -> str:
 def runner_argv(plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection, revision: str | None) -> list[str]:
     """The runner CLI's arguments; the same for both engines but for the paths."""
     options = plan.options
-    argv = ["--model", spec.name, "--data", paths.data_file, "--output-dir", paths.output_dir]
+    argv = ["--model", spec.reference, "--data", paths.data_file, "--output-dir", paths.output_dir]
+    if paths.models_file:
+        argv += ["--models-file", paths.models_file]
     batch_size = options.batch_sizes.get(spec.name, options.batch_size)
     argv += ["--batch-size", str(batch_size), "--max-new-tokens", str(options.max_new_tokens)]
     if paths.model_root:
@@ -125,7 +127,7 @@ def runner_argv(plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection
         argv += ["--image-root", paths.image_root]
     if options.limit:
         argv += ["--limit", str(options.limit)]
-    return argv + ["--no-progress"]
+    return argv + ["--progress", "json"]  # rendered live by the console
 
 
 def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
@@ -176,6 +178,7 @@ class Ablation:
         self.scoring_record: dict[str, str | None] = {"image": None, "digest": None}
         self.gpus = GpuSelection("none")
         self.versions: dict[str, str] = {}
+        self.random_weights = False  # a tiny random-weight checkpoint ran: the closing block says so
 
     # --- manifest ------------------------------------------------------------------------------------------
 
@@ -194,6 +197,11 @@ class Ablation:
             started_at=iso(self.started),
             finished_at=iso(finished) if finished else None,
             num_samples=self.plan.num_samples,
+            catalogue_entries={
+                spec.name: spec.model_dump(exclude={"name", "source"}, exclude_defaults=True)
+                for spec in self.plan.specs
+                if spec.source not in (str(BUILTIN_CATALOGUE), HUB_PREFIX)
+            },
         )
 
     def write_manifest(self, finished: datetime | None = None) -> Path:
@@ -228,7 +236,9 @@ class Ablation:
         scoring_image = self.options.images.get("scoring", SCORING_IMAGE)
         self.engine.preflight(plan, images + ([scoring_image] if scoring else []))
         self.gpus = self.engine.resolve_gpus(requested_gpus)
-        self.versions = {"orchestrator": _version("vlm-ablation"), "docker_sdk": _version("docker")}
+        self.versions = {"orchestrator": _version("vlm-ablation")}
+        if self.engine.name == "docker":
+            self.versions["docker_sdk"] = _version("docker")
         self.versions |= self.engine.versions()
         if self.options.parallel and self.gpus.mode != "ids":
             raise PlanError(
@@ -236,13 +246,15 @@ class Ablation:
                 "(or CUDA_VISIBLE_DEVICES=0,1 with --gpus auto)"
             )
         if scoring:
-            self.scoring_record = {"image": scoring_image, "digest": self.engine.image_digest(scoring_image)}
+            image = scoring_image if self.engine.name == "docker" else None  # the local engine runs no image
+            self.scoring_record = {"image": image, "digest": self.engine.image_digest(scoring_image)}
         for index, spec in enumerate(plan.specs, start=1):
             image = image_for(self.options, spec)
             record = ModelRunRecord(
                 model_name=spec.name,
                 model_id=spec.hub_id,
                 family=spec.family,
+                reference=spec.reference,
                 image=image if self.engine.name == "docker" else None,
                 image_digest=self.engine.image_digest(image),
                 revision=None if plan.model_path_root else self.options.revisions.get(spec.name, spec.revision),
@@ -278,7 +290,7 @@ class Ablation:
             try:
                 result = self.engine.run(task, sink)
             finally:
-                sink.close()  # type: ignore[attr-defined]
+                sink.close()
             payload = last_prefixed(result.lines, FETCH_RESULT_PREFIX)
             if result.ok and payload:
                 record.resolved_revision = json.loads(payload)["resolved_revision"]
@@ -310,10 +322,12 @@ class Ablation:
         record.status = "pending"
         self.console.line(f"[{outcome.index}/{total}] {spec.name} started at {clock()} ({gpus.describe()})")
         sink = self.console.model_sink(spec.name, self._log_file(spec.name, "runner"))
+        self.console.start_progress(spec.name)
         try:
             result = self.engine.run(task, sink)
         finally:
-            sink.close()  # type: ignore[attr-defined]
+            self.console.end_progress(spec.name)
+            sink.close()
         finished = now()
         record.finished_at = iso(finished)
         outcome.seconds = (finished - started).total_seconds()
@@ -323,6 +337,11 @@ class Ablation:
             f"[{outcome.index}/{total}] {spec.name} {state} at {clock()} after {duration(outcome.seconds)}"
             + (f" ({outcome.result.num_written} predictions written)" if outcome.result else "")
         )
+        if record.status != "completed":
+            log = self._log_file(spec.name, "runner")
+            for line in sink.tail()[-8:]:
+                self.console.line(f"  | {line}")
+            self.console.line(f"  (full output: {log})")
         self.write_manifest()
 
     def _record_result(self, outcome: ModelOutcome, result: TaskResult) -> None:
@@ -349,6 +368,7 @@ class Ablation:
             except ValueError:
                 return
             record.resolved_revision = run.resolved_revision or record.resolved_revision
+            self.random_weights = self.random_weights or run.random_weights
             extra = {"versions": run.versions, "device_name": run.device_name, "num_errors": run.num_errors}
             for key, value in extra.items():
                 setattr(record, key, value)
@@ -416,10 +436,31 @@ class Ablation:
         try:
             result = self.engine.run(task, sink)
         finally:
-            sink.close()  # type: ignore[attr-defined]
+            sink.close()
         if not result.ok:
             self.console.line(f"scoring FAILED: {result.message}")
         return result.ok
+
+    def banner_lines(self) -> list[tuple[str, str]]:
+        assert self.plan is not None
+        plan, options = self.plan, self.options
+        mode = "one model per GPU, in parallel" if options.parallel else "sequential"
+        lines = [
+            ("data file", str(plan.data_file)),
+            ("output dir", str(plan.output_dir)),
+            ("batch size", str(options.batch_size)),
+            ("engine", f"{self.engine.name} ({self.gpus.describe()}; {mode})"),
+        ]
+        if options.limit:
+            lines.append(("subset", f"the first {plan.num_samples} samples (--limit {options.limit})"))
+        for outcome in self.outcomes:
+            record = outcome.record
+            where = f"folder {record.model_path}" if getattr(record, "model_path", None) else (
+                f"{record.model_id}@{record.revision or 'main'}"
+            )  # fmt: skip
+            image = f", image {record.image}" if record.image else ""
+            lines.append(("model" if outcome.index == 1 else "", f"{record.model_name}: {where}{image}"))
+        return lines
 
     def _interrupted_message(self, outcome: ModelOutcome) -> str:
         """What an interruption left of one model, counted from its predictions file."""
@@ -436,15 +477,26 @@ class Ablation:
         )
 
     def print_metrics(self) -> None:
+        """One line per scored model, best CIDEr first, x100 (the files keep 0-1)."""
         assert self.plan is not None
-        total = len(self.outcomes)
+        scored: list[tuple[ModelOutcome, MetricsFile]] = []
         for outcome in self.outcomes:
             path = results_file(self.plan.output_dir, METRICS_JSON, outcome.record.model_name)
             if outcome.record.status != "completed" or not path.exists():
                 continue
             metrics = read_json(path, MetricsFile)
             outcome.record.metrics = metrics.metrics  # type: ignore[attr-defined]
-            self.console.line(f"[{outcome.index}/{total}] {outcome.record.model_name}: {metric_line(metrics.metrics)}")
+            self.random_weights = self.random_weights or metrics.random_weights
+            scored.append((outcome, metrics))
+        if not scored:
+            return
+        subset = next((m.subset for _, m in scored if m.subset is not None), None)
+        note = f"; subset: first {subset.num_samples} of {subset.data_samples} samples" if subset else ""
+        self.console.line(f"scores x100 (the JSON files keep 0-1), ranked by CIDEr{note}:")
+        scored.sort(key=lambda pair: -(pair[1].metrics.get("cider") or -1.0))
+        width = max(len(outcome.record.model_name) for outcome, _ in scored)
+        for rank, (outcome, metrics) in enumerate(scored, start=1):
+            self.console.line(f"  {rank}. {outcome.record.model_name:<{width}}  {metric_line(metrics.metrics)}")
 
     def result_files(self) -> list[Path]:
         assert self.plan is not None
@@ -459,6 +511,8 @@ class Ablation:
         total = len(outcome.models)
         completed = total - len(outcome.failed)
         self.console.line(rule)
+        if self.random_weights:
+            self.console.line(DEMO_NOTICE)
         self.console.line(("INTERRUPTED" if outcome.interrupted else "Ablation finished") + f" at {clock()}")
         self.console.line(f"  total time: {duration(outcome.seconds)}")
         self.console.line(f"  completed : {completed}/{total}")
@@ -478,16 +532,10 @@ class Ablation:
         """prepare() must have run. Ctrl-C / SIGTERM (KeyboardInterrupt) stops every task this run started."""
         assert self.plan is not None, "prepare() first"
         plan = self.plan
-        self.console.banner(
-            num_models=len(plan.specs),
-            data_file=plan.data_file,
-            num_samples=plan.num_samples,
-            output_dir=plan.output_dir,
-            batch_size=self.options.batch_size,
-            engine=self.engine.name,
-            gpus=self.gpus.describe(),
-            parallel=self.options.parallel,
-        )
+        self.console.banner(self.banner_lines(), f"VLM captioning ablation: {len(plan.specs)} model(s), "
+                            f"{plan.num_samples} sample(s)")  # fmt: skip
+        for warning in plan.dataset_warnings:
+            self.console.line(f"WARNING: {warning}")
         self._keep_previous_manifest()
         self.write_manifest()
         clock_start = time.monotonic()

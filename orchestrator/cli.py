@@ -17,9 +17,17 @@ from orchestrator.plan import AblationOptions, PlanError, parse_models
 from runner.cli import batch_size, positive_int
 from runner.loop import AUTO
 
+MODELS_HELP = (
+    "comma list of model names (`python -m orchestrator models` lists them), hf:Org/Name[@revision] for any Hub "
+    "image-text-to-text model, or `all` (the eight models of the ablation)"
+)
+
 
 def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--models", required=required, help="comma list of model names, or `all`")
+    parser.add_argument("--models", required=required, help=MODELS_HELP)
+    parser.add_argument(
+        "--models-file", type=Path, help="your own catalogue entries (TOML, the format of runner/catalogue.toml)"
+    )
     parser.add_argument("--data", type=Path, required=required, help="data CSV/TSV (columns url,query,annotation)")
     parser.add_argument("--output-dir", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument(
@@ -67,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(ablation, required=True)
 
     fetch = commands.add_parser("fetch", help="download models' weights into the cache (network on)")
-    fetch.add_argument("--models", required=True, help="comma list of model names, or `all`")
+    fetch.add_argument("--models", required=True, help=MODELS_HELP)
+    fetch.add_argument("--models-file", type=Path, help="your own catalogue entries (TOML)")
     fetch.add_argument("--engine", choices=("auto", "docker", "local"), default="auto")
     fetch.add_argument("--hf-cache", type=Path, help="cache folder (default: $HF_HOME or ~/.cache/huggingface)")
     fetch.add_argument("--output-dir", type=Path, default=Path("results"), help="where fetch_revisions.json goes")
@@ -84,11 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--container-user", metavar="UID:GID", help="docker: the account containers run as")
 
     images = commands.add_parser("images", help="build the family and scoring images through the Docker SDK")
-    images.add_argument("--families", default="all", help="comma list of families and/or `scoring`, or `all`")
+    images.add_argument("--families", help="comma list of families and/or `scoring`, or `all` (the default)")
+    images.add_argument("--models", help="build what these models need (their images and scoring) instead")
+    images.add_argument("--models-file", type=Path, help="your own catalogue entries, for --models")
     images.add_argument("--base-image", help="BASE_IMAGE of the family images (default: the Dockerfiles')")
     images.add_argument("--scoring-base-image", help="BASE_IMAGE of the scoring image (default: the Dockerfile's)")
     images.add_argument("--offline", action="store_true", help="install only from images/wheelhouse (PIP_NO_INDEX=1)")
     images.add_argument("--skip-spice-jars", action="store_true", help="no CoreNLP download (SPICE unavailable)")
+
+    models = commands.add_parser("models", help="list the models you can name, with what is verified for each")
+    models.add_argument("--models-file", type=Path, help="your own catalogue entries (TOML), listed too")
 
     tiny = commands.add_parser("tiny", help="build tiny random-weight checkpoints DIR/<model> (skips existing)")
     tiny.add_argument("--models", default="all")
@@ -129,6 +143,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         report=not args.no_report,
         container_user=args.container_user,
         memory=args.memory,
+        models_file=args.models_file,
     )
 
 
@@ -162,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.images import images_command
 
             return images_command(args)
+        if args.command == "models":
+            from orchestrator.models import models_command
+
+            return models_command(args)
         if args.command == "tiny":
             from orchestrator.tiny import build_tiny_checkpoints
 

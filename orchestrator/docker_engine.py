@@ -39,6 +39,7 @@ RESULTS_DIR = "/results"
 MODELS_DIR = "/models"
 IMAGES_DIR = "/images"
 HF_CACHE_DIR = "/cache/huggingface"
+MODELS_FILE = "/catalogue/models.toml"  # the user's --models-file, read-only
 TOKEN_FILE = "/run/secrets/hf_token"  # the fetch step's Hub token, mounted read-only (HF_TOKEN_PATH)
 # Limits of every container: a fork bomb or runaway thread pool stops at PIDS_LIMIT; memory is opt-in (--memory),
 # since a model's host memory need is not known in advance and the OOM message then names the fix.
@@ -214,6 +215,7 @@ class DockerEngine(Engine):
             model_root=MODELS_DIR if plan.model_path_root else None,
             image_root=IMAGES_DIR if plan.image_root else None,
             hf_cache=HF_CACHE_DIR,
+            models_file=MODELS_FILE if plan.models_file else None,
         )
 
     def resolve_gpus(self, requested: GpuSelection | None) -> GpuSelection:
@@ -242,6 +244,8 @@ class DockerEngine(Engine):
             mounts.append(Mount(MODELS_DIR, str(plan.model_path_root), type="bind", read_only=True))
         if plan.image_root:
             mounts.append(Mount(IMAGES_DIR, str(plan.image_root), type="bind", read_only=True))
+        if plan.models_file and task.kind == "runner":
+            mounts.append(Mount(MODELS_FILE, str(plan.models_file), type="bind", read_only=True))
         if plan.hf_cache and task.kind == "runner":
             # Inference reads the cache the fetch step filled; only the fetch step writes it.
             plan.hf_cache.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ class RunPaths:
     model_root: str | None
     image_root: str | None
     hf_cache: str | None
+    models_file: str | None = None
 
 
 @dataclass
@@ -98,6 +99,12 @@ class Engine:
         return None
 
 
+def nvidia_gpu_count() -> int:
+    """GPUs the NVIDIA driver lists on this host (0 without a driver); cheap, no CUDA initialisation."""
+    folder = Path("/proc/driver/nvidia/gpus")
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+
 def pump_lines(chunks: Iterable[str], sink: LineSink, lines: list[str]) -> None:
     """Split a stream of text chunks (any boundaries) into lines, each kept in `lines` and passed to `sink`.
     Progress bars' carriage returns end a line too; blank lines are dropped."""
@@ -131,10 +138,14 @@ class LocalEngine(Engine):
             model_root=str(plan.model_path_root) if plan.model_path_root else None,
             image_root=str(plan.image_root) if plan.image_root else None,
             hf_cache=str(plan.hf_cache) if plan.hf_cache else None,
+            models_file=str(plan.models_file) if plan.models_file else None,
         )
 
     def resolve_gpus(self, requested: GpuSelection | None) -> GpuSelection:
-        return requested or GpuSelection("all")
+        """`auto`: every NVIDIA GPU this host has (the driver lists them), else the CPU."""
+        if requested is not None:
+            return requested
+        return GpuSelection("all") if nvidia_gpu_count() > 0 else GpuSelection("none")
 
     def command(self, task: Task) -> list[str]:
         return [self.python, "-m", TASK_MODULES[task.kind], *task.argv]

@@ -7,15 +7,18 @@ import argparse
 from contract import write_json_atomic
 from orchestrator.ablation import Ablation, make_engine
 from orchestrator.cli import parse_image_overrides
-from orchestrator.plan import AblationOptions, Plan, check_writable_dir, default_hf_cache, parse_models
-from runner.registry import get_model
+from orchestrator.plan import AblationOptions, Plan, PlanError, check_writable_dir, default_hf_cache, parse_models
+from runner.registry import Catalogue, CatalogueError, UnknownModelError
 
 FETCH_REVISIONS = "fetch_revisions.json"
 
 
 def fetch_command(args: argparse.Namespace) -> int:
     models = parse_models(args.models)
-    specs = [get_model(name) for name in models]
+    try:
+        specs = Catalogue([args.models_file] if args.models_file else []).resolve(models)
+    except (UnknownModelError, CatalogueError) as error:
+        raise PlanError(str(error)) from None
     output_dir = args.output_dir.expanduser().resolve()
     check_writable_dir(output_dir)
     hf_cache = (args.hf_cache or default_hf_cache()).expanduser().resolve()

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from contract import DataFileError, file_sha256, load_dataset
 from runner.loop import RunnerError, is_batch_size, validate_prompt_template
-from runner.registry import BUILTIN, MODELS, ModelSpec, UnknownModelError
+from runner.registry import MODELS, Catalogue, CatalogueError, ModelSpec, UnknownModelError
 
 
 class PlanError(ValueError):
@@ -25,7 +25,7 @@ class GpuSelection:
     ids: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        return {"all": "all GPUs", "none": "no GPU (CPU)"}.get(self.mode, "GPU " + ",".join(self.ids))
+        return {"all": "all GPUs", "none": "no GPU: CPU"}.get(self.mode, "GPU " + ",".join(self.ids))
 
 
 def parse_gpus(text: str, environ: dict[str, str] | None = None) -> GpuSelection | None:
@@ -76,6 +76,7 @@ class AblationOptions:
     images: dict[str, str] = field(default_factory=dict)  # family (or "scoring") -> image reference
     report: bool = True
     container_user: str | None = None  # docker: UID:GID the containers run as (default: the invoking user)
+    models_file: Path | None = None  # the user's own catalogue entries (TOML, as runner/catalogue.toml)
     memory: str | None = None  # docker: memory limit of each inference container (e.g. 64g); None: no limit
 
     def as_arguments(self) -> dict[str, Any]:
@@ -109,6 +110,8 @@ class Plan:
     hf_cache: Path | None  # the Hugging Face cache folder (None: local checkpoints, no cache needed)
     dataset_summary: str
     image_paths: list[str]  # local images the samples read (URLs left out)
+    models_file: Path | None = None  # absolute; the user's catalogue entries the runners must see too
+    dataset_warnings: list[str] = field(default_factory=list)
 
     def model_path(self, model: str) -> Path | None:
         return self.model_path_root / model if self.model_path_root else None
@@ -144,9 +147,13 @@ def _missing_images(samples: list[Any]) -> list[str]:
 
 def build_plan(options: AblationOptions) -> Plan:
     """Every check that needs no engine, cheapest first. Raises PlanError; touches nothing but the results folder."""
+    models_file = options.models_file.expanduser().resolve() if options.models_file else None
+    if models_file is not None and not models_file.is_file():
+        raise PlanError(f"--models-file {models_file}: file not found")
     try:
-        specs = BUILTIN.resolve(options.models)  # every bad name at once, with suggestions
-    except UnknownModelError as error:
+        catalogue = Catalogue([models_file] if models_file else [])
+        specs = catalogue.resolve(options.models)  # every bad name at once, with suggestions
+    except (UnknownModelError, CatalogueError) as error:
         raise PlanError(str(error)) from None
     if not is_batch_size(options.batch_size):
         raise PlanError(f"--batch-size must be `auto` or at least 1, got {options.batch_size!r}")
@@ -167,6 +174,11 @@ def build_plan(options: AblationOptions) -> Plan:
     image_root = options.image_root.expanduser().resolve() if options.image_root else None
     if image_root is not None and not image_root.is_dir():
         raise PlanError(f"--image-root {image_root} is not a folder")
+    if not data_file.is_file():
+        raise PlanError(
+            f"data file: {data_file}: data file not found. Prepare QuIC-360 with `make quic360` (it writes "
+            "data/quic360/test.csv), or point --data (make: DATA_CSV=...) at your own file (docs/DATA.md)"
+        )
     try:
         dataset = load_dataset(data_file, image_root=image_root)
     except DataFileError as error:
@@ -206,4 +218,6 @@ def build_plan(options: AblationOptions) -> Plan:
         hf_cache=hf_cache.expanduser().resolve() if hf_cache else None,
         dataset_summary=dataset.summary_line(),
         image_paths=[s.image_path for s in samples if not s.image_path.startswith(("http://", "https://"))],
+        models_file=models_file,
+        dataset_warnings=list(dataset.warnings),
     )

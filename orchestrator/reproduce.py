@@ -98,6 +98,12 @@ def _pinned_image(engine: Engine, digest: str | None, tag: str | None) -> str | 
     return tag
 
 
+def _entries(entries: dict[str, dict[str, Any]]) -> list[Any]:
+    from runner.registry import ModelSpec
+
+    return [ModelSpec(name=name, **fields) for name, fields in entries.items()]
+
+
 def options_from_manifest(manifest: AblationManifest, args: argparse.Namespace, engine: Engine) -> AblationOptions:
     original = manifest.arguments
     data_file = Path(args.data or manifest.data_file)
@@ -124,8 +130,18 @@ def options_from_manifest(manifest: AblationManifest, args: argparse.Namespace, 
         if scoring:
             images["scoring"] = scoring
     model_path_root = args.model_path_root or original.get("model_path_root")
+    models_file = None
+    if manifest.catalogue_entries:
+        # The user's own entries, rebuilt from the manifest into the new folder (the original file may be gone).
+        from runner.registry import catalogue_toml, read_catalogue_file
+
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        models_file = Path(output_dir) / "models_file.toml"
+        models_file.write_text(catalogue_toml(_entries(manifest.catalogue_entries)), encoding="utf-8")
+        read_catalogue_file(models_file)  # written back exactly: a bad round trip fails here, before any work
     options = AblationOptions(
-        models=[record.model_name for record in manifest.models],
+        models=[getattr(record, "reference", None) or record.model_name for record in manifest.models],
+        models_file=models_file,
         data_file=data_file,
         output_dir=Path(output_dir),
         gpus=args.gpus or original.get("gpus", "auto"),

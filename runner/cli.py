@@ -25,6 +25,7 @@ from contract import (
 )
 from contract.lifetime import follow_parent
 from runner.loop import AUTO, DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
+from runner.progress import PROGRESS_MODES
 from runner.registry import MODELS, UnknownModelError
 
 
@@ -83,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="move existing predictions made with other arguments aside"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="bar",
+        help="progress on stderr: a bar (default), json lines for the orchestrator, or none",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="the same as --progress none")
     return parser
 
 
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         max_image_pixels=args.max_image_pixels,
         num_workers=args.num_workers,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress="none" if args.no_progress else args.progress,
         models_file=args.models_file,
     )
     exit_code = 0

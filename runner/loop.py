@@ -41,6 +41,7 @@ from contract import (
     write_json_atomic,
     write_text_atomic,
 )
+from runner.progress import Progress
 from runner.registry import CatalogueError, ModelSpec, get_model
 
 DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {query} in one or two sentences."
@@ -86,7 +87,7 @@ class RunConfig:
     max_image_pixels: int | None = None
     num_workers: int = 2
     overwrite: bool = False
-    progress: bool = True
+    progress: str = "bar"  # bar | json | none (runner.progress)
     models_file: Path | None = None  # the user's catalogue entries (--models-file), besides the built-in ones
 
 
@@ -244,7 +245,10 @@ def move_aside(paths: list[Path]) -> list[Path]:
 
 
 def compatibility(manifest: dict[str, Any]) -> dict[str, Any]:
-    return {key: manifest.get(key) for key in COMPATIBILITY_KEYS}
+    keys = {key: manifest.get(key) for key in COMPATIBILITY_KEYS}
+    if keys["model_path"] and keys["revision"] == "main":
+        keys["revision"] = None  # earlier versions recorded `main` for a local folder, which has no revision
+    return keys
 
 
 def write_predictions_csv(path: Path, samples: list[Sample], records: dict[str, PredictionRecord]) -> None:
@@ -296,6 +300,17 @@ def device_name(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
+    return cpu_model_name()
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name as the kernel reports it (platform.processor() is empty on most Linux hosts)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
@@ -366,7 +381,8 @@ def run(
             model_name=spec.name,
             model_id=spec.hub_id,
             model_path=str(config.model_path.resolve()) if config.model_path else None,
-            revision=config.revision or spec.revision,
+            # A local folder has no Hub revision (its path is recorded instead).
+            revision=None if config.model_path else (config.revision or spec.revision),
             family=spec.family,
             adapter=spec.adapter,
             dtype=dtype_name,
@@ -427,6 +443,8 @@ def run(
 
         stats = RunStats(batch_size_used=fixed_batch_size)
         timings: dict[str, float] = {}
+        already = [done[s.sample_id] for s in samples if s.sample_id in done]
+        progress = Progress(config.progress, len(samples), len(already), sum(1 for r in already if r.error))  # type: ignore[arg-type]
         if todo_samples:
             stale = mark_derived_stale(config.output_dir, spec.name)
             if stale:
@@ -434,7 +452,7 @@ def run(
             try:
                 _generate_all(
                     config, spec, adapter_class, device, dtype_name, max_side, todo_samples, predictions_path, manifest,
-                    stats, timings, log,
+                    stats, timings, log, progress,
                 )  # fmt: skip
             except BaseException as error:
                 # What was written stays (a restart resumes); the manifest says the run did not finish, and why.
@@ -446,6 +464,7 @@ def run(
                 manifest.finished_at = now()
                 write_json_atomic(manifest_path, manifest)
                 raise
+        progress.close()
 
         # --- outputs for people and for the orchestrator -------------------------------------------------------
         all_records = {record.sample_id: record for record in read_done(predictions_path)}
@@ -499,9 +518,9 @@ def _generate_all(
     stats: RunStats,
     timings: dict[str, float],
     log: Callable[[str], None],
+    progress: Progress,
 ) -> None:
     import torch
-    from tqdm import tqdm
 
     from runner.images import ImageLimits, header_pixels, load_image, prefetch_batches
 
@@ -509,6 +528,7 @@ def _generate_all(
     dtype = getattr(torch, dtype_name)
     source = str(config.model_path) if config.model_path else spec.hub_id
     log(f"loading {spec.name} from {source} ({dtype_name} on {device_str})")
+    progress.loading()
     started = time.perf_counter()
     revision = None if config.model_path else manifest.revision
     loaded = adapter_class.load(source, revision=revision, dtype=dtype, device=device, spec=spec)
@@ -544,7 +564,6 @@ def _generate_all(
         return load_image(item.sample.image_path, limits)
 
     writer = PredictionWriter(predictions_path)
-    progress = tqdm(total=len(pending), unit="sample", file=sys.stderr, disable=not config.progress, mininterval=1.0)
     generated_count = 0
     image_batches = prefetch_batches(batched(pending, batch_size), load, num_workers=config.num_workers)
     try:
@@ -557,10 +576,9 @@ def _generate_all(
             generated_count += len(ready)
             writer.write_batch([records[id(item)] for item in batch])
             stats.written += len(batch)
-            progress.update(len(batch))
+            progress.update(len(batch), sum(1 for item in batch if records[id(item)].error))
     finally:
         writer.close()
-        progress.close()
     timings["generate_s"] = round(stats.generate_s, 3)
     timings["samples_per_s"] = round(generated_count / stats.generate_s, 3) if stats.generate_s > 0 else 0.0
     if device.type == "cuda":

@@ -50,6 +50,7 @@ class ModelSpec(BaseModel):
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra generate() arguments (e.g. a stop id)
     tiny: str | None = None  # runner/tiny builder of the entry's tiny random-weight checkpoint
     verified: str = ""
+    in_all: bool = True  # part of `--models all`
     source: str = "built-in"  # the catalogue file the entry came from, or "hf:" for a Hub name
 
     @field_validator("name")
@@ -92,6 +93,13 @@ class ModelSpec(BaseModel):
     @property
     def is_hub_name(self) -> bool:
         return self.source == HUB_PREFIX
+
+    @property
+    def reference(self) -> str:
+        """What names this model on a command line: the entry's name, or `hf:Org/Name[@revision]`."""
+        if not self.is_hub_name:
+            return self.name
+        return HUB_PREFIX + self.hub_id + (f"@{self.revision}" if self.revision != "main" else "")
 
 
 class CatalogueError(ValueError):
@@ -189,13 +197,18 @@ class Catalogue:
             names_seen[spec.name] = spec.name
         return specs
 
+    def all_names(self) -> list[str]:
+        """What `--models all` means: the entries marked in_all, in catalogue order."""
+        return [name for name, spec in self.models.items() if spec.in_all]
+
     def user_entries(self) -> list[ModelSpec]:
         return [spec for spec in self.models.values() if spec.source != str(BUILTIN_CATALOGUE)]
 
 
 BUILTIN = Catalogue()
-MODELS: dict[str, ModelSpec] = BUILTIN.models
-FAMILIES = sorted({spec.family for spec in MODELS.values()} | {GENERIC_FAMILY})
+# `--models all`: the built-in entries marked in_all (the eight models of the ablation), in catalogue order.
+MODELS: dict[str, ModelSpec] = {name: BUILTIN.models[name] for name in BUILTIN.all_names()}
+FAMILIES = sorted({spec.family for spec in BUILTIN.models.values()} | {GENERIC_FAMILY})
 
 
 def get_model(name: str, models_files: Sequence[Path] = ()) -> ModelSpec:

@@ -104,13 +104,18 @@ def _score_and_write(models: list, args: argparse.Namespace) -> list[str]:
 
     started = time.perf_counter()
     results = score_models(models, _options(args), log=lambda line: print(line, flush=True))
+    print("scores x100 (the files keep 0-1):", flush=True)
+    warned: dict[str, list[str]] = {}  # a warning every model shares (SPICE unavailable) is printed once
     for result in results:
         path = write_model_outputs(result, args.output_dir)
         metrics = result.metrics_file()
         print(metric_line(metrics), flush=True)
-        for warning in metrics.warnings:
-            print(f"  WARNING [{metrics.model_name}]: {warning}", flush=True)
         print(f"  wrote {path}", flush=True)
+        for warning in metrics.warnings:
+            warned.setdefault(warning, []).append(metrics.model_name)
+    for warning, names in warned.items():
+        scope = "every model" if len(names) == len(results) > 1 else ", ".join(names)
+        print(f"WARNING ({scope}): {warning}", flush=True)
     write_summary(args.output_dir, args.bootstrap, args.seed)
     print(f"scored {len(results)} model(s) in {time.perf_counter() - started:.1f} s; summary in {args.output_dir}")
     return [result.model.model_name for result in results]

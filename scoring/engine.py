@@ -170,7 +170,7 @@ def score_models(
     jar_dir = configured_jar_dir(options.spice_jars)
     spice_reason = unavailable_reason(jar_dir)
     if spice_reason:
-        log(f"WARNING: SPICE unavailable, reported as null: {spice_reason}")
+        log(f"SPICE unavailable, reported as null (see the warning at the end): {spice_reason}")
 
     with tempfile.TemporaryDirectory(prefix="scoring_", dir=options.work_dir) as temp:
         work_dir = Path(temp)

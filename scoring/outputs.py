@@ -44,15 +44,18 @@ def write_model_outputs(result: ModelResult, out_dir: Path) -> Path:
     return metrics_path
 
 
+CONSOLE_SCALE = 100.0  # people read x100 (the captioning papers' convention); the files keep 0-1
+
+
 def metric_line(metrics: MetricsFile) -> str:
-    """One readable line per model for the terminal."""
+    """One readable line per model for the terminal, x100 with 95% intervals."""
     parts = []
-    for metric in ("bleu4", "meteor", "rougeL", "cider", "spice", "coco_bleu4"):
+    for metric in ("cider", "bleu4", "coco_bleu4", "meteor", "rougeL", "spice"):
         value = metrics.metrics.get(metric)
         interval = metrics.ci.get(metric)
-        text = "null" if value is None else f"{value:.4f}"
+        text = "n/a" if value is None else f"{value * CONSOLE_SCALE:.2f}"
         if interval is not None and value is not None:
-            text += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+            text += f" [{interval[0] * CONSOLE_SCALE:.2f}, {interval[1] * CONSOLE_SCALE:.2f}]"
         parts.append(f"{metric}={text}")
     counts = metrics.counts
     return (

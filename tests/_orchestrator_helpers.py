@@ -29,6 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_DOCKER = os.environ.get("VLM_ABLATION_REQUIRE_DOCKER") == "1"
 FAMILY_IMAGES = {"blip2": "vlm-ablation/blip2:latest", "llava": "vlm-ablation/llava:latest"}
 SCORING_IMAGE = "vlm-ablation/scoring:latest"
+# Containers never run as root: when the tests run as root (CI), they name an account for the containers and give
+# it the folders it must write, as a root user of the tool would.
+CONTAINER_UID = 1000 if os.getuid() == 0 else os.getuid()
+CONTAINER_GID = 1000 if os.getuid() == 0 else os.getgid()
+CONTAINER_USER_ARGS = ["--container-user", f"{CONTAINER_UID}:{CONTAINER_GID}"] if os.getuid() == 0 else []
 
 
 def orchestrator_env(**extra: str) -> dict[str, str]:
@@ -64,6 +69,14 @@ def run_orchestrator(*args: str | Path, timeout: float = 600, env: dict[str, str
         stdin=subprocess.DEVNULL,
     )
     return OrchestratorRun(done.returncode, done.stdout, done.stderr)
+
+
+def writable_results(folder: Path) -> Path:
+    """A results folder the containers' user can write (created here; chowned only when the tests run as root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.getuid() == 0:
+        os.chown(folder, CONTAINER_UID, CONTAINER_GID)
+    return folder
 
 
 def readable_by_all(folder: Path) -> Path:

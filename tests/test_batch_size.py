@@ -58,7 +58,7 @@ def test_default_run_records_auto_and_the_size_it_chose(make_panorama_data, tiny
     lines: list[str] = []
     config = RunConfig(model_name="blip2-opt-2.7b", data_file=data.data_file, output_dir=tmp_path / "out",
                        model_path=tiny_checkpoint("blip2-opt-2.7b"), max_new_tokens=3, device="cpu",
-                       progress=False)  # fmt: skip
+                       progress="none")  # fmt: skip
     assert config.batch_size == "auto"
     result = run(config, log=lines.append, adapter_class=CountingBlip2)
     assert result.status == "completed" and result.num_written == 12

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from _orchestrator_helpers import (
+    CONTAINER_GID,
+    CONTAINER_UID,
+    CONTAINER_USER_ARGS,
     FAMILY_IMAGES,
     REPO_ROOT,
     SCORING_IMAGE,
@@ -25,6 +28,7 @@ from _orchestrator_helpers import (
     readable_by_all,
     run_orchestrator,
     statuses,
+    writable_results,
 )
 
 from contract import METRICS_JSON, SUMMARY_JSON, MetricsFile, Summary, read_json
@@ -49,7 +53,7 @@ def _data(make_panorama_data, folder: Path, **kwargs):
 
 
 def _expected_owner() -> int:
-    return 1000 if os.getuid() == 0 else os.getuid()
+    return CONTAINER_UID
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +67,11 @@ def docker_ablation(client, tmp_path_factory: pytest.TempPathFactory, tiny_check
     models = ["blip2-opt-2.7b", "blip2-flan-t5-xl", "llava-1.5-7b"]
     root = model_root(tmp, tiny_checkpoint, models)
     break_checkpoint(root / "blip2-flan-t5-xl")
-    out = tmp / "results"
+    out = writable_results(tmp / "results")
     run = run_orchestrator(
         "ablation", "--engine", "docker", "--gpus", "none", "--models", ",".join(models),
         "--data", data.data_file, "--output-dir", out, "--model-path-root", root,
-        "--batch-size", "2", "--max-new-tokens", "6", "--timeout", "300",
+        "--batch-size", "2", "--max-new-tokens", "6", "--timeout", "300", *CONTAINER_USER_ARGS,
     )  # fmt: skip
     return data, out, run
 
@@ -104,8 +108,10 @@ def test_ablation_in_containers_with_one_failing_model(client, docker_ablation) 
 
 def test_reproduce_pins_the_images_by_digest(client, docker_ablation, tmp_path: Path) -> None:
     data, out, _run = docker_ablation
-    again = tmp_path / "again"
-    run = run_orchestrator("reproduce", "--manifest", out / "run_manifest.json", "--output-dir", again)
+    again = writable_results(tmp_path / "again")
+    run = run_orchestrator(
+        "reproduce", "--manifest", out / "run_manifest.json", "--output-dir", again, *CONTAINER_USER_ARGS
+    )
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr  # the broken checkpoint fails again
     recorded = manifest(again)
     assert recorded.arguments["images"] == {
@@ -128,10 +134,13 @@ def test_inference_container_is_locked_down(client, tmp_path: Path, tiny_checkpo
     root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
     plan = build_plan(
         AblationOptions(
-            models=["llava-1.5-7b"], data_file=data.data_file, output_dir=tmp_path / "out", model_path_root=root
+            models=["llava-1.5-7b"],
+            data_file=data.data_file,
+            output_dir=writable_results(tmp_path / "out"),
+            model_path_root=root,
         )
     )
-    engine = DockerEngine(client=client)
+    engine = DockerEngine(client=client, user=CONTAINER_USER_ARGS[1] if CONTAINER_USER_ARGS else None, memory="2g")
     engine.preflight(plan, [FAMILY_IMAGES["llava"]])
     task = Task("llava-1.5-7b", "runner", FAMILY_IMAGES["llava"], ["--help"], GpuSelection("none"))
     container = engine.create(task)
@@ -141,10 +150,11 @@ def test_inference_container_is_locked_down(client, tmp_path: Path, tiny_checkpo
         assert host["CapDrop"] == ["ALL"]
         assert host["SecurityOpt"] == ["no-new-privileges"]
         assert host["ShmSize"] == 2 * 1024**3
+        assert host["PidsLimit"] == 4096 and host["Memory"] == host["MemorySwap"] == 2 * 1024**3
         mounts = {m["Target"]: m.get("ReadOnly", False) for m in host["Mounts"]}
         assert mounts == {"/data": True, "/models": True, "/results": False}
         config = client.api.inspect_container(container.id)["Config"]
-        assert config["User"] == f"{_expected_owner()}:{1000 if os.getuid() == 0 else os.getgid()}"
+        assert config["User"] == f"{CONTAINER_UID}:{CONTAINER_GID}"
         assert config["Labels"]["io.vlm-ablation.run-id"] == engine.run_id
     finally:
         engine.stop_all()
@@ -156,7 +166,7 @@ def _start(out: Path, data_file: Path, root: Path, *extra: str) -> subprocess.Po
         orchestrator_command(
             "ablation", "--engine", "docker", "--gpus", "none", "--models", "llava-1.5-7b",
             "--data", data_file, "--output-dir", out, "--model-path-root", root, "--batch-size", "1",
-            "--max-new-tokens", "48", *extra,
+            "--max-new-tokens", "48", *CONTAINER_USER_ARGS, *extra,
         ),
         cwd=REPO_ROOT, env=orchestrator_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -178,7 +188,7 @@ def test_killed_container_is_marked_failed_and_a_rerun_resumes(
 ) -> None:
     data = _data(make_panorama_data, tmp_path / "data", num_images=6, queries=("location", "people", "weather", "sky"))
     root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
-    out = tmp_path / "results"
+    out = writable_results(tmp_path / "results")
     jsonl = out / "llava-1.5-7b_predictions.jsonl"
     process = _start(out, data.data_file, root)
     _wait_for_predictions(process, jsonl, 2)
@@ -196,6 +206,7 @@ def test_killed_container_is_marked_failed_and_a_rerun_resumes(
     rerun = run_orchestrator(
         "ablation", "--engine", "docker", "--gpus", "none", "--models", "llava-1.5-7b", "--data", data.data_file,
         "--output-dir", out, "--model-path-root", root, "--batch-size", "1", "--max-new-tokens", "48",
+        *CONTAINER_USER_ARGS,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr
     assert f"resuming: {written} sample(s) already in" in rerun.stdout
@@ -211,7 +222,7 @@ def test_ctrl_c_removes_every_container(
 ) -> None:
     data = _data(make_panorama_data, tmp_path / "data", num_images=6, queries=("location", "people", "weather"))
     root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
-    out = tmp_path / "results"
+    out = writable_results(tmp_path / "results")
     process = _start(out, data.data_file, root)
     _wait_for_predictions(process, out / "llava-1.5-7b_predictions.jsonl", 1)
     assert len(managed_containers(client)) == 1
@@ -230,7 +241,7 @@ def test_unwritable_results_folder_starts_no_container(client, tmp_path: Path, m
     events_since = int(time.time())
     run = run_orchestrator(
         "ablation", "--engine", "docker", "--models", "llava-1.5-7b", "--data", data.data_file,
-        "--output-dir", blocker / "results", "--skip-fetch", timeout=60,
+        "--output-dir", blocker / "results", "--skip-fetch", *CONTAINER_USER_ARGS, timeout=60,
     )  # fmt: skip
     assert run.returncode == 2
     assert "results folder" in run.stderr and "cannot be created" in run.stderr
@@ -245,8 +256,134 @@ def test_missing_image_is_reported_before_any_work(client, tmp_path: Path, make_
     run = run_orchestrator(
         "ablation", "--engine", "docker", "--models", "llava-1.5-7b", "--data", data.data_file,
         "--output-dir", tmp_path / "out", "--image", "llava=vlm-ablation/llava:not-built", "--skip-fetch",
-        timeout=60,
+        *CONTAINER_USER_ARGS, timeout=60,
     )  # fmt: skip
     assert run.returncode == 2
     assert "image(s) not found on the engine" in run.stderr and "vlm-ablation/llava:not-built" in run.stderr
     assert "make images" in run.stderr
+
+
+# --- every model in its own image ----------------------------------------------------------------------------
+
+
+def test_all_eight_models_run_in_their_own_images(client, tmp_path: Path, tiny_checkpoint, make_panorama_data) -> None:
+    """The ablation users type, through the docker engine: each model in its family's image, non-root, no network,
+    data and checkpoints read-only (the tiny checkpoints as `orchestrator tiny` writes them: no chmod by hand)."""
+    from _orchestrator_helpers import require_images
+
+    from runner.registry import MODELS
+
+    require_images(client, sorted({spec.image_ref for spec in MODELS.values()}))
+    data = _data(make_panorama_data, tmp_path / "data", num_images=2, queries=("location",))
+    root = tmp_path / "models"
+    build = run_orchestrator("tiny", "--models", "all", "--out", root)
+    assert build.returncode == 0, build.stderr[-2000:]
+    out = writable_results(tmp_path / "results")
+    run = run_orchestrator(
+        "ablation", "--engine", "docker", "--gpus", "none", "--models", "all", "--data", data.data_file,
+        "--output-dir", out, "--model-path-root", root, "--batch-size", "2", "--max-new-tokens", "4",
+        "--no-report", *CONTAINER_USER_ARGS, timeout=1500,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    assert "  completed : 8/8" in run.stdout
+    for model, spec in MODELS.items():
+        metrics = read_json(out / METRICS_JSON.format(model=model), MetricsFile)
+        assert metrics.num_samples == 2 and metrics.random_weights
+        assert (out / f"{model}_predictions.jsonl").stat().st_uid == CONTAINER_UID
+        assert next(r for r in manifest(out).models if r.model_name == model).image == spec.image_ref
+    assert managed_containers(client) == []
+
+
+# --- hardening ------------------------------------------------------------------------------------------------
+
+
+def test_the_fetch_container_gets_the_token_as_a_read_only_file(client, tmp_path: Path, make_panorama_data) -> None:
+    """`docker inspect` of the fetch container shows a file path, never the token."""
+    from orchestrator.ablation import hf_token_file
+    from orchestrator.docker_engine import DockerEngine
+    from orchestrator.engines import Task
+    from orchestrator.plan import AblationOptions, GpuSelection, build_plan
+
+    secret = "hf_docker_secret_9e2b"
+    data = _data(make_panorama_data, tmp_path / "data", num_images=1)
+    cache = writable_results(tmp_path / "hf-cache")
+    plan = build_plan(
+        AblationOptions(models=["llava-1.5-7b"], data_file=data.data_file,
+                        output_dir=writable_results(tmp_path / "out"), hf_cache=cache)
+    )  # fmt: skip
+    engine = DockerEngine(client=client, user=CONTAINER_USER_ARGS[1] if CONTAINER_USER_ARGS else None)
+    engine.preflight(plan, [FAMILY_IMAGES["llava"]])
+    os.environ["HF_TOKEN"] = secret
+    try:
+        with hf_token_file(engine.container_owner()) as token_file:
+            assert token_file is not None
+            task = Task("fetch-llava", "fetch", FAMILY_IMAGES["llava"], ["--help"], GpuSelection("none"),
+                        network=True, token_file=token_file)  # fmt: skip
+            container = engine.create(task)
+            try:
+                inspected = client.api.inspect_container(container.id)
+                assert secret not in str(inspected)
+                assert "HF_TOKEN_PATH=/run/secrets/hf_token" in inspected["Config"]["Env"]
+                mounts = {m["Target"]: m.get("ReadOnly", False) for m in inspected["HostConfig"]["Mounts"]}
+                assert mounts["/run/secrets/hf_token"] is True
+                assert token_file.stat().st_uid == CONTAINER_UID  # the container's user can read it
+            finally:
+                engine.stop_all()
+    finally:
+        del os.environ["HF_TOKEN"]
+
+
+def test_containers_left_by_a_killed_orchestrator_are_removed_by_the_rerun(
+    client, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    data = _data(make_panorama_data, tmp_path / "data", num_images=6, queries=("location", "people", "weather"))
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
+    out = writable_results(tmp_path / "results")
+    args = ["ablation", "--engine", "docker", "--gpus", "none", "--models", "llava-1.5-7b", "--data", data.data_file,
+            "--output-dir", out, "--model-path-root", root, "--batch-size", "1", "--max-new-tokens", "48",
+            "--no-report", *CONTAINER_USER_ARGS]  # fmt: skip
+    process = subprocess.Popen(
+        orchestrator_command(*args), cwd=REPO_ROOT, env=orchestrator_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    _wait_for_predictions(process, out / "llava-1.5-7b_predictions.jsonl", 1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(managed_containers(client)) == 1  # the engine keeps a container its orchestrator never stopped
+    rerun = run_orchestrator(*args)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
+    assert "left running by an orchestrator that died" in rerun.stdout
+    ids = [r.sample_id for r in predictions(out, "llava-1.5-7b")]
+    assert len(ids) == len(set(ids)) == data.num_samples
+    assert managed_containers(client) == []
+
+
+def test_a_results_folder_the_container_user_cannot_write_is_refused(
+    client, tmp_path: Path, make_panorama_data
+) -> None:
+    data = _data(make_panorama_data, tmp_path / "data", num_images=1)
+    out = tmp_path / "closed"
+    out.mkdir(mode=0o755)
+    if out.stat().st_uid == CONTAINER_UID:
+        out.chmod(0o555)
+    run = run_orchestrator(
+        "ablation", "--engine", "docker", "--models", "llava-1.5-7b", "--data", data.data_file, "--output-dir", out,
+        "--skip-fetch", *CONTAINER_USER_ARGS, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"the results folder {out} is not writable by uid {CONTAINER_UID}" in run.stderr
+    assert out.stat().st_uid == os.getuid()  # nothing was chowned
+    assert managed_containers(client) == []
+
+
+def test_root_must_name_the_container_user(client, tmp_path: Path, make_panorama_data) -> None:
+    if os.getuid() != 0:
+        pytest.skip("only root is asked which account the containers run as")
+    data = _data(make_panorama_data, tmp_path / "data", num_images=1)
+    env = {key: value for key, value in orchestrator_env().items() if key not in ("SUDO_UID", "SUDO_GID")}
+    run = run_orchestrator(
+        "ablation", "--engine", "docker", "--models", "llava-1.5-7b", "--data", data.data_file,
+        "--output-dir", tmp_path / "out", "--skip-fetch", env=env, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "containers never run as root" in run.stderr and "--container-user" in run.stderr

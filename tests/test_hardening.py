@@ -365,3 +365,17 @@ def test_the_fetch_step_gets_the_token_as_a_private_file_only(monkeypatch) -> No
             assert SECRET not in env.values() and "HF_TOKEN" not in env
         assert "HF_TOKEN_PATH" not in runner_env
     assert not token_file.exists() and not token_file.parent.exists()
+
+
+def test_tiny_checkpoints_are_readable_by_others_under_the_usual_umask(tmp_path: Path) -> None:
+    """safetensors wrote model.safetensors 0600, which the docker engine's container user could not read."""
+    from runner.tiny import build_tiny
+
+    previous = os.umask(0o022)
+    try:
+        build_tiny(FAST_MODEL, str(tmp_path / "tiny"))
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "tiny").iterdir()}
+    assert modes["model.safetensors"] == 0o644
+    assert set(modes.values()) == {0o644}

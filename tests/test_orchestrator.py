@@ -156,7 +156,7 @@ def test_both_engines_get_the_same_arguments_but_for_paths(tmp_path: Path, panor
     assert runner_argv(plan, spec, container, GpuSelection("none"), None) == [
         "--model", "blip2-opt-2.7b", "--data", "/data/data.csv", "--output-dir", "/results",
         "--batch-size", "3", "--max-new-tokens", "20", "--model-path", "/models/blip2-opt-2.7b",
-        "--device", "cpu", "--limit", "5", "--no-progress",
+        "--device", "cpu", "--limit", "5", "--progress", "json",
     ]  # fmt: skip
     local = RunPaths(str(plan.data_file), str(plan.output_dir), str(plan.model_path_root), None, None)
     assert runner_argv(plan, spec, local, GpuSelection("all"), None)[:10] == [
@@ -232,8 +232,13 @@ def test_local_ablation_console(local_ablation) -> None:
     assert any(line.startswith("[1/3] blip2-opt-2.7b started at ") for line in lines)
     assert any(line.startswith("[2/3] llava-1.5-7b completed at ") for line in lines)
     assert any(line.startswith("[3/3] blip2-flan-t5-xl FAILED: ") for line in lines)
-    assert any(line.startswith("[2/3] llava-1.5-7b: BLEU-4 ") and "CIDEr" in line for line in lines)
-    assert any(line.startswith("[llava-1.5-7b] ") for line in lines)  # streamed log lines carry the model
+    # One line per scored model, ranked by CIDEr, x100 (said once), labels as the report's.
+    assert "scores x100 (the JSON files keep 0-1), ranked by CIDEr:" in lines
+    ranked = [line for line in lines if line.startswith(("  1. ", "  2. "))]
+    assert len(ranked) == 2 and all("CIDEr " in line and "sacreBLEU BLEU-4 " in line for line in ranked)
+    # The runners' own output (loading bars, the RUNNER_RESULT line) is in the logs, not on the console.
+    assert not any("RUNNER_RESULT" in line or "Loading weights" in line for line in lines)
+    assert "DEMO: random-weight models; these numbers mean nothing" in lines
     assert "  completed : 2/3" in lines and "  failed    : 1/3" in lines
     assert "    all_models_summary.json" in lines
 

@@ -81,7 +81,7 @@ def test_kill_minus_9_then_resume_loses_nothing_and_duplicates_nothing(
 def in_process(checkpoint: Path, data: Path, out: Path, **overrides: object) -> RunnerResult:
     """The same loop as the CLI, without a new interpreter (cheaper for checks of the loop's own logic)."""
     fields: dict[str, object] = dict(model_name=FAST_MODEL, data_file=data, output_dir=out, model_path=checkpoint,
-                                     device="cpu", min_new_tokens=2, progress=False)  # fmt: skip
+                                     device="cpu", min_new_tokens=2, progress="none")  # fmt: skip
     fields.update(overrides)
     return run(RunConfig(**fields), log=lambda line: None)  # type: ignore[arg-type]
 
@@ -243,7 +243,7 @@ def test_cuda_oom_halves_the_batch_down_to_one(panorama_data, tiny_checkpoint, t
     monkeypatch.setitem(base._ADAPTERS, "auto", TightMemoryBlip2)
     config = RunConfig(model_name=FAST_MODEL, data_file=panorama_data.data_file, output_dir=tmp_path / "out",
                        model_path=tiny_checkpoint(FAST_MODEL), batch_size=8, max_new_tokens=4, device="cpu",
-                       progress=False)  # fmt: skip
+                       progress="none")  # fmt: skip
     result = run(config, log=lambda line: None)
     assert result.status == "completed" and result.num_written == 8 and result.num_errors == 0
     assert calls == [8, 4, 2, 2, 2, 2]  # 8 -> 4 -> 2, then the rest at the size that fit

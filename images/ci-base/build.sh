@@ -4,23 +4,24 @@
 # torch wheel from the local disk. The debootstrap root file system is cached by a content key under
 # CI_CACHE_DIR, so a repeated run only imports it again.
 #
-#   images/ci-base/build.sh TORCH_WHEEL WHEELHOUSE_DIR      -> stdout: the image tag (progress: stderr)
+#   images/ci-base/build.sh WHEELHOUSE_DIR "torch==2.14.1 torchvision==0.29.1"   -> stdout: the image tag
 #
-# WHEELHOUSE_DIR must hold torch's own dependencies (`make wheelhouse TORCH_WHEEL=...` puts them there).
+# WHEELHOUSE_DIR must hold those wheels and their dependencies (`make wheelhouse` puts them there); progress goes
+# to stderr.
 # Uses the docker CLI against $DOCKER_HOST.
 set -euo pipefail
 # Everything but the tag goes to stderr, so `tag=$(build.sh ...)` works and the progress stays visible.
 exec 3>&1 1>&2
 
-torch_wheel=$1
-wheelhouse=$2
+wheelhouse=$1
+torch_requirements=$2
 cache_dir=${CI_CACHE_DIR:-/var/cache/vlm-ablation-ci}
 suite=bookworm
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 packages=python3,python3-venv,default-jre-headless,ca-certificates
 here=$(cd "$(dirname "$0")" && pwd)
 
-key=$( { printf '%s\n' "$suite" "$packages" "$(basename "$torch_wheel")"; cat "$here/Dockerfile" "$0"; } \
+key=$( { printf '%s\n' "$suite" "$packages" "$torch_requirements"; cat "$here/Dockerfile" "$0"; } \
        | sha256sum | cut -c1-16)
 tag=vlm-ablation/ci-base:$key
 
@@ -53,10 +54,8 @@ context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 mkdir "$context/wheelhouse"
 cp "$here/Dockerfile" "$context/"
-cp "$torch_wheel" "$context/wheelhouse/"
-cp "$wheelhouse"/*.whl "$context/wheelhouse/"
-rm -f "$context"/wheelhouse/torch-*.whl.tmp
-# Only one torch wheel may be offered: the one named on the command line.
-find "$context/wheelhouse" -name 'torch-*.whl' ! -name "$(basename "$torch_wheel")" -delete
-DOCKER_BUILDKIT=0 docker build --network none --build-arg ROOTFS_IMAGE="$rootfs_image" -t "$tag" "$context"
+# Hard links where the file system allows (the CUDA wheels are gigabytes), copies elsewhere.
+cp -l "$wheelhouse"/*.whl "$context/wheelhouse/" 2>/dev/null || cp "$wheelhouse"/*.whl "$context/wheelhouse/"
+DOCKER_BUILDKIT=0 docker build --network none --build-arg ROOTFS_IMAGE="$rootfs_image" \
+    --build-arg TORCH_REQUIREMENTS="$torch_requirements" -t "$tag" "$context"
 echo "$tag" >&3

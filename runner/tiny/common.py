@@ -7,6 +7,7 @@ path (from_pretrained on a folder, processor, batched generate) is exercised off
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,6 +129,13 @@ def save_tiny(model: object, processor: object, out_dir: Path) -> None:
     processor.save_pretrained(out_dir)  # type: ignore[attr-defined]
     marker = {"random_weights": True, "built_by": "python -m runner.tiny", "class": type(model).__name__}
     (out_dir / RANDOM_WEIGHTS_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    # safetensors writes its file 0600; a checkpoint is shared like any file the user writes (e.g. with the
+    # container user of the docker engine), so every file gets the user's umask.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in out_dir.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 def widen_init(model: object, std: float = 0.2, seed: int = 0) -> None:
