@@ -203,6 +203,76 @@ def test_an_entry_naming_a_token_or_weight_that_does_not_exist_is_refused(tmp_pa
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+# --- The catalogue's image limits, on the real image processors at the published settings ---------------------------
+
+PINPOINTS_384 = [[384 * h, 384 * w] for h in range(1, 7) for w in range(1, 7)]  # llava-onevision-*-ov-hf
+
+
+def vision_units(name: str, side: int) -> int:
+    """What the published image processor makes of a 2:1 panorama `side` px wide: merged tokens (Qwen) or tiles."""
+    import transformers
+    from PIL import Image
+
+    from runner.adapters.base import cap_max_pixels
+
+    image = Image.new("RGB", (side, side // 2), "gray")
+    spec = get_model(name)
+    if name in ("qwen2-vl-2b", "qwen3-vl-2b"):
+        patch = {"qwen2-vl-2b": 14, "qwen3-vl-2b": 16}[name]
+        budget = {"qwen2-vl-2b": (3136, 12845056), "qwen3-vl-2b": (65536, 16777216)}[name]
+        processor = transformers.Qwen2VLImageProcessor(
+            patch_size=patch, merge_size=2, size={"shortest_edge": budget[0], "longest_edge": budget[1]}
+        )
+        cap_max_pixels(processor, spec.max_pixels)
+        return int(processor([image], return_tensors="pt")["image_grid_thw"].prod()) // 4
+    if name == "smolvlm-instruct":
+        processor = transformers.Idefics3ImageProcessor(
+            size={"longest_edge": 1536}, max_image_size={"longest_edge": 384}
+        )
+        return int(processor([[image]], return_tensors="pt")["pixel_values"].shape[1])
+    if name == "llava-onevision-qwen2-7b":
+        processor = transformers.LlavaOnevisionImageProcessor(
+            size={"height": 384, "width": 384}, image_grid_pinpoints=PINPOINTS_384
+        )
+        return int(processor([image], return_tensors="pt")["pixel_values"].shape[1])
+    if name in ("internvl3-2b", "aya-vision-8b"):
+        tile = {"internvl3-2b": 448, "aya-vision-8b": 364}[name]
+        processor = transformers.GotOcr2ImageProcessor(
+            size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=12
+        )
+        return int(processor([image], return_tensors="pt")["num_patches"][0])
+    if name == "lfm2-vl-1.6b":
+        processor = transformers.Lfm2VlImageProcessor()  # the class defaults are LFM2-VL's: 512 px tiles, up to 10
+        return int(processor([[image]], return_tensors="pt")["pixel_values"].shape[0])
+    if name == "llama-3.2-11b-vision":
+        processor = transformers.MllamaImageProcessor(size={"height": 560, "width": 560}, max_image_tiles=4)
+        return int(processor([[image]], return_tensors="pt")["num_tiles"][0][0])
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "units_at_the_limit"),
+    [
+        ("qwen2-vl-2b", 1250),  # 50 x 25 tokens of 28 px
+        ("qwen3-vl-2b", 1250),  # 50 x 25 tokens of 32 px
+        ("smolvlm-instruct", 9),  # 4 x 2 tiles + global view
+        ("llava-onevision-qwen2-7b", 9),  # 4 x 2 anyres tiles + base image
+        ("internvl3-2b", 9),  # 4 x 2 tiles + thumbnail
+        ("aya-vision-8b", 9),
+        ("lfm2-vl-1.6b", 9),
+        ("llama-3.2-11b-vision", 2),
+    ],
+)
+def test_max_image_side_is_where_the_published_processor_stops_adding_detail(name, units_at_the_limit):
+    side = get_model(name).max_image_side
+    assert vision_units(name, side) == units_at_the_limit
+    if name == "llava-onevision-qwen2-7b":
+        # One step larger is a 5 x 3 grid: more than anyres_max_9 allows, so the model pools the features down again.
+        assert vision_units(name, side + 64) > 9
+    else:
+        assert vision_units(name, 2 * side) <= units_at_the_limit  # a larger panorama gives no more
+
+
 # --- Done when: an architecture no code names captions the sample data through hf: ---------------------------------
 
 IDEFICS2_HUB_ID = "HuggingFaceM4/idefics2-8b"
