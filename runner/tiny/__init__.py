@@ -1,6 +1,15 @@
 """Tiny random-weight checkpoints of each model's real transformers classes (see common.py)."""
 
-from runner.tiny import blip2, gemma3, instructblip, internvl2, llava, llava_next, qwen2_5_vl  # noqa: F401
+from runner.tiny import (  # noqa: F401
+    architectures,
+    blip2,
+    gemma3,
+    instructblip,
+    internvl2,
+    llava,
+    llava_next,
+    qwen2_5_vl,
+)
 from runner.tiny.common import builder_for, register_tiny, train_tokenizer
 
 __all__ = ["builder_for", "build_tiny", "register_tiny", "train_tokenizer"]
