@@ -38,6 +38,7 @@ from contract import (
     results_file,
     write_json_atomic,
 )
+from contract.shards import Shard
 from orchestrator.console import DEMO_NOTICE, Console, clock, duration, metric_line
 from orchestrator.engines import HF_TOKEN_VARIABLES, Engine, RunPaths, Task, TaskResult
 from orchestrator.hub_fetch import FETCH_RESULT_PREFIX
@@ -63,6 +64,9 @@ class ModelOutcome:
     record: ModelRunRecord
     result: RunnerResult | None = None
     seconds: float = 0.0
+    written: int = 0  # predictions on disk after the run (all shards)
+    started_clock: float = 0.0
+    shard_results: dict[int, tuple[bool, str | None, RunnerResult | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,8 +109,10 @@ def image_for(options: AblationOptions, spec: ModelSpec) -> str:
     return options.images.get(spec.family, spec.image)
 
 
-def runner_argv(plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection, revision: str | None) -> list[str]:
-    """The runner CLI's arguments; the same for both engines but for the paths."""
+def runner_argv(
+    plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection, revision: str | None, shard: int | None = None
+) -> list[str]:
+    """The runner CLI's arguments; the same for every engine but for the paths (and the shard)."""
     options = plan.options
     argv = ["--model", spec.reference, "--data", paths.data_file, "--output-dir", paths.output_dir]
     if paths.models_file:
@@ -127,6 +133,8 @@ def runner_argv(plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection
         argv += ["--image-root", paths.image_root]
     if options.limit:
         argv += ["--limit", str(options.limit)]
+    if options.shards > 1 and shard is not None:
+        argv += ["--shard", f"{shard}/{options.shards}"]
     return argv + ["--progress", "json"]  # rendered live by the console
 
 
@@ -135,6 +143,8 @@ def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
     argv = ["score", "--predictions", *predictions, "--output-dir", paths.output_dir, "--data", paths.data_file]
     if plan.options.limit:
         argv += ["--limit", str(plan.options.limit)]  # score exactly the subset the runners captioned
+    if plan.options.shards > 1:
+        argv += ["--merge-shards", str(plan.options.shards)]
     return argv + (["--report"] if plan.options.report else [])
 
 
@@ -179,6 +189,7 @@ class Ablation:
         self.gpus = GpuSelection("none")
         self.versions: dict[str, str] = {}
         self.random_weights = False  # a tiny random-weight checkpoint ran: the closing block says so
+        self._lock = threading.Lock()  # tasks of one model may end on several worker threads
 
     # --- manifest ------------------------------------------------------------------------------------------
 
@@ -303,97 +314,136 @@ class Ablation:
         assert self.plan is not None
         return self.plan.output_dir / LOGS_DIR / f"{model}.{step}.log"
 
-    def run_model(self, outcome: ModelOutcome, gpus: GpuSelection) -> None:
+    def task_label(self, outcome: ModelOutcome, shard: int) -> str:
+        """A model's name, or `<model>#<shard>` for one of its shards (console rows, log files)."""
+        return outcome.spec.name if self.options.shards == 1 else f"{outcome.spec.name}#{shard}"
+
+    def run_task(self, outcome: ModelOutcome, shard: int, gpus: GpuSelection) -> None:
+        """One runner process: a model, or one shard of it. The model's record is final when its last shard ends."""
         assert self.plan is not None
         record, spec, total = outcome.record, outcome.spec, len(self.outcomes)
         paths = self.engine.paths(self.plan)
-        revision = record.resolved_revision or record.revision
+        label = self.task_label(outcome, shard)
+        count = self.options.shards
         task = Task(
-            name=spec.name,
+            name=label,
             kind="runner",
             image=image_for(self.options, spec),
-            argv=runner_argv(self.plan, spec, paths, gpus, revision),
+            argv=runner_argv(self.plan, spec, paths, gpus, record.resolved_revision or record.revision, shard),
             gpus=gpus,
             timeout=self.options.timeout,
             environment={"HF_HOME": paths.hf_cache} if paths.hf_cache else {},
         )
-        started = now()
-        record.started_at = iso(started)
-        record.status = "pending"
-        self.console.line(f"[{outcome.index}/{total}] {spec.name} started at {clock()} ({gpus.describe()})")
-        sink = self.console.model_sink(spec.name, self._log_file(spec.name, "runner"))
-        self.console.start_progress(spec.name)
+        with self._lock:
+            if record.started_at is None:
+                record.started_at = iso(now())
+                outcome.started_clock = time.monotonic()
+            record.status = "pending"
+        self.console.line(f"[{outcome.index}/{total}] {label} started at {clock()} ({gpus.describe()})")
+        sink = self.console.model_sink(label, self._log_file(label, "runner"))
+        self.console.start_progress(label)
         try:
             result = self.engine.run(task, sink)
         finally:
-            self.console.end_progress(spec.name)
+            self.console.end_progress(label)
             sink.close()
-        finished = now()
-        record.finished_at = iso(finished)
-        outcome.seconds = (finished - started).total_seconds()
-        self._record_result(outcome, result)
-        state = "completed" if record.status == "completed" else f"FAILED: {record.message}"
-        self.console.line(
-            f"[{outcome.index}/{total}] {spec.name} {state} at {clock()} after {duration(outcome.seconds)}"
-            + (f" ({outcome.result.num_written} predictions written)" if outcome.result else "")
-        )
-        if record.status != "completed":
-            log = self._log_file(spec.name, "runner")
+        ok, message, runner_result = self._task_result(result)
+        if count > 1:
+            state = "completed" if ok else f"FAILED: {message}"
+            written = f" ({runner_result.num_written} predictions written)" if runner_result else ""
+            self.console.line(f"[{outcome.index}/{total}] {label} {state} at {clock()}{written}")
+        if not ok:
             for line in sink.tail()[-8:]:
                 self.console.line(f"  | {line}")
-            self.console.line(f"  (full output: {log})")
-        self.write_manifest()
+            self.console.line(f"  (full output: {self._log_file(label, 'runner')})")
+        with self._lock:
+            outcome.shard_results[shard] = (ok, message, runner_result)
+            finished = len(outcome.shard_results) == count
+        if finished:
+            self._finish_model(outcome)
 
-    def _record_result(self, outcome: ModelOutcome, result: TaskResult) -> None:
-        assert self.plan is not None
-        record = outcome.record
+    def _task_result(self, result: TaskResult) -> tuple[bool, str | None, RunnerResult | None]:
         payload = last_prefixed(result.lines, RUNNER_RESULT_PREFIX)
+        runner_result = None
         if payload:
             try:
-                outcome.result = RunnerResult.model_validate_json(payload)
+                runner_result = RunnerResult.model_validate_json(payload)
             except ValueError:
-                outcome.result = None
-        runner_ok = outcome.result is not None and outcome.result.status == "completed"
-        if result.ok and runner_ok:
-            record.status = "completed"
-            record.message = None
+                runner_result = None
+        if result.ok and runner_result is not None and runner_result.status == "completed":
+            return True, None, runner_result
+        reasons = [result.message, runner_result.message if runner_result else None]
+        return False, "; ".join(r for r in reasons if r) or "no result line from the runner", runner_result
+
+    def _finish_model(self, outcome: ModelOutcome) -> None:
+        assert self.plan is not None
+        record, total = outcome.record, len(self.outcomes)
+        results = [outcome.shard_results[index] for index in sorted(outcome.shard_results)]
+        failures = [(index, message) for index, (ok, message, _) in enumerate(results) if not ok]
+        runner_results = [r for _, _, r in results if r is not None]
+        outcome.result = runner_results[-1] if len(runner_results) == 1 else None
+        outcome.written = sum(r.num_written for r in runner_results)
+        if not failures:
+            record.status, record.message = "completed", None
         else:
             record.status = "failed"
-            reasons = [result.message, outcome.result.message if outcome.result else None]
-            record.message = "; ".join(r for r in reasons if r) or "no result line from the runner"
+            if self.options.shards == 1:
+                record.message = failures[0][1]
+            else:
+                record.message = "; ".join(f"shard {index}: {message}" for index, message in failures)
+        record.finished_at = iso(now())
+        outcome.seconds = time.monotonic() - outcome.started_clock
+        self._read_run_manifest(outcome)
+        state = "completed" if record.status == "completed" else f"FAILED: {record.message}"
+        self.console.line(
+            f"[{outcome.index}/{total}] {record.model_name} {state} at {clock()} after {duration(outcome.seconds)}"
+            + (f" ({outcome.written} predictions written)" if runner_results else "")
+        )
+        self.write_manifest()
+
+    def _read_run_manifest(self, outcome: ModelOutcome) -> None:
+        """What the runner recorded (resolved revision, versions, device) into the model's manifest record."""
+        assert self.plan is not None
+        record = outcome.record
         run_file = results_file(self.plan.output_dir, RUN_MANIFEST, record.model_name)
-        if run_file.exists():
-            try:
-                run = read_json(run_file, RunManifest)
-            except ValueError:
-                return
-            record.resolved_revision = run.resolved_revision or record.resolved_revision
-            self.random_weights = self.random_weights or run.random_weights
-            extra = {"versions": run.versions, "device_name": run.device_name, "num_errors": run.num_errors}
-            for key, value in extra.items():
-                setattr(record, key, value)
+        if self.options.shards > 1:
+            run_file = Shard(0, self.options.shards).manifest(self.plan.output_dir, record.model_name)
+        if not run_file.exists():
+            return
+        try:
+            run = read_json(run_file, RunManifest)
+        except ValueError:
+            return
+        record.resolved_revision = run.resolved_revision or record.resolved_revision
+        self.random_weights = self.random_weights or run.random_weights
+        extra = {"versions": run.versions, "device_name": run.device_name, "num_errors": run.num_errors}
+        for key, value in extra.items():
+            setattr(record, key, value)
 
     def run_models(self) -> None:
+        """Every (model, shard) task: one at a time, or one per listed GPU at a time (--parallel, or --shards)."""
         runnable = [o for o in self.outcomes if o.record.status != "failed"]
-        if not self.options.parallel:
-            for outcome in runnable:
-                self.run_model(outcome, self.gpus)
+        tasks = [(outcome, shard) for outcome in runnable for shard in range(self.options.shards)]
+        spread = self.gpus.mode == "ids" and (self.options.parallel or self.options.shards > 1)
+        if not spread:
+            for outcome, shard in tasks:
+                self.run_task(outcome, shard, self.gpus)
             return
-        # One model per GPU: workers take models from a queue, each holding one GPU id.
-        work: queue.Queue[ModelOutcome] = queue.Queue()
-        for outcome in runnable:
-            work.put(outcome)
+        # One queue of tasks; each worker holds one GPU id and takes the next task when its own ends.
+        work: queue.Queue[tuple[ModelOutcome, int]] = queue.Queue()
+        for item in tasks:
+            work.put(item)
         errors: list[BaseException] = []
         stopping = threading.Event()
 
         def worker(gpu_id: str) -> None:
             while not stopping.is_set():
                 try:
-                    outcome = work.get_nowait()
+                    outcome, shard = work.get_nowait()
                 except queue.Empty:
                     return
                 try:
-                    self.run_model(outcome, GpuSelection("ids", (gpu_id,)))
+                    self.run_task(outcome, shard, GpuSelection("ids", (gpu_id,)))
                 except BaseException as error:  # noqa: BLE001  (re-raised in the main thread)
                     errors.append(error)
                     return
@@ -406,7 +456,7 @@ class Ablation:
                 while thread.is_alive():
                     thread.join(timeout=0.5)  # short joins keep Ctrl-C responsive
         except BaseException:
-            # Ctrl-C: no worker takes another model; what runs is stopped, then the workers are waited for.
+            # Ctrl-C: no worker takes another task; what runs is stopped, then the workers are waited for.
             stopping.set()
             self.engine.stop_all()
             for thread in threads:
@@ -467,9 +517,12 @@ class Ablation:
         assert self.plan is not None
         if outcome.record.started_at is None:
             return "not started: the run was interrupted before this model"
-        path = results_file(self.plan.output_dir, PREDICTIONS_JSONL, outcome.record.model_name)
+        model, count = outcome.record.model_name, self.options.shards
+        paths = [results_file(self.plan.output_dir, PREDICTIONS_JSONL, model)] if count == 1 else [
+            Shard(index, count).predictions(self.plan.output_dir, model) for index in range(count)
+        ]  # fmt: skip
         try:
-            written = len({r.sample_id for r in read_jsonl(path, PredictionRecord)}) if path.is_file() else 0
+            written = sum(len({r.sample_id for r in read_jsonl(p, PredictionRecord)}) for p in paths if p.is_file())
         except (OSError, ValueError):
             written = 0
         return f"interrupted after {written} of {self.plan.num_samples} samples" + (

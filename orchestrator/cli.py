@@ -46,6 +46,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     parser.add_argument("--model-path-root", type=Path, help="use local checkpoints DIR/<model> (e.g. tiny ones)")
     parser.add_argument("--timeout", type=float, help="seconds per model before its container is killed")
     parser.add_argument("--parallel", action="store_true", help="one model per GPU at a time (needs --gpus 0,1,...)")
+    parser.add_argument(
+        "--shards",
+        type=positive_int,
+        default=1,
+        help="split each model's samples into N shards, one runner each (spread over --gpus 0,1,..., or Slurm tasks)",
+    )
     parser.add_argument("--image-root", type=Path, help="folder relative image paths are resolved against")
     parser.add_argument("--limit", type=positive_int, help="caption only the first N samples")
     parser.add_argument("--dtype", help="runner --dtype (default: the registry's on GPU, float32 on CPU)")
@@ -144,6 +150,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         container_user=args.container_user,
         memory=args.memory,
         models_file=args.models_file,
+        shards=args.shards,
     )
 
 

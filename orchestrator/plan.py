@@ -77,6 +77,7 @@ class AblationOptions:
     report: bool = True
     container_user: str | None = None  # docker: UID:GID the containers run as (default: the invoking user)
     models_file: Path | None = None  # the user's own catalogue entries (TOML, as runner/catalogue.toml)
+    shards: int = 1  # each model's samples in this many shards, one runner process each (contract.shards)
     memory: str | None = None  # docker: memory limit of each inference container (e.g. 64g); None: no limit
 
     def as_arguments(self) -> dict[str, Any]:
@@ -162,6 +163,8 @@ def build_plan(options: AblationOptions) -> Plan:
             raise PlanError(f"batch size for {name} must be at least 1, got {size!r}")
     if options.max_new_tokens < 1:
         raise PlanError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
+    if not isinstance(options.shards, int) or options.shards < 1:
+        raise PlanError(f"--shards must be at least 1, got {options.shards!r}")
     if options.timeout is not None and options.timeout <= 0:
         raise PlanError(f"--timeout must be a positive number of seconds, got {options.timeout}")
     if options.prompt_template is not None:
@@ -188,6 +191,8 @@ def build_plan(options: AblationOptions) -> Plan:
     if not dataset.samples:
         raise PlanError(f"data file {data_file} has no sample with a reference caption")
     samples = dataset.samples[: options.limit] if options.limit else dataset.samples
+    if options.shards > len(samples):
+        raise PlanError(f"--shards {options.shards} is more than the {len(samples)} samples to caption")
     missing = _missing_images(samples)
     if missing:
         shown = "; ".join(missing[:3]) + (f"; and {len(missing) - 3} more" if len(missing) > 3 else "")

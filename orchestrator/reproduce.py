@@ -30,7 +30,9 @@ from orchestrator.plan import AblationOptions, PlanError
 
 REPRODUCE_REPORT = "reproduce_report.json"
 # Arguments that are copied from the original run as they were.
-_COPIED = ("batch_size", "max_new_tokens", "timeout", "parallel", "limit", "dtype", "prompt_template", "shm_size")
+_COPIED = (
+    "batch_size", "max_new_tokens", "timeout", "parallel", "limit", "dtype", "prompt_template", "shm_size", "shards",
+)  # fmt: skip
 
 
 def _predictions(folder: Path, model: str) -> dict[str, str]:

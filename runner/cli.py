@@ -24,9 +24,10 @@ from contract import (
     results_file,
 )
 from contract.lifetime import follow_parent
+from contract.shards import Shard, ShardError
 from runner.loop import AUTO, DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
 from runner.progress import PROGRESS_MODES
-from runner.registry import MODELS, UnknownModelError
+from runner.registry import MODELS, UnknownModelError, get_model
 
 
 def positive_int(text: str) -> int:
@@ -47,6 +48,13 @@ def batch_size(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def shard_argument(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ShardError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-path", type=Path, help="load a local checkpoint folder instead of the Hub id")
     parser.add_argument("--revision", help="Hub revision (default: the registry's); the resolved commit is recorded")
     parser.add_argument("--limit", type=positive_int, help="caption only the first N samples of the data file")
+    parser.add_argument(
+        "--shard", type=shard_argument, metavar="K/N", help="caption only shard K of N (0-based) into its own file"
+    )
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the catalogue's on GPU, float32 on CPU")
     parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help="instruction with a {query} field")
@@ -117,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         progress="none" if args.no_progress else args.progress,
         models_file=args.models_file,
+        shard=args.shard,
     )
     exit_code = 0
     try:
@@ -126,20 +138,27 @@ def main(argv: list[str] | None = None) -> int:
     except (RunnerError, UnknownModelError) as error:
         exit_code = error.exit_code if isinstance(error, RunnerError) else 2
         print(f"error: {error}", file=sys.stderr)
-        result = failed_result(args.model, args.output_dir, str(error))
+        result = failed_result(args.model, args.output_dir, str(error), args.shard)
     except Exception as error:  # noqa: BLE001  (reported, with traceback, and turned into a failed result line)
         traceback.print_exc(file=sys.stderr)
         exit_code = 1
-        result = failed_result(args.model, args.output_dir, f"{type(error).__name__}: {error}")
+        result = failed_result(args.model, args.output_dir, f"{type(error).__name__}: {error}", args.shard)
     sys.stdout.flush()
     print(RUNNER_RESULT_PREFIX + result.model_dump_json(), flush=True)
     return exit_code
 
 
-def failed_result(model: str, output_dir: Path, message: str) -> RunnerResult:
+def failed_result(model: str, output_dir: Path, message: str, shard: Shard | None = None) -> RunnerResult:
     """The result line of a run that stopped: its counts are what is ON DISK (a disk-full run keeps what it wrote)."""
-    predictions = results_file(output_dir, PREDICTIONS_JSONL, model)
-    manifest = results_file(output_dir, RUN_MANIFEST, model)
+    try:
+        model = get_model(model).name  # hf:Org/Name writes Org--Name files
+    except (UnknownModelError, ValueError):
+        pass
+    if shard is not None and shard.count > 1:
+        predictions, manifest = shard.predictions(output_dir, model), shard.manifest(output_dir, model)
+    else:
+        predictions = results_file(output_dir, PREDICTIONS_JSONL, model)
+        manifest = results_file(output_dir, RUN_MANIFEST, model)
     written: dict[str, PredictionRecord] = {}
     num_samples = 0
     try:

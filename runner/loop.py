@@ -8,8 +8,6 @@ never mixed with new ones: the run refuses, or with `overwrite` moves the old fi
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import platform
 import string
@@ -39,7 +37,13 @@ from contract import (
     read_jsonl,
     results_file,
     write_json_atomic,
-    write_text_atomic,
+)
+from contract.shards import (
+    Shard,
+    merged_is_complete,
+    samples_of_shard,
+    shard_counts_on_disk,
+    write_predictions_csv,
 )
 from runner.progress import Progress
 from runner.registry import CatalogueError, ModelSpec, get_model
@@ -89,6 +93,7 @@ class RunConfig:
     overwrite: bool = False
     progress: str = "bar"  # bar | json | none (runner.progress)
     models_file: Path | None = None  # the user's catalogue entries (--models-file), besides the built-in ones
+    shard: Shard | None = None  # caption only this shard of the samples (contract.shards), into its own file
 
 
 @dataclass
@@ -251,18 +256,32 @@ def compatibility(manifest: dict[str, Any]) -> dict[str, Any]:
     return keys
 
 
-def write_predictions_csv(path: Path, samples: list[Sample], records: dict[str, PredictionRecord]) -> None:
-    """For people: one row per sample in data-file order; references joined by ' | ' (the JSONL keeps the list)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["image_path", "query", "prediction", "references", "error"])
-    for sample in samples:
-        record = records.get(sample.sample_id)
-        if record is not None:
-            writer.writerow(
-                [sample.image, sample.query, record.prediction, " | ".join(record.references), record.error]
-            )
-    write_text_atomic(path, buffer.getvalue())
+def prompt_fingerprint(prompt: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def check_shard_layout(out_dir: Path, model: str, samples: list[Sample], shard: Shard | None) -> None:
+    """A folder's predictions of one model are made with ONE shard count until they are merged: another count (or
+    an unsharded run) on top of unmerged shards would caption samples twice or leave some out."""
+    if merged_is_complete(out_dir, model, samples):
+        return
+    counts = shard_counts_on_disk(out_dir, model) - ({shard.count} if shard else set())
+    unsharded = results_file(out_dir, PREDICTIONS_JSONL, model)
+    if shard is not None and unsharded.is_file() and unsharded.stat().st_size > 0 and not counts:
+        raise RunnerError(
+            f"{unsharded} holds an unfinished run without shards; finish it without --shards (it resumes), or pass "
+            "--overwrite",
+            2,
+        )
+    if counts:
+        wanted = f"--shards {shard.count}" if shard else "no shards"
+        raise RunnerError(
+            f"{out_dir} holds unmerged shards of {model} made with --shards {sorted(counts)[0]}; rerun with that "
+            f"count to finish them (they resume) instead of {wanted}, or use another --output-dir",
+            2,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,9 +383,31 @@ def run(
     log(dataset.summary_line())
     for warning in dataset.warnings:
         log(f"WARNING: {warning}")
-
-    predictions_path = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
-    manifest_path = results_file(config.output_dir, RUN_MANIFEST, spec.name)
+    shard = config.shard if config.shard is not None and config.shard.count > 1 else None
+    check_shard_layout(config.output_dir, spec.name, samples, shard)
+    if shard is not None and merged_is_complete(config.output_dir, spec.name, samples) and not config.overwrite:
+        # The merge of an earlier run covers every sample (maybe with another shard count): nothing to caption.
+        merged_manifest = results_file(config.output_dir, RUN_MANIFEST, spec.name)
+        log(f"{results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)} is complete: nothing to do")
+        return RunnerResult(
+            model_name=spec.name,
+            status="completed",
+            predictions_file=str(results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)),
+            manifest_file=str(merged_manifest),
+            num_samples=len(samples_of_shard(samples, shard)),
+            num_written=len(samples_of_shard(samples, shard)),
+            num_errors=0,
+        )
+    if shard is not None:
+        samples = samples_of_shard(samples, shard)
+        log(f"shard {shard.index}/{shard.count}: {len(samples)} sample(s)")
+        if not samples:
+            raise RunnerError(f"shard {shard.index}/{shard.count} has no samples (more shards than samples?)", 2)
+        predictions_path = shard.predictions(config.output_dir, spec.name)
+        manifest_path = shard.manifest(config.output_dir, spec.name)
+    else:
+        predictions_path = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
+        manifest_path = results_file(config.output_dir, RUN_MANIFEST, spec.name)
     csv_path = results_file(config.output_dir, PREDICTIONS_CSV, spec.name)
     with run_lock(predictions_path):
         device = resolve_device(config.device)
@@ -405,13 +446,15 @@ def run(
             versions=library_versions(),
             random_weights=bool(config.model_path and (config.model_path / RANDOM_WEIGHTS_MARKER).is_file()),
         )
+        if shard is not None:
+            manifest.shard = {"index": shard.index, "count": shard.count}  # type: ignore[attr-defined]
 
         # --- resume or refuse to mix -------------------------------------------------------------------------
         if predictions_path.exists() and predictions_path.stat().st_size > 0:
             previous = _previous_manifest(manifest_path)
             ours = compatibility(manifest.model_dump())
             if config.overwrite:
-                moved = move_aside([predictions_path, csv_path, manifest_path])
+                moved = move_aside([predictions_path, manifest_path] + ([csv_path] if shard is None else []))
                 log(f"--overwrite: moved previous files aside: {', '.join(str(p) for p in moved)}")
             elif previous is None:
                 raise RunnerError(
@@ -435,6 +478,9 @@ def run(
                     "--output-dir or pass --overwrite (moves the old files aside)",
                     2,
                 )
+            if previous is not None and not config.overwrite:
+                # Checked after loading (it needs the processor): the prompt these predictions were made with.
+                manifest.prompt_fingerprint = previous.get("prompt_fingerprint")  # type: ignore[attr-defined]
         done = {record.sample_id: record for record in read_done(predictions_path)}
         todo_samples = [(order, s) for order, s in enumerate(samples) if s.sample_id not in done]
         if done:
@@ -470,7 +516,8 @@ def run(
         all_records = {record.sample_id: record for record in read_done(predictions_path)}
         wanted = {s.sample_id for s in samples}
         written = [all_records[s.sample_id] for s in samples if s.sample_id in all_records]
-        write_predictions_csv(csv_path, samples, all_records)
+        if shard is None:  # a shard's CSV is the merge's (contract.shards)
+            write_predictions_csv(csv_path, samples, all_records)
         errors_by_kind = Counter(record.error.split(":", 1)[0] for record in written if record.error)
         manifest.batch_size_used = stats.batch_size_used
         manifest.oom_retries = stats.oom_retries
@@ -551,6 +598,17 @@ def _generate_all(
         log(f"batch size auto: {stats.batch_size_used} ({free_text})")
     batch_size = stats.batch_size_used
 
+    # The text the model sees depends on the checkpoint's chat template too (a new revision, a template that writes
+    # today's date): a fingerprint of it must match the one the existing predictions were made with.
+    fingerprint = prompt_fingerprint(adapter.build_prompt(config.prompt_template.format(query="<query>")))
+    recorded = getattr(manifest, "prompt_fingerprint", None)
+    if recorded and recorded != fingerprint:
+        raise RunnerError(
+            f"the prompt {spec.name} is given changed since {predictions_path.name} was made (its chat template "
+            "renders differently now); choose another --output-dir or pass --overwrite (moves the old files aside)",
+            2,
+        )
+    manifest.prompt_fingerprint = fingerprint  # type: ignore[attr-defined]
     pending = [
         PendingSample(sample, adapter.build_prompt(config.prompt_template.format(query=sample.query)), order)
         for order, sample in todo_samples

@@ -168,7 +168,12 @@ class Catalogue:
 
     def get(self, name: str) -> ModelSpec:
         if name.startswith(HUB_PREFIX):
-            return parse_hub_name(name)
+            named = parse_hub_name(name)
+            # A Hub id the catalogue knows keeps what its entry knows (prompt format, pixel budget, image).
+            known = next((spec for spec in self.models.values() if spec.hub_id == named.hub_id), None)
+            if known is not None:
+                return known.model_copy(update={"revision": named.revision}) if named.revision != "main" else known
+            return named
         if name in self.models:
             return self.models[name]
         by_lower = {known.lower(): known for known in self.models}

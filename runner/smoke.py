@@ -22,7 +22,6 @@ def smoke(family: str, import_only: bool = False) -> list[str]:
     from runner.adapters import adapter_for, open_adapter
     from runner.loop import DEFAULT_PROMPT_TEMPLATE
     from runner.registry import BUILTIN
-    from runner.tiny import build_tiny
 
     specs = [spec for spec in BUILTIN.models.values() if spec.family == family]
     if not specs:
@@ -36,6 +35,8 @@ def smoke(family: str, import_only: bool = False) -> list[str]:
                 getattr(transformers, name)
             lines.append(f"{spec.name}: adapter {spec.adapter} imports (no tiny checkpoint: not run)")
             continue
+        from runner.tiny import build_tiny  # the builders use this image's transformers classes
+
         with tempfile.TemporaryDirectory(prefix="smoke-") as folder:
             build_tiny(spec.name, folder)
             adapter = open_adapter(spec, folder, device=torch.device("cpu"), dtype=torch.float32)

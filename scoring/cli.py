@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--data", type=Path, default=None, help="data file; predictions must match its samples")
     score.add_argument("--intersection", action="store_true", help="score only samples in both data and predictions")
     score.add_argument("--limit", type=int, help="score only the data file's first N samples (as runner --limit)")
+    score.add_argument(
+        "--merge-shards", type=int, default=1, metavar="N", help="first merge each model's N shard files (--data)"
+    )
+    score.add_argument(
+        "--skip-incomplete", action="store_true", help="leave out (and name) a model whose shards are incomplete"
+    )
     score.add_argument("--model-id", action="append", default=[], metavar="NAME=ID", help="model id without manifest")
     score.add_argument("--report", action="store_true", help="build the HTML report afterwards")
     _add_data_columns(score)
@@ -121,6 +127,33 @@ def _score_and_write(models: list, args: argparse.Namespace) -> list[str]:
     return [result.model.model_name for result in results]
 
 
+def _merge_shards(args: argparse.Namespace, dataset) -> list[Path]:  # noqa: ANN001  (contract.Dataset)
+    """Each model's shard files merged into its predictions file; a model with missing samples is an error, or
+    with --skip-incomplete left out with a line saying so (a shard that failed on a cluster)."""
+    from contract import PREDICTIONS_JSONL
+    from contract.shards import ShardError, merge_shards
+
+    if dataset is None:
+        raise ScoringError("--merge-shards needs --data (the samples, in data-file order)")
+    suffix = PREDICTIONS_JSONL.replace("{model}", "")
+    kept = []
+    for path in args.predictions:
+        model = path.name[: -len(suffix)] if path.name.endswith(suffix) else path.stem
+        try:
+            outcome = merge_shards(path.parent, model, args.merge_shards, dataset.samples)
+        except ShardError as error:
+            raise ScoringError(str(error)) from None
+        if outcome.complete:
+            print(f"[{model}] {args.merge_shards} shards merged into {path.name}", flush=True)
+            kept.append(path)
+            continue
+        message = f"{model}: its {args.merge_shards} shards lack {len(outcome.missing)} sample(s)"
+        if not args.skip_incomplete:
+            raise ScoringError(message + "; rerun the ablation to finish them (or pass --skip-incomplete)")
+        print(f"WARNING: {message}: not scored", flush=True)
+    return kept
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "score":
@@ -133,7 +166,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         if subset is not None:
             print(f"scoring a subset: the first {subset.num_samples} of {subset.data_samples} samples (--limit)")
         ids = _model_ids(args.model_id)
-        models = [load_model_predictions(path, dataset, args.intersection, ids, subset) for path in args.predictions]
+        paths = _merge_shards(args, dataset) if args.merge_shards > 1 else list(args.predictions)
+        if not paths:
+            raise ScoringError("no model has complete predictions to score")
+        models = [load_model_predictions(path, dataset, args.intersection, ids, subset) for path in paths]
         scored = _score_and_write(models, args)
         if args.report:  # only the models just scored: other files in the folder may be unrelated or unreadable
             print(f"report: {_build_report(args.output_dir, scored)}")

@@ -216,6 +216,10 @@ def parse_runner_output(args: Sequence[str], returncode: int, stdout: str, stder
     predictions: list[PredictionRecord] = []
     manifest = None
     out_dir, model = _option(args, "--output-dir"), _option(args, "--model")
+    if model and model.startswith("hf:"):
+        from runner.registry import get_model
+
+        model = get_model(model).name  # hf:Org/Name writes Org--Name_* files
     if out_dir and model:
         predictions_path = results_file(out_dir, PREDICTIONS_JSONL, model)
         if predictions_path.exists():

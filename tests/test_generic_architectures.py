@@ -23,7 +23,7 @@ from contract import PREDICTIONS_JSONL, RUN_MANIFEST, PredictionRecord, RunManif
 from runner.adapters import open_adapter
 from runner.images import ImageLimits, load_image
 from runner.loop import DEFAULT_PROMPT_TEMPLATE
-from runner.registry import MODELS, ModelSpec, get_model, parse_hub_name
+from runner.registry import BUILTIN, ModelSpec, get_model, parse_hub_name
 from runner.tiny.architectures import TEXT, VISION, content
 from runner.tiny.generic import TinyArchitecture, Token, build_architecture
 
@@ -113,7 +113,7 @@ def special_tokens(tokenizer) -> set[str]:
 
 
 def test_every_new_catalogue_entry_is_tested_here():
-    generic_with_tiny = {name for name, spec in MODELS.items() if spec.family == "generic" and spec.tiny}
+    generic_with_tiny = {name for name, spec in BUILTIN.models.items() if spec.family == "generic" and spec.tiny}
     assert generic_with_tiny == set(ARCHITECTURES)
     for name in NAMES:
         spec = get_model(name)
@@ -291,7 +291,7 @@ IDEFICS2_CHAT_TEMPLATE = (
 def test_an_architecture_no_code_names_captions_the_sample_data_through_hf(run_runner, tmp_path):
     runner_sources = [*(REPO_ROOT / "runner").rglob("*.py"), REPO_ROOT / "runner" / "catalogue.toml"]
     assert not [p for p in runner_sources if "idefics2" in p.read_text(encoding="utf-8").lower()]
-    assert all(spec.hub_id != IDEFICS2_HUB_ID for spec in MODELS.values())
+    assert all(spec.hub_id != IDEFICS2_HUB_ID for spec in BUILTIN.models.values())
 
     checkpoint = tmp_path / "idefics2"
     build_architecture(

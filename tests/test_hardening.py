@@ -379,3 +379,24 @@ def test_tiny_checkpoints_are_readable_by_others_under_the_usual_umask(tmp_path:
     modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "tiny").iterdir()}
     assert modes["model.safetensors"] == 0o644
     assert set(modes.values()) == {0o644}
+
+
+def test_a_changed_chat_template_is_not_mixed_into_earlier_predictions(
+    make_panorama_data, tiny_checkpoint, run_runner, tmp_path: Path
+) -> None:
+    """Same arguments, but the checkpoint's template now renders another prompt (a new revision, or a template that
+    writes today's date): resuming would mix two prompts in one file."""
+    import shutil
+
+    data = make_panorama_data(tmp_path / "data", num_images=2)
+    checkpoint = tmp_path / "llava"
+    shutil.copytree(tiny_checkpoint("llava-1.5-7b"), checkpoint)
+    out = tmp_path / "results"
+    args = ["--model", "llava-1.5-7b", "--model-path", checkpoint, "--data", data.data_file, "--output-dir", out,
+            "--max-new-tokens", "3", "--device", "cpu", "--no-progress"]  # fmt: skip
+    run_runner(*args, "--limit", "2")
+    template = checkpoint / "chat_template.jinja"
+    template.write_text(template.read_text().replace("ASSISTANT:", "ASSISTANT (1 Dec 2026):"))
+    again = run_runner(*args, expect_ok=False)
+    assert again.returncode == 2 and "changed since" in again.stderr
+    assert len(predictions(out, "llava-1.5-7b")) == 2  # nothing appended

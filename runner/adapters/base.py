@@ -116,7 +116,9 @@ class Adapter:
             return_tensors="pt",
             **kwargs,
         )
-        return pin_memory(dict(inputs), self.device)
+        inputs = dict(inputs)
+        inputs.pop("labels", None)  # a training target some processors add (PaliGemma); generate never reads it
+        return pin_memory(inputs, self.device)
 
     def to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return move_inputs(inputs, self.device, self.dtype)

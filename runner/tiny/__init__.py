@@ -24,4 +24,7 @@ def build_tiny(model_name: str, out_dir: str) -> None:
     spec = get_model(model_name)
     if spec.tiny is None:
         raise ValueError(f"{model_name}: its catalogue entry names no tiny checkpoint builder (`tiny = ...`)")
+    import torch
+
+    torch.manual_seed(0)  # weights a builder does not draw itself (norms, biases) are the same on every build
     builder_for(spec.tiny)(spec, Path(out_dir))
