@@ -11,7 +11,8 @@ Per family (tiny random-weight checkpoint, float32, torch.compile with inductor 
    host-device sync on a GPU), eager vs compiled;
 3. a run of 40 samples (4 panorama sizes x 10 queries of different lengths) through runner.loop.run with an
    adapter whose generate() goes through the decoder, batch size 8 (the loop sorts by image size and prompt
-   length): the compilations the whole run causes, and the buckets.
+   length): the compilations the whole run causes, the buckets, and whether the 40 predictions equal those of the
+   same run with eager decoding.
 
 Tiny models on 2 shared CPU cores: the numbers say what compilation costs and how often it happens, and how much
 host work per step is left; they say nothing about the speed on a GPU.
@@ -20,6 +21,7 @@ host work per step is left; they say nothing about the speed on a GPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -32,6 +34,7 @@ import torch
 from PIL import Image
 
 from bench.synthetic import write_panorama_jpeg
+from contract import PredictionRecord, read_jsonl
 from runner.adapters import adapter_for
 from runner.adapters.base import GREEDY
 from runner.decoding import Decoder, make_decoder
@@ -141,13 +144,25 @@ def bench_family(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
                        num_workers=1, overwrite=True, progress=False)  # fmt: skip
     started = time.perf_counter()
     result = run(config, log=lambda line: None, adapter_class=adapter_class)
+    wall = time.perf_counter() - started
+    eager_config = dataclasses.replace(config, output_dir=work / f"run-{name}-eager")
+    started = time.perf_counter()
+    eager_result = run(eager_config, log=lambda line: None)
+    eager_wall = time.perf_counter() - started
     entry["run40"] = {
         "status": result.status,
         "samples": result.num_written,
-        "wall_s": round(time.perf_counter() - started, 1),
+        "compiled_wall_s": round(wall, 1),
+        "eager_wall_s": round(eager_wall, 1),
+        "predictions_identical_to_eager": predictions(result.predictions_file)
+        == predictions(eager_result.predictions_file),
         "report": run_decoder.report(),
     }
     return entry
+
+
+def predictions(path: str) -> dict[str, str]:
+    return {record.sample_id: record.prediction for record in read_jsonl(path, PredictionRecord)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,32 +2,34 @@
 
 On a GPU, Hugging Face `generate` with its default dynamic cache is host-bound: every decode step launches hundreds of
 small kernels from Python (docs/PERFORMANCE.md). `compiled` gives transformers a static KV cache and lets it compile
-the decode step (`cache_implementation="static"` + `compile_config`, transformers' own generation loop). The prefill,
-and with it every vision tower, stays eager. A compiled step is specialised to its shapes, so shapes come from a few
-buckets:
+the decode step (`cache_implementation="static"` + `compile_config`, transformers' own generation loop; CUDA graphs
+on CUDA via mode "reduce-overhead"). The prefill, and with it every vision tower, stays eager. A compiled step is
+specialised to its shapes, so shapes come from a few buckets:
 
 - batch: the smallest batch size already compiled that fits, else the next power of two. Extra rows are padding
   rows: one attended text token (the last real row's last prompt token) and no image token, so no image tensor
   changes; a stopping criterion marks them finished from the first step, so they never keep generation going.
+  After a CUDA out-of-memory error the failed size is not reused (the loop's halved batch is not padded back up).
 - KV cache length: the next size of 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x between them) that holds
   prompt + max_new_tokens; transformers keeps the largest cache length seen on a model, so the length only grows.
   The decode step sees the prompt only through the cache length, so decoder-only prompts are NOT padded: the
   prefill runs on exactly the tensors the processor made.
 - encoder-decoder models (BLIP-2 Flan-T5): the encoder output is an input of every decode step, so the encoder
-  input is padded on the right (masked) to the same length ladder.
+  input is padded on the right (masked) to the same ladder, never shorter than before.
 
-What `generate()` returns is the eager result's shape for the real rows: padding rows are sliced off, no prompt
+What `generate()` returns has the eager result's shape for the real rows: padding rows are sliced off, no prompt
 column is added, and generation stops when the real rows stop. Values agree token for token with eager in float32
-on the 8 tiny checkpoints (tests/test_decoding.py); with different kernels the logits differ in the last bits, so a
-near-tie between two tokens could still flip on another device or dtype.
+on the 8 tiny checkpoints (tests/test_decoding.py); compiled kernels round differently in the last bits, so a
+near-tie between two logits could still flip on another device or dtype.
 
-Host-device syncs left per decode step (transformers 5.24): the stop check (`bool(unfinished.max() == 0)`, one per
-step; transformers defers it only on MPS) and the mask builder's padding checks (`padding_mask.all()` in
-masking_utils) that run eagerly in `prepare_inputs_for_generation`. The compiled forward itself has none.
+Host reads of device values (each a host-device sync on a GPU) per decode step, counted on the CPU with the
+profiler (`aten::_local_scalar_dense`): eager 2 (Gemma 3: 3), compiled 1, the stop check
+(`bool(unfinished.max() == 0)`; transformers 5.24 defers it by a step only on MPS). The compiled forward has none.
+For Gemma 3, runner.patches.gemma3_decode_mask (applied here) removes host work the static-cache path adds per step.
 
-A model whose cache or generate path refuses (remote code, a transformers without CompileConfig, a compile error,
-more recompilations than the recompile limit) falls back to eager for the rest of the run with ONE reason, logged
-once and returned by `report()`. Use one decoder per loaded model.
+A model whose cache or generate path refuses (remote code, no torch.compile support declared, a transformers
+without CompileConfig, a compile error, more recompilations than the recompile limit) falls back to eager for the
+rest of the run with ONE reason, logged once and returned by `report()`. Use one decoder per loaded model.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class Decoder:
         return model.generate(**inputs, **generate_kwargs)
 
     def report(self) -> dict[str, Any]:
-        return {"decode": "eager", "requested": self.kind, "compilations": 0, "fallback_reason": None, "buckets": []}
+        return {"decode": "eager", "requested": self.kind, "compilations": 0, "compile_call_s": 0.0,
+                "fallback_reason": None, "buckets": []}  # fmt: skip
 
 
 class EagerDecoder(Decoder):
@@ -127,7 +130,11 @@ class CompiledDecoder(Decoder):
         try:
             return self._generate_compiled(model, inputs, generate_kwargs)
         except torch.OutOfMemoryError:
-            raise  # the loop halves the batch and retries; not a reason to stop compiling
+            # The loop halves the batch and retries: padding the smaller batch back up to a compiled size that did
+            # not fit would fail again, so sizes from the one that failed up are no longer reused.
+            failed = batch_bucket(inputs["input_ids"].shape[0], self._batch_sizes)
+            self._batch_sizes = {size for size in self._batch_sizes if size < failed}
+            raise
         except Exception as error:  # noqa: BLE001  (any refusal of the compiled path: one reason, then eager)
             first_line = (str(error).strip().splitlines() or [""])[0][:300]
             self._fall_back(f"compiled generate failed: {type(error).__name__}: {first_line}")

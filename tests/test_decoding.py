@@ -11,6 +11,7 @@ was, and the fallbacks with their reasons.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import StoppingCriteria
 
 from runner.adapters import adapter_for
 from runner.adapters.base import GREEDY
@@ -92,8 +94,6 @@ def early_stop_ids(adapter, inputs, eager_ids: torch.Tensor) -> list[int]:
 
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory: pytest.TempPathFactory):
-    import os
-
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     folder = tmp_path_factory.mktemp("torch_compile_cache")
     yield folder
@@ -128,6 +128,7 @@ def test_make_decoder_kinds():
         "decode": "eager",
         "requested": "eager",
         "compilations": 0,
+        "compile_call_s": 0.0,
         "fallback_reason": None,
         "buckets": [],
     }
@@ -213,33 +214,70 @@ def test_compiled_equals_eager(name, tiny_checkpoint, compile_cache):
     assert any(compile_cache.rglob("*")), "torch.compile wrote nothing into the cache folder"
 
 
+@pytest.fixture(scope="module")
+def compiled_llava(tiny_checkpoint, compile_cache):
+    """LLaVA-1.5's tiny checkpoint with a compiled decoder that has run batch bucket 4 once."""
+    adapter = load_adapter("llava-1.5-7b", tiny_checkpoint("llava-1.5-7b"))
+    decoder = make_decoder("compiled", cache_dir=compile_cache, log=lambda line: None)
+    with torch.inference_mode():
+        decoder.generate(adapter.model, make_batch(adapter, 3, 1), **generate_kwargs(adapter))
+    assert decoder.report()["buckets"][0]["batch"] == 4
+    return adapter, decoder
+
+
 @pytest.mark.slow
-def test_compile_cache_is_reused_by_a_new_process(tiny_checkpoint, compile_cache):
-    """The inductor FX graph cache in the caller's folder serves a second process: no graph is compiled anew."""
-    name = "llava-1.5-7b"
-    checkpoint = tiny_checkpoint(name)
+def test_compile_cache_is_reused_by_a_new_process(compiled_llava, tiny_checkpoint, compile_cache):
+    """The inductor FX graph cache in the caller's folder serves the next process: nothing is compiled anew."""
     script = f"""
 import json, sys, torch
+from pathlib import Path
 sys.path.insert(0, {str(REPO_ROOT)!r})
 from torch._dynamo.utils import counters
 from tests.test_decoding import load_adapter, make_batch, generate_kwargs
 from runner.decoding import make_decoder
 decoder = make_decoder("compiled", cache_dir={str(compile_cache)!r})
-adapter = load_adapter({name!r}, __import__("pathlib").Path({str(checkpoint)!r}))
+adapter = load_adapter("llava-1.5-7b", Path({str(tiny_checkpoint("llava-1.5-7b"))!r}))
 with torch.inference_mode():
     decoder.generate(adapter.model, make_batch(adapter, 3, 1), **generate_kwargs(adapter))
-print(json.dumps({{"hit": counters["inductor"]["fxgraph_cache_hit"], "miss": counters["inductor"]["fxgraph_cache_miss"],
+inductor = counters["inductor"]
+print(json.dumps({{"hit": inductor["fxgraph_cache_hit"], "miss": inductor["fxgraph_cache_miss"],
                   "report": decoder.report()}}))
 """
-    runs = []
-    for _ in range(2):  # the first run fills the folder if no earlier test did; the second must only hit
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    second = runs[1]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = json.loads(done.stdout.strip().splitlines()[-1])
     assert second["report"]["decode"] == "compiled" and second["report"]["compilations"] == 1
     assert second["hit"] >= 1 and second["miss"] == 0, second
+
+
+class RaiseOutOfMemory(StoppingCriteria):
+    """A CUDA out-of-memory error inside generate, as the decoder sees it (there is no GPU here to run out of):
+    raised at the first step, after recording the batch size generate ran with."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        self.rows.append(input_ids.shape[0])
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+
+@pytest.mark.slow
+def test_out_of_memory_propagates_and_the_failed_size_is_not_reused(compiled_llava):
+    """The loop halves the batch on OOM; the decoder must let the error through (no fallback) and must not pad the
+    halved batch back up to the compiled size that just failed."""
+    adapter, decoder = compiled_llava
+    out_of_memory = RaiseOutOfMemory()
+    kwargs = generate_kwargs(adapter, stopping_criteria=[out_of_memory])
+    with torch.inference_mode():
+        with pytest.raises(torch.OutOfMemoryError):
+            decoder.generate(adapter.model, make_batch(adapter, 3, 4), **kwargs)
+        with pytest.raises(torch.OutOfMemoryError):
+            decoder.generate(adapter.model, make_batch(adapter, 2, 5), **kwargs)
+    assert out_of_memory.rows == [4, 2]  # 3 rows ran in the compiled size 4; after it failed, 2 rows run as 2
+    report = decoder.report()
+    assert report["decode"] == "compiled" and report["fallback_reason"] is None
 
 
 # --- fallbacks -------------------------------------------------------------------------------------------------
