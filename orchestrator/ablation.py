@@ -133,6 +133,8 @@ def runner_argv(
         argv += ["--image-root", paths.image_root]
     if options.limit:
         argv += ["--limit", str(options.limit)]
+    if options.decode:
+        argv += ["--decode", options.decode]
     if options.shards > 1 and shard is not None:
         argv += ["--shard", f"{shard}/{options.shards}"]
     return argv + ["--progress", "json"]  # rendered live by the console

@@ -16,6 +16,7 @@ from orchestrator.engines import EngineError
 from orchestrator.plan import AblationOptions, PlanError, parse_models
 from runner.cli import batch_size, positive_int
 from runner.loop import AUTO
+from runner.registry import DECODE_KINDS
 
 MODELS_HELP = (
     "comma list of model names (`python -m orchestrator models` lists them), hf:Org/Name[@revision] for any Hub "
@@ -54,7 +55,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     )
     parser.add_argument("--image-root", type=Path, help="folder relative image paths are resolved against")
     parser.add_argument("--limit", type=positive_int, help="caption only the first N samples")
-    parser.add_argument("--dtype", help="runner --dtype (default: the registry's on GPU, float32 on CPU)")
+    parser.add_argument("--dtype", help="runner --dtype (default: the catalogue's on GPU, float32 on CPU)")
+    parser.add_argument(
+        "--decode", choices=DECODE_KINDS, help="eager or compiled decoding for every model (default: the catalogue's)"
+    )
     parser.add_argument("--prompt-template", help="instruction with a {query} field (default: the runner's)")
     parser.add_argument(
         "--hf-cache", type=Path, help="Hugging Face cache folder (default: $HF_HOME or ~/.cache/huggingface)"
@@ -151,6 +155,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         memory=args.memory,
         models_file=args.models_file,
         shards=args.shards,
+        decode=args.decode,
     )
 
 

@@ -78,6 +78,7 @@ class AblationOptions:
     container_user: str | None = None  # docker: UID:GID the containers run as (default: the invoking user)
     models_file: Path | None = None  # the user's own catalogue entries (TOML, as runner/catalogue.toml)
     shards: int = 1  # each model's samples in this many shards, one runner process each (contract.shards)
+    decode: str | None = None  # runner --decode for every model (None: each catalogue entry's default)
     memory: str | None = None  # docker: memory limit of each inference container (e.g. 64g); None: no limit
 
     def as_arguments(self) -> dict[str, Any]:

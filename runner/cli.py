@@ -27,7 +27,7 @@ from contract.lifetime import follow_parent
 from contract.shards import Shard, ShardError
 from runner.loop import AUTO, DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
 from runner.progress import PROGRESS_MODES
-from runner.registry import MODELS, UnknownModelError, get_model
+from runner.registry import DECODE_KINDS, MODELS, UnknownModelError, get_model
 
 
 def positive_int(text: str) -> int:
@@ -96,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="move existing predictions made with other arguments aside"
     )
     parser.add_argument(
+        "--decode",
+        choices=DECODE_KINDS,
+        help="eager (HF generate) or compiled (static KV cache + compiled decode step); default: the catalogue's",
+    )
+    parser.add_argument(
+        "--compile-cache", type=Path, help="torch.compile cache folder (default: OUTPUT/.torch-compile)"
+    )
+    parser.add_argument(
+        "--preprocess-workers",
+        type=positive_int,
+        default=2,
+        help="processor threads preparing the next batches, each with its own processor copy (default 2)",
+    )
+    parser.add_argument(
         "--progress",
         choices=PROGRESS_MODES,
         default="bar",
@@ -129,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         progress="none" if args.no_progress else args.progress,
         models_file=args.models_file,
         shard=args.shard,
+        decode=args.decode,
+        compile_cache=args.compile_cache,
+        preprocess_workers=args.preprocess_workers,
     )
     exit_code = 0
     try:

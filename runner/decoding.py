@@ -45,9 +45,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from runner.patches import gemma3_decode_mask
+from runner.registry import DECODE_KINDS  # noqa: E402  (the one list, also read by the torch-free CLI)
 
 DecodeKind = Literal["eager", "compiled"]
-DECODE_KINDS: tuple[str, ...] = ("eager", "compiled")
 
 MIN_LENGTH_BUCKET = 16
 # The sliding-window cache layer (Gemma 3) tracks its fill level in a Python int; compiled as a constant, every decode

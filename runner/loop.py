@@ -94,6 +94,9 @@ class RunConfig:
     progress: str = "bar"  # bar | json | none (runner.progress)
     models_file: Path | None = None  # the user's catalogue entries (--models-file), besides the built-in ones
     shard: Shard | None = None  # caption only this shard of the samples (contract.shards), into its own file
+    decode: str | None = None  # eager | compiled; None: the catalogue entry's default (runner.decoding)
+    compile_cache: Path | None = None  # torch.compile's caches, kept across runs; None: <output_dir>/.torch-compile
+    preprocess_workers: int = 2  # processor threads, each with its own processor copy (runner.preprocess)
 
 
 @dataclass
@@ -435,6 +438,8 @@ def run(
                 "min_new_tokens": config.min_new_tokens,
                 "max_image_side": max_side,
                 "max_image_pixels": config.max_image_pixels,
+                # Requested path: compiled kernels round differently in the last bits, so runs do not mix them.
+                "decode": config.decode or spec.decode,
             },
             data_file=str(Path(config.data_file).resolve()),
             data_sha256=file_sha256(config.data_file),
@@ -490,6 +495,7 @@ def run(
         stats = RunStats(batch_size_used=fixed_batch_size)
         timings: dict[str, float] = {}
         already = [done[s.sample_id] for s in samples if s.sample_id in done]
+        decoders: list[Any] = []  # the one decoder of the loaded model, for the manifest
         progress = Progress(config.progress, len(samples), len(already), sum(1 for r in already if r.error))  # type: ignore[arg-type]
         if todo_samples:
             stale = mark_derived_stale(config.output_dir, spec.name)
@@ -498,7 +504,7 @@ def run(
             try:
                 _generate_all(
                     config, spec, adapter_class, device, dtype_name, max_side, todo_samples, predictions_path, manifest,
-                    stats, timings, log, progress,
+                    stats, timings, log, progress, decoders,
                 )  # fmt: skip
             except BaseException as error:
                 # What was written stays (a restart resumes); the manifest says the run did not finish, and why.
@@ -508,9 +514,13 @@ def run(
                     stats.batch_size_used, stats.oom_retries, timings,
                 )  # fmt: skip
                 manifest.finished_at = now()
+                if decoders:
+                    manifest.decode = decoders[0].report()  # type: ignore[attr-defined]
                 write_json_atomic(manifest_path, manifest)
                 raise
         progress.close()
+        if decoders:
+            manifest.decode = decoders[0].report()  # type: ignore[attr-defined]  (path that ran, compilations)
 
         # --- outputs for people and for the orchestrator -------------------------------------------------------
         all_records = {record.sample_id: record for record in read_done(predictions_path)}
@@ -566,6 +576,7 @@ def _generate_all(
     timings: dict[str, float],
     log: Callable[[str], None],
     progress: Progress,
+    decoders: list[Any],
 ) -> None:
     import torch
 
@@ -581,6 +592,15 @@ def _generate_all(
     loaded = adapter_class.load(source, revision=revision, dtype=dtype, device=device, spec=spec)
     adapter = adapter_class(spec, loaded, device, dtype)
     timings["load_s"] = round(time.perf_counter() - started, 3)
+    from runner.decoding import make_decoder
+    from runner.patches import apply_patches
+
+    if device.type == "cuda":
+        for note in apply_patches(adapter.model, spec.patches):
+            log(note)
+    cache = config.compile_cache or config.output_dir / ".torch-compile"
+    adapter.decoder = make_decoder(config.decode or spec.decode, cache_dir=cache, log=log)
+    decoders.append(adapter.decoder)
     manifest.resolved_revision = adapter.resolved_revision
     for key, value in adapter.manifest_extras().items():
         setattr(manifest, key, value)
@@ -623,9 +643,14 @@ def _generate_all(
 
     writer = PredictionWriter(predictions_path)
     generated_count = 0
-    image_batches = prefetch_batches(batched(pending, batch_size), load, num_workers=config.num_workers)
+    # Images are loaded a few batches further ahead than the processor works, so it never waits for a decode.
+    ahead = max(2, config.preprocess_workers + 1)
+    image_batches = prefetch_batches(
+        batched(pending, batch_size), load, num_workers=config.num_workers, batches_ahead=ahead
+    )
     try:
-        for batch, failed, ready, prepared in _preprocess_ahead(adapter, spec, image_batches):
+        workers = max(1, config.preprocess_workers)
+        for batch, failed, ready, prepared in _preprocess_ahead(adapter, spec, image_batches, workers):
             records = dict(failed)
             started = time.perf_counter()
             for item, prediction, error in _generate_with_oom_retry(adapter, ready, prepared, config, stats):
@@ -647,18 +672,34 @@ def _preprocess_ahead(
     adapter: Any,
     spec: ModelSpec,
     image_batches: Iterator[tuple[list[PendingSample], list[Any]]],
+    workers: int = 1,
 ) -> Iterator[tuple[list[PendingSample], dict[int, PredictionRecord], list[tuple[PendingSample, Any]], Any]]:
-    """Yield (batch, records of failed images, ready (item, image) pairs, Future of the processor output) while a
-    worker thread already runs the processor on the NEXT batch, so tokenising and pixel preprocessing overlap
-    generation instead of leaving the GPU idle between batches.
+    """Yield (batch, records of failed images, ready (item, image) pairs, Future of the processor output) IN ORDER
+    while `workers` threads already run the processor on the next batches, so tokenising and pixel preprocessing
+    overlap generation instead of leaving the GPU idle between batches.
 
-    ONE thread: a fast tokenizer called with padding from two threads at once fails ("Already borrowed"), since
-    padding settings live on the shared Rust object."""
+    Each worker holds its OWN processor copy: a fast tokenizer called with padding from two threads at once fails
+    ("Already borrowed"), since padding settings live on the shared Rust object. Image decoding, resizing and the
+    tokenizers' Rust code release the GIL, so threads do run side by side."""
+    import copy
+    import queue
     from concurrent.futures import ThreadPoolExecutor
 
     from runner.images import ImageLoadError
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess") as executor:
+    processors: queue.Queue[Any] = queue.Queue()
+    processors.put(adapter.processor)
+    for _ in range(workers - 1):
+        processors.put(copy.deepcopy(adapter.processor))
+
+    def preprocess(images: list[Any], prompts: list[str]) -> Any:
+        processor = processors.get()
+        try:
+            return adapter.preprocess(images, prompts, processor)
+        finally:
+            processors.put(processor)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess") as executor:
         ahead: deque[tuple[list[PendingSample], dict[int, PredictionRecord], list[tuple[PendingSample, Any]], Any]]
         ahead = deque()
         for batch, images in image_batches:
@@ -670,12 +711,12 @@ def _preprocess_ahead(
                 else:
                     ready.append((item, image))
             prepared = (
-                executor.submit(adapter.preprocess, [image for _, image in ready], [item.prompt for item, _ in ready])
+                executor.submit(preprocess, [image for _, image in ready], [item.prompt for item, _ in ready])
                 if ready
                 else None
             )
             ahead.append((batch, failed, ready, prepared))
-            if len(ahead) > 1:
+            if len(ahead) > workers:  # one batch per worker in preparation while the oldest is generated
                 yield ahead.popleft()
         yield from ahead
 

@@ -21,6 +21,8 @@ HUB_PREFIX = "hf:"
 GENERIC_FAMILY = "generic"
 # The adapters a catalogue entry can name (runner/adapters/); checked here without importing torch.
 ADAPTERS = ("auto", "internvl2")
+# How batched greedy generation runs (runner.decoding): plain HF generate, or a static cache + compiled decode step.
+DECODE_KINDS = ("eager", "compiled")
 # A model name becomes part of file names (<model>_predictions.jsonl): letters, digits and . _ - @ only.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -51,6 +53,8 @@ class ModelSpec(BaseModel):
     tiny: str | None = None  # runner/tiny builder of the entry's tiny random-weight checkpoint
     verified: str = ""
     in_all: bool = True  # part of `--models all`
+    decode: Literal["eager", "compiled"] = "eager"  # the default --decode for this model (runner.decoding)
+    patches: tuple[str, ...] = ()  # runner/patches/* applied after loading on a GPU (e.g. "qwen2_5_vl_vision")
     source: str = "built-in"  # the catalogue file the entry came from, or "hf:" for a Hub name
 
     @field_validator("name")

@@ -356,3 +356,25 @@ def test_gemma3_decode_mask_patch_builds_the_same_masks(tiny_checkpoint):
     assert steps == [True] + [False] * (MAX_NEW_TOKENS - 1)  # the prefill keeps the overlay, decode steps drop it
     assert "create_masks_for_generate" not in vars(model)  # remove() restored the class's builder
     assert not gemma3_decode_mask.apply(load_adapter("llava-1.5-7b", tiny_checkpoint("llava-1.5-7b")).model)
+
+
+@pytest.mark.slow
+def test_the_runner_decodes_compiled_with_the_same_predictions_and_records_it(
+    tiny_checkpoint, make_panorama_data, run_runner, tmp_path
+):
+    """`python -m runner --decode compiled` end to end: predictions equal to eager, the path and its compilations
+    in `<model>_run.json`, and the requested path part of what a resume must match."""
+    data = make_panorama_data(tmp_path / "data", num_images=3)
+    checkpoint = tiny_checkpoint("llava-1.5-7b")
+    common = ["--model", "llava-1.5-7b", "--model-path", checkpoint, "--data", data.data_file, "--batch-size", "4",
+              "--max-new-tokens", "6", "--device", "cpu", "--no-progress"]  # fmt: skip
+    eager = run_runner(*common, "--output-dir", tmp_path / "eager", timeout=600)
+    compiled = run_runner(*common, "--output-dir", tmp_path / "compiled", "--decode", "compiled", timeout=900)
+    by_id = {r.sample_id: r.prediction for r in eager.predictions}
+    assert {r.sample_id: r.prediction for r in compiled.predictions} == by_id
+    report = compiled.manifest.decode  # type: ignore[union-attr]
+    assert report["decode"] == "compiled" and report["fallback_reason"] is None and 1 <= report["compilations"] <= 2
+    assert eager.manifest.decode["decode"] == "eager"  # type: ignore[union-attr]
+    assert compiled.manifest.decoding["decode"] == "compiled"  # type: ignore[union-attr]
+    mixed = run_runner(*common, "--output-dir", tmp_path / "compiled", expect_ok=False)  # eager onto compiled
+    assert mixed.returncode == 2 and "made with other arguments" in mixed.stderr

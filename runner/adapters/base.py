@@ -53,6 +53,7 @@ class Adapter:
         self.resolved_revision = loaded.resolved_revision
         self.device = device
         self.dtype = dtype
+        self.decoder: Any = None  # runner.decoding.Decoder; None: plain model.generate
         # Decoder-only models pad on the left and return prompt + answer; encoder-decoder models (BLIP-2 with
         # Flan-T5) return only the answer. Read from the LOADED config, never from the model's name.
         config = self.model.config
@@ -101,15 +102,17 @@ class Adapter:
             )
         return self.spec.prompt_format.format(prompt=instruction)
 
-    def preprocess(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
-        """Processor call for one batch, on the CPU (the loop runs it in a worker thread, overlapping generation).
+    def preprocess(self, images: list[Image.Image], prompts: list[str], processor: Any = None) -> dict[str, Any]:
+        """Processor call for one batch, on the CPU (the loop runs it in worker threads, overlapping generation).
 
-        Left padding is set in __init__; tensors come back in pinned memory so the copy to the GPU is asynchronous.
+        `processor`: the worker's own copy of self.processor (one per thread). Left padding is set in __init__;
+        tensors come back in pinned memory so the copy to the GPU is asynchronous.
         """
+        processor = processor or self.processor
         kwargs: dict[str, Any] = {}
         if template_wrote_bos(self.tokenizer, prompts):
             kwargs["add_special_tokens"] = False  # a second <bos> would change the model's input
-        inputs = self.processor(
+        inputs = processor(
             images=[[image] for image in images] if self.spec.nested_images else images,
             text=prompts,
             padding=True,
@@ -135,15 +138,17 @@ class Adapter:
         GREEDY overrides what a checkpoint's generation_config sets (Qwen2.5-VL ships sampling settings and a
         repetition penalty), so every model decodes the same way and the manifest says exactly how.
         """
+        kwargs = {
+            **GREEDY,
+            "max_new_tokens": max_new_tokens,
+            "min_new_tokens": min_new_tokens or None,
+            "pad_token_id": self.pad_token_id,
+            **self.generation_kwargs(),
+        }
         with torch.inference_mode():
-            return self.model.generate(
-                **inputs,
-                **GREEDY,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens or None,
-                pad_token_id=self.pad_token_id,
-                **self.generation_kwargs(),
-            )
+            if self.decoder is not None:
+                return self.decoder.generate(self.model, inputs, **kwargs)
+            return self.model.generate(**inputs, **kwargs)
 
     def manifest_extras(self) -> dict[str, Any]:
         """Extra keys for `<model>_run.json` about how the model was loaded (e.g. a checkpoint conversion)."""

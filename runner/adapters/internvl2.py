@@ -360,10 +360,11 @@ class InternVL2Adapter(Adapter):
             return internvl2_chat_prompt(instruction, self.system_message)
         return super().build_prompt(instruction)
 
-    def preprocess(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
-        if self.remote:
-            return pin_memory(remote_inputs(self.tokenizer, self.layout, images, prompts), self.device)
-        return super().preprocess(images, prompts)
+    def preprocess(self, images: list[Image.Image], prompts: list[str], processor: Any = None) -> dict[str, Any]:
+        if self.remote:  # the "processor" of the remote checkpoint is its tokenizer
+            tokenizer = processor or self.tokenizer
+            return pin_memory(remote_inputs(tokenizer, self.layout, images, prompts), self.device)
+        return super().preprocess(images, prompts, processor)
 
     def generation_kwargs(self) -> dict[str, Any]:
         # As the remote chat(): stop at the template's turn separator.
