@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from contract import (
     ABLATION_MANIFEST,
@@ -77,6 +78,7 @@ class AblationOutcome:
     scoring_ok: bool | None
     seconds: float
     interrupted: bool = False
+    detached: bool = False  # slurm --detach: submitted, not waited for
     result_files: list[Path] = field(default_factory=list)
 
     @property
@@ -87,26 +89,46 @@ class AblationOutcome:
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
+        if self.detached:
+            return 0
         return 0 if not self.failed and self.scoring_ok is not False else 1
 
 
-def make_engine(name: str, container_user: str | None = None, memory: str | None = None) -> Engine:
-    """`docker`, `local`, or `auto` (docker when an engine answers at DOCKER_HOST, else local)."""
+def make_engine(
+    name: str, container_user: str | None = None, memory: str | None = None, options: AblationOptions | None = None
+) -> Engine:
+    """`docker`, `local`, `slurm`, or `auto` (docker when an engine answers at DOCKER_HOST, else local)."""
     from orchestrator.engines import LocalEngine
 
     if name == "local":
         return LocalEngine()
+    if name == "slurm":
+        from orchestrator.slurm import parse_slurm_args
+        from orchestrator.slurm_engine import SlurmEngine, SlurmSettings
+
+        options = options or AblationOptions(models=[], data_file=Path(), output_dir=Path())
+        if options.container_runtime not in ("none", "apptainer", "pyxis"):
+            raise PlanError(f"--container-runtime {options.container_runtime!r}: one of none, apptainer, pyxis")
+        settings = SlurmSettings(
+            runtime=options.container_runtime,  # type: ignore[arg-type]
+            slurm_args=parse_slurm_args(options.slurm_args),
+            setup=options.slurm_setup.resolve() if options.slurm_setup else None,
+            gpus_per_task=options.slurm_gpus,
+            gpu_type=options.slurm_gpu_type,
+            sif_dir=options.sif_dir.resolve() if options.sif_dir else None,
+        )
+        return SlurmEngine(settings)
     from orchestrator import docker_engine
 
     if name == "docker" or (name == "auto" and docker_engine.engine_answers()):
         return docker_engine.DockerEngine(user=container_user, memory=memory)
     if name == "auto":
         return LocalEngine()
-    raise PlanError(f"--engine {name!r}: expected auto, docker or local")
+    raise PlanError(f"--engine {name!r}: expected auto, docker, local or slurm")
 
 
 def image_for(options: AblationOptions, spec: ModelSpec) -> str:
-    return options.images.get(spec.family, spec.image)
+    return options.images.get(spec.family, spec.image_ref)
 
 
 def runner_argv(
@@ -192,6 +214,7 @@ class Ablation:
         self.versions: dict[str, str] = {}
         self.random_weights = False  # a tiny random-weight checkpoint ran: the closing block says so
         self._lock = threading.Lock()  # tasks of one model may end on several worker threads
+        self.slurm_record: dict[str, Any] | None = None  # the slurm engine's run id and scoring job
 
     # --- manifest ------------------------------------------------------------------------------------------
 
@@ -210,6 +233,7 @@ class Ablation:
             started_at=iso(self.started),
             finished_at=iso(finished) if finished else None,
             num_samples=self.plan.num_samples,
+            slurm=self.slurm_record,
             catalogue_entries={
                 spec.name: spec.model_dump(exclude={"name", "source"}, exclude_defaults=True)
                 for spec in self.plan.specs
@@ -497,11 +521,15 @@ class Ablation:
         assert self.plan is not None
         plan, options = self.plan, self.options
         mode = "one model per GPU, in parallel" if options.parallel else "sequential"
+        if self.engine.name == "slurm":
+            mode = f"one job array per model, {options.shards} shard task(s) each, runtime {options.container_runtime}"
+        elif options.shards > 1:
+            mode = f"{options.shards} shards per model, one task per listed GPU at a time"
         lines = [
             ("data file", str(plan.data_file)),
             ("output dir", str(plan.output_dir)),
             ("batch size", str(options.batch_size)),
-            ("engine", f"{self.engine.name} ({self.gpus.describe()}; {mode})"),
+            ("engine", f"{self.engine.name} ({self.engine_gpus()}; {mode})"),
         ]
         if options.limit:
             lines.append(("subset", f"the first {plan.num_samples} samples (--limit {options.limit})"))
@@ -513,6 +541,10 @@ class Ablation:
             image = f", image {record.image}" if record.image else ""
             lines.append(("model" if outcome.index == 1 else "", f"{record.model_name}: {where}{image}"))
         return lines
+
+    def engine_gpus(self) -> str:
+        describe = getattr(self.engine, "describe_gpus", None)
+        return describe() if describe else self.gpus.describe()
 
     def _interrupted_message(self, outcome: ModelOutcome) -> str:
         """What an interruption left of one model, counted from its predictions file."""
@@ -596,12 +628,17 @@ class Ablation:
         clock_start = time.monotonic()
         interrupted = False
         scoring_ok: bool | None = None
+        detached = False
         try:
             if not plan.model_path_root and not self.options.skip_fetch:
                 self.fetch()
-            self.run_models()
-            scoring_ok = self.score()
-            self.print_metrics()
+            if getattr(self.engine, "batch_jobs", False):
+                scoring_ok, detached = self.run_as_jobs()
+            else:
+                self.run_models()
+                scoring_ok = self.score()
+            if not detached:
+                self.print_metrics()
         except KeyboardInterrupt:
             interrupted = True
             self.console.line("interrupted: stopping and removing everything this run started ...")
@@ -614,15 +651,38 @@ class Ablation:
             self.engine.stop_all()
         outcome = AblationOutcome(
             plan=plan,
-            manifest_path=self.write_manifest(finished=now()),
+            manifest_path=self.write_manifest(finished=None if detached else now()),
             models=self.outcomes,
             scoring_ok=scoring_ok,
             seconds=time.monotonic() - clock_start,
             interrupted=interrupted,
+            detached=detached,
         )
         outcome.result_files = self.result_files()
-        self.closing(outcome)
+        if not detached:
+            self.closing(outcome)
         return outcome
+
+    def run_as_jobs(self) -> tuple[bool | None, bool]:
+        """The slurm engine: submit every job, then watch them (or return at once with --detach)."""
+        assert self.plan is not None
+        submitted = self.engine.submit_ablation(self)  # type: ignore[attr-defined]
+        self.slurm_record = {
+            "run_id": submitted.run_id,
+            "scoring_job": submitted.scoring_job,
+            "shards": self.options.shards,
+            "runtime": self.options.container_runtime,
+        }
+        self.write_manifest()
+        jobs = ", ".join(f"{name} {job.job_id}" for name, job in submitted.models.items())
+        self.console.line(f"submitted run {submitted.run_id}: {jobs}; scoring {submitted.scoring_job}")
+        if self.options.detach:
+            self.console.line(
+                f"detached: `python -m orchestrator status --output-dir {self.plan.output_dir}` reports it; "
+                "rerunning the same command resumes what is missing"
+            )
+            return None, True
+        return self.engine.watch(self, submitted), False  # type: ignore[attr-defined]
 
 
 def _version(distribution: str) -> str:

@@ -43,7 +43,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         default="auto",
         help="all | none | 0,1 | auto (default: CUDA_VISIBLE_DEVICES, else all the engine has)",
     )
-    parser.add_argument("--engine", choices=("auto", "docker", "local"), default="auto")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "docker", "local", "slurm"),
+        default="auto",
+        help="auto (docker when an engine answers at DOCKER_HOST, else local), docker, local, or slurm (jobs)",
+    )
     parser.add_argument("--model-path-root", type=Path, help="use local checkpoints DIR/<model> (e.g. tiny ones)")
     parser.add_argument("--timeout", type=float, help="seconds per model before its container is killed")
     parser.add_argument("--parallel", action="store_true", help="one model per GPU at a time (needs --gpus 0,1,...)")
@@ -72,6 +77,25 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     )
     parser.add_argument("--memory", help="docker: memory limit of each inference container, e.g. 64g (default: none)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    slurm = parser.add_argument_group("slurm engine (--engine slurm)")
+    slurm.add_argument(
+        "--container-runtime",
+        choices=("none", "apptainer", "pyxis"),
+        default="none",
+        help="how jobs run the command: the nodes' Python (none), an Apptainer .sif, or pyxis/enroot",
+    )
+    slurm.add_argument(
+        "--slurm-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an sbatch option for every job, e.g. partition=gpu, account=lab, time=02:00:00, mem=64G (repeatable)",
+    )
+    slurm.add_argument("--slurm-setup", type=Path, help="a file sourced at the top of every job (modules, a venv)")
+    slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per task (--gres=gpu:N; 0: CPU jobs)")
+    slurm.add_argument("--slurm-gpu-type", help="a GPU type for --gres=gpu:TYPE:N, e.g. a100")
+    slurm.add_argument("--sif-dir", type=Path, help="apptainer: the folder of <family>.sif images (make sif)")
+    slurm.add_argument("--detach", action="store_true", help="submit, print the job ids and return")
     parser.add_argument(
         "--image", action="append", default=[], metavar="FAMILY=IMAGE", help="use another image for a family or scoring"
     )
@@ -110,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--scoring-base-image", help="BASE_IMAGE of the scoring image (default: the Dockerfile's)")
     images.add_argument("--offline", action="store_true", help="install only from images/wheelhouse (PIP_NO_INDEX=1)")
     images.add_argument("--skip-spice-jars", action="store_true", help="no CoreNLP download (SPICE unavailable)")
+
+    status = commands.add_parser("status", help="report a run (a detached slurm run: its jobs' states)")
+    status.add_argument("--output-dir", type=Path, default=Path("results"), help="the run's results folder")
 
     models = commands.add_parser("models", help="list the models you can name, with what is verified for each")
     models.add_argument("--models-file", type=Path, help="your own catalogue entries (TOML), listed too")
@@ -156,6 +183,13 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         models_file=args.models_file,
         shards=args.shards,
         decode=args.decode,
+        slurm_args=list(args.slurm_arg),
+        slurm_setup=args.slurm_setup,
+        container_runtime=args.container_runtime,
+        slurm_gpus=args.slurm_gpus,
+        slurm_gpu_type=args.slurm_gpu_type,
+        sif_dir=args.sif_dir,
+        detach=args.detach,
     )
 
 
@@ -174,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.ablation import Ablation, make_engine
 
             options = options_from_args(args)
-            ablation = Ablation(options, make_engine(options.engine, options.container_user, options.memory))
+            engine = make_engine(options.engine, options.container_user, options.memory, options)
+            ablation = Ablation(options, engine)
             ablation.prepare()
             return ablation.run().exit_code
         if args.command == "fetch":
@@ -189,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.images import images_command
 
             return images_command(args)
+        if args.command == "status":
+            from orchestrator.status import status_command
+
+            return status_command(args)
         if args.command == "models":
             from orchestrator.models import models_command
 

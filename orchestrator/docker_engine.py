@@ -22,7 +22,21 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Mount
 
-from orchestrator.engines import Engine, EngineError, LineSink, RunPaths, Task, TaskResult, pump_lines
+from orchestrator.engines import (
+    DATA_DIR,
+    HF_CACHE_DIR,
+    IMAGES_DIR,
+    MODELS_DIR,
+    MODELS_FILE,
+    RESULTS_DIR,
+    Engine,
+    EngineError,
+    LineSink,
+    RunPaths,
+    Task,
+    TaskResult,
+    pump_lines,
+)
 from orchestrator.plan import GpuSelection, Plan, PlanError
 
 LABEL_MANAGED = "io.vlm-ablation.managed"
@@ -33,13 +47,6 @@ LABEL_OUTPUT_DIR = "io.vlm-ablation.output-dir"
 LABEL_OWNER_PID = "io.vlm-ablation.orchestrator-pid"
 LABEL_OWNER_HOST = "io.vlm-ablation.orchestrator-host"
 
-# Where things sit inside the containers (the images create these folders).
-DATA_DIR = "/data"
-RESULTS_DIR = "/results"
-MODELS_DIR = "/models"
-IMAGES_DIR = "/images"
-HF_CACHE_DIR = "/cache/huggingface"
-MODELS_FILE = "/catalogue/models.toml"  # the user's --models-file, read-only
 TOKEN_FILE = "/run/secrets/hf_token"  # the fetch step's Hub token, mounted read-only (HF_TOKEN_PATH)
 # Limits of every container: a fork bomb or runaway thread pool stops at PIDS_LIMIT; memory is opt-in (--memory),
 # since a model's host memory need is not known in advance and the OOM message then names the fix.

@@ -25,6 +25,15 @@ TaskKind = Literal["runner", "scoring", "fetch"]
 
 # Hub tokens, read from the orchestrator's environment for the fetch step only (given to it as a file).
 HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+# Where things sit inside a container, for every container runtime (docker, apptainer, pyxis); the images create
+# these folders.
+DATA_DIR = "/data"
+RESULTS_DIR = "/results"
+MODELS_DIR = "/models"
+IMAGES_DIR = "/images"
+HF_CACHE_DIR = "/cache/huggingface"
+MODELS_FILE = "/catalogue/models.toml"  # the user's --models-file, read-only
 # The module each kind of task runs (the images' ENTRYPOINTs are `python -m runner` / `python -m scoring`).
 TASK_MODULES: dict[str, str] = {"runner": "runner", "scoring": "scoring", "fetch": "orchestrator.hub_fetch"}
 

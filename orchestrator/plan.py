@@ -79,6 +79,14 @@ class AblationOptions:
     models_file: Path | None = None  # the user's own catalogue entries (TOML, as runner/catalogue.toml)
     shards: int = 1  # each model's samples in this many shards, one runner process each (contract.shards)
     decode: str | None = None  # runner --decode for every model (None: each catalogue entry's default)
+    # The slurm engine (orchestrator/slurm_engine.py): sbatch options, setup file, runtime, GPUs per task, detach.
+    slurm_args: list[str] = field(default_factory=list)
+    slurm_setup: Path | None = None
+    container_runtime: str = "none"
+    slurm_gpus: int = 1
+    slurm_gpu_type: str | None = None
+    sif_dir: Path | None = None
+    detach: bool = False
     memory: str | None = None  # docker: memory limit of each inference container (e.g. 64g); None: no limit
 
     def as_arguments(self) -> dict[str, Any]:

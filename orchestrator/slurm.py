@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from orchestrator.engines import EngineError
+from orchestrator.engines import (
+    DATA_DIR,
+    HF_CACHE_DIR,
+    HF_TOKEN_VARIABLES,
+    IMAGES_DIR,
+    MODELS_DIR,
+    RESULTS_DIR,
+    EngineError,
+)
 from orchestrator.plan import PlanError
 
 # --- what the job sees ---------------------------------------------------------------------------------------------
@@ -40,17 +48,9 @@ from orchestrator.plan import PlanError
 EXPORTED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
 # Inference runs offline, as the local and docker engines run it.
 OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # Names of variables that hold credentials: never passed to a Slurm command, never written into a job script.
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_KEY|CREDENTIAL", re.IGNORECASE)
 
-# In-container paths: the same as the docker engine's (orchestrator/docker_engine.py DATA_DIR ... HF_CACHE_DIR),
-# repeated because importing that module needs the Docker SDK, which a Slurm host need not have.
-DATA_DIR = "/data"
-RESULTS_DIR = "/results"
-MODELS_DIR = "/models"
-IMAGES_DIR = "/images"
-HF_CACHE_DIR = "/cache/huggingface"
 CONTAINER_WORKDIR = "/tmp"
 
 Runtime = Literal["none", "apptainer", "pyxis"]
@@ -208,7 +208,7 @@ def render_job_script(spec: SlurmJobSpec) -> str:
             f"source {shlex.quote(os.path.abspath(spec.setup))}",  # the job runs in --chdir, not here
             "set -u",
         ]
-    lines.append(f"unset {' '.join(TOKEN_VARIABLES)}")
+    lines.append(f"unset {' '.join(HF_TOKEN_VARIABLES)}")
     environment = {**(OFFLINE_ENVIRONMENT if spec.offline else {}), **spec.environment}
     lines += [f"export {name}={shlex.quote(value)}" for name, value in environment.items()]
     task = " task ${SLURM_ARRAY_TASK_ID}" if spec.array is not None else ""

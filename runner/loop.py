@@ -607,17 +607,6 @@ def _generate_all(
     manifest.device_name = device_name(device_str)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if config.batch_size == AUTO:
-        free = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
-        from runner.memory import gb_per_sample
-
-        per_sample, how = gb_per_sample(spec, adapter.model.config, config.max_new_tokens)
-        stats.batch_size_used = auto_batch_size(per_sample, free, len(todo_samples))
-        manifest.gb_per_sample = {"value": per_sample, "source": how}  # type: ignore[attr-defined]
-        free_text = f"{free / 1e9:.1f} GB free, {per_sample:.3f} GB per sample ({how})" if free else "CPU"
-        log(f"batch size auto: {stats.batch_size_used} ({free_text})")
-    batch_size = stats.batch_size_used
-
     # The text the model sees depends on the checkpoint's chat template too (a new revision, a template that writes
     # today's date): a fingerprint of it must match the one the existing predictions were made with.
     fingerprint = prompt_fingerprint(adapter.build_prompt(config.prompt_template.format(query="<query>")))
@@ -640,6 +629,10 @@ def _generate_all(
 
     def load(item: PendingSample) -> Any:
         return load_image(item.sample.image_path, limits)
+
+    if config.batch_size == AUTO:
+        stats.batch_size_used = _auto_batch_size(config, spec, adapter, device, pending, load, manifest, log)
+    batch_size = stats.batch_size_used
 
     writer = PredictionWriter(predictions_path)
     generated_count = 0
@@ -666,6 +659,36 @@ def _generate_all(
     timings["samples_per_s"] = round(generated_count / stats.generate_s, 3) if stats.generate_s > 0 else 0.0
     if device.type == "cuda":
         manifest.peak_gpu_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+
+
+def _auto_batch_size(
+    config: RunConfig, spec: ModelSpec, adapter: Any, device: Any, pending: list[PendingSample], load: Any,
+    manifest: RunManifest, log: Callable[[str], None],
+) -> int:  # fmt: skip
+    """--batch-size auto after loading: free GPU memory / memory per sample (measured, or estimated from the config
+    and one real sample's inputs: its exact prompt length and pixel count)."""
+    import torch
+
+    from runner.images import ImageLoadError
+    from runner.memory import gb_per_sample
+
+    if device.type != "cuda":
+        log(f"batch size auto: {AUTO_BATCH_CPU} (CPU)")
+        return auto_batch_size(1.0, None, len(pending))
+    free = int(torch.cuda.mem_get_info(device)[0])
+    sample_inputs = None
+    if spec.gpu_gb_per_sample is None:
+        # The longest prompt of the run (the sort puts the largest images last), its image really preprocessed.
+        probe = max(pending, key=lambda item: len(item.prompt))
+        try:
+            sample_inputs = adapter.preprocess([load(probe)], [probe.prompt])
+        except ImageLoadError:
+            sample_inputs = None
+    per_sample, how = gb_per_sample(spec, adapter.model.config, config.max_new_tokens, sample_inputs)
+    size = auto_batch_size(per_sample, free, len(pending))
+    manifest.gb_per_sample = {"value": per_sample, "source": how}  # type: ignore[attr-defined]
+    log(f"batch size auto: {size} ({free / 1e9:.1f} GB free, {per_sample:.3f} GB per sample, {how})")
+    return size
 
 
 def _preprocess_ahead(

@@ -27,7 +27,6 @@ from slurm_cluster import (
     stop_cluster,
 )
 
-from orchestrator import slurm
 from orchestrator.engines import EngineError
 from orchestrator.plan import PlanError
 from orchestrator.slurm import (
@@ -487,12 +486,6 @@ def test_rendered_apptainer_and_pyxis_commands_golden(tmp_path: Path) -> None:
         "/d:/data:ro",
         "/r:/results",
     ]
-
-
-def test_container_paths_are_the_docker_engines() -> None:
-    docker_engine = pytest.importorskip("orchestrator.docker_engine", reason="needs the Docker SDK (docker-py)")
-    names = ("DATA_DIR", "RESULTS_DIR", "MODELS_DIR", "IMAGES_DIR", "HF_CACHE_DIR")
-    assert [getattr(slurm, name) for name in names] == [getattr(docker_engine, name) for name in names]
 
 
 def test_rendered_commands_refuse_what_cannot_work() -> None:

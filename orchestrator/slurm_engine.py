@@ -1,0 +1,353 @@
+"""The slurm engine: an ablation as jobs of a Slurm cluster.
+
+Each model is ONE job array whose tasks are its shards (`--shards N`, one runner each, `--gres=gpu:G` per task); the
+scoring step is one job that starts after all of them, however they ended (`afterany`: `afterok` would pend forever
+after one failure), merges each model's shards and scores the models whose shards are complete. Every job runs the
+same command line as the other engines, through a container runtime (orchestrator.slurm.render_command): `none`
+(the node's Python), `apptainer` (a .sif per family) or `pyxis` (enroot via srun). The results folder must be on a
+filesystem every node sees at the same path: a probe job checks that before anything else is submitted.
+
+The orchestrator then watches: task states from squeue/scontrol (never sacct alone), sample counts from the shard
+files, the same console and exit codes as the other engines; Ctrl-C cancels every job of the run. `--detach`
+submits and returns; `python -m orchestrator status --output-dir DIR` reports such a run, and rerunning the same
+command resumes what is missing (finished shards have nothing to do).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from contract import PREDICTIONS_JSONL, RunnerProgress, results_file
+from contract.shards import Shard
+from orchestrator.engines import (
+    DATA_DIR,
+    HF_CACHE_DIR,
+    IMAGES_DIR,
+    MODELS_DIR,
+    MODELS_FILE,
+    RESULTS_DIR,
+    Engine,
+    EngineError,
+    LineSink,
+    LocalEngine,
+    RunPaths,
+    Task,
+    TaskResult,
+)
+from orchestrator.plan import GpuSelection, Plan, PlanError
+from orchestrator.slurm import (
+    Bind,
+    Runtime,
+    ShardArguments,
+    SlurmArg,
+    SlurmBackend,
+    SlurmJobSpec,
+    TaskState,
+    render_command,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.ablation import Ablation, ModelOutcome
+
+SLURM_DIR = "slurm"  # job scripts and Slurm's own logs, inside the results folder
+POLL_S = 2.0
+
+
+@dataclass
+class SlurmSettings:
+    runtime: Runtime = "none"
+    slurm_args: tuple[SlurmArg, ...] = ()
+    setup: Path | None = None  # sourced at the top of every job
+    gpus_per_task: int = 1
+    gpu_type: str | None = None
+    cpus_per_task: int | None = None
+    sif_dir: Path | None = None  # apptainer: <sif_dir>/<family>.sif (make sif)
+    python: str = sys.executable  # runtime none: the interpreter on the nodes (a shared venv)
+
+
+@dataclass
+class SubmittedModel:
+    job_id: str
+    tasks: int
+
+
+@dataclass
+class Submitted:
+    run_id: str
+    models: dict[str, SubmittedModel] = field(default_factory=dict)
+    scoring_job: str | None = None
+
+
+class SlurmEngine(Engine):
+    name = "slurm"
+    batch_jobs = True  # the ablation submits everything, then watches (Ablation.run)
+
+    def __init__(self, settings: SlurmSettings, run_id: str | None = None, environ: dict[str, str] | None = None):
+        self.settings = settings
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.environ = environ
+        self.backend: SlurmBackend | None = None
+        self._plan: Plan | None = None
+        self._local = LocalEngine()  # the fetch step runs here, on the submit host (compute nodes rarely reach the Hub)
+
+    # --- checks before any work --------------------------------------------------------------------------------
+
+    def preflight(self, plan: Plan, images: list[str]) -> None:
+        self._plan = plan
+        self.backend = SlurmBackend(plan.output_dir / SLURM_DIR, environ=self.environ)
+        self.backend.check()
+        if self.settings.setup is not None and not self.settings.setup.is_file():
+            raise PlanError(f"--slurm-setup {self.settings.setup}: file not found")
+        if self.settings.runtime == "apptainer":
+            missing = [str(self.sif(image)) for image in dict.fromkeys(images) if not self.sif(image).is_file()]
+            if missing:
+                raise PlanError(
+                    f"apptainer image(s) not found: {', '.join(missing)}; build them with `make sif` (or pass "
+                    "--sif-dir where they are)"
+                )
+        # The results folder must be the same folder on this host and on the nodes: proven by a probe job.
+        self.backend.wait_writable(plan.output_dir, extra_args=self.settings.slurm_args, workdir=plan.output_dir)
+
+    def sif(self, image: str) -> Path:
+        """The .sif of a Docker image reference: <sif_dir>/<name>.sif (vlm-ablation/llava:latest -> llava.sif)."""
+        if image.endswith(".sif"):
+            return Path(image)
+        folder = self.settings.sif_dir or Path("images/sif")
+        return folder / (image.rsplit("/", 1)[-1].split(":", 1)[0] + ".sif")
+
+    def paths(self, plan: Plan) -> RunPaths:
+        if self.settings.runtime == "none":
+            return self._local.paths(plan)
+        return RunPaths(
+            data_file=f"{DATA_DIR}/{plan.data_file.name}",
+            output_dir=RESULTS_DIR,
+            model_root=MODELS_DIR if plan.model_path_root else None,
+            image_root=IMAGES_DIR if plan.image_root else None,
+            hf_cache=HF_CACHE_DIR,
+            models_file=MODELS_FILE if plan.models_file else None,
+        )
+
+    def resolve_gpus(self, requested: GpuSelection | None) -> GpuSelection:
+        # Slurm allocates each task its GPUs (--gres) and sets CUDA_VISIBLE_DEVICES; the runner uses what it sees.
+        if (requested is not None and requested.mode == "none") or self.settings.gpus_per_task == 0:
+            return GpuSelection("none")
+        return GpuSelection("all")
+
+    def describe_gpus(self) -> str:
+        if self.settings.gpus_per_task == 0:
+            return "no GPU: CPU tasks"
+        kind = f"{self.settings.gpu_type}:" if self.settings.gpu_type else ""
+        return f"--gres=gpu:{kind}{self.settings.gpus_per_task} per task"
+
+    def versions(self) -> dict[str, str]:
+        return self.backend.versions() if self.backend else {}
+
+    # --- running -------------------------------------------------------------------------------------------------
+
+    def run(self, task: Task, sink: LineSink) -> TaskResult:
+        """Only the fetch step runs as a plain task: on this host, with network (the jobs run offline)."""
+        if task.kind != "fetch":
+            raise EngineError("the slurm engine runs runners and scoring as jobs (submit_ablation)")
+        return self._local.run(task, sink)
+
+    def stop_all(self) -> None:
+        if self.backend is not None:
+            self.backend.cancel_run(self.run_id)
+
+    # --- jobs ----------------------------------------------------------------------------------------------------
+
+    def _binds(self, plan: Plan, kind: str) -> list[Bind]:
+        binds = [Bind(plan.data_file.parent, DATA_DIR), Bind(plan.output_dir, RESULTS_DIR, read_only=False)]
+        if plan.model_path_root:
+            binds.append(Bind(plan.model_path_root, MODELS_DIR))
+        if plan.image_root:
+            binds.append(Bind(plan.image_root, IMAGES_DIR))
+        if plan.hf_cache and kind == "runner":
+            binds.append(Bind(plan.hf_cache, HF_CACHE_DIR))
+        if plan.models_file and kind == "runner":
+            binds.append(Bind(plan.models_file, MODELS_FILE))
+        return binds
+
+    def _command(self, plan: Plan, image: str, module: str, argv: list[str], shards: int | None) -> str:
+        runtime = self.settings.runtime
+        image_ref = str(self.sif(image)) if runtime == "apptainer" else image
+        return render_command(
+            runtime,
+            argv,
+            module=module,
+            python=self.settings.python if runtime == "none" else "python",
+            image=None if runtime == "none" else image_ref,
+            binds=self._binds(plan, "runner" if module == "runner" else "scoring"),
+            gpus=module == "runner" and self.settings.gpus_per_task > 0,
+            shard=ShardArguments(shards) if shards else None,
+        )
+
+    def submit_ablation(self, ablation: Ablation) -> Submitted:
+        """One array per runnable model (its shards), then the scoring job after all of them."""
+        from orchestrator.ablation import LOGS_DIR, image_for, runner_argv, scoring_argv
+
+        plan = ablation.plan
+        assert plan is not None and self.backend is not None
+        settings, options = self.settings, ablation.options
+        paths = self.paths(plan)
+        logs = plan.output_dir / LOGS_DIR
+        logs.mkdir(parents=True, exist_ok=True)
+        submitted = Submitted(run_id=self.run_id)
+        time_limit = _minutes(options.timeout)
+        runner_args = settings.slurm_args + ((SlurmArg("time", time_limit),) if time_limit else ())
+        shards = options.shards
+        for outcome in ablation.outcomes:
+            if outcome.record.status == "failed":
+                continue  # its fetch failed
+            spec, record = outcome.spec, outcome.record
+            argv = runner_argv(plan, spec, paths, ablation.gpus, record.resolved_revision or record.revision)
+            job = SlurmJobSpec(
+                name=f"vlm-{self.run_id}-{_job_word(spec.name)}",
+                comment=f"vlm-ablation run {self.run_id} model {spec.name}",
+                script=self._command(plan, image_for(options, spec), "runner", argv, shards if shards > 1 else None),
+                array=shards,
+                gpus_per_task=settings.gpus_per_task,
+                gpu_type=settings.gpu_type,
+                cpus_per_task=settings.cpus_per_task,
+                extra_args=runner_args,
+                output=str(logs / f"{spec.name}.shard-%a.slurm.log"),
+                setup=settings.setup,
+                workdir=plan.output_dir,
+            )
+            job_id = self.backend.submit(job)
+            submitted.models[spec.name] = SubmittedModel(job_id=job_id, tasks=shards)
+            record.slurm_job_id = job_id  # type: ignore[attr-defined]
+            record.status, record.started_at = "pending", record.started_at or _now()
+        if submitted.models:
+            names = list(submitted.models)
+            argv = scoring_argv(plan, paths, names) + ["--skip-incomplete"]
+            job = SlurmJobSpec(
+                name=f"vlm-{self.run_id}-scoring",
+                comment=f"vlm-ablation run {self.run_id} scoring",
+                script=self._command(plan, ablation.scoring_record["image"] or "", "scoring", argv, None),
+                extra_args=settings.slurm_args,
+                dependency_afterany=tuple(m.job_id for m in submitted.models.values()),
+                output=str(logs / "scoring.slurm.log"),
+                setup=settings.setup,
+                workdir=plan.output_dir,
+                offline=True,
+            )
+            submitted.scoring_job = self.backend.submit(job)
+        return submitted
+
+    def watch(self, ablation: Ablation, submitted: Submitted) -> bool | None:
+        """Until the scoring job ends: per-model progress, each model's record when its last task ends. Returns
+        whether scoring succeeded (None: nothing was scored)."""
+        assert self.backend is not None and ablation.plan is not None
+        outcomes = {o.spec.name: o for o in ablation.outcomes if o.spec.name in submitted.models}
+        for name in outcomes:
+            ablation.console.start_progress(name)
+        finished: set[str] = set()
+        ids = [m.job_id for m in submitted.models.values()] + ([submitted.scoring_job] if submitted.scoring_job else [])
+        while True:
+            states = self.backend.states(ids)
+            for name, outcome in outcomes.items():
+                job = submitted.models[name]
+                tasks = [states[key] for key in states if key[0] == job.job_id]
+                ablation.console.update_progress(name, self._progress(ablation, outcome, tasks))
+                if name not in finished and tasks and all(task.finished for task in tasks):
+                    finished.add(name)
+                    ablation.console.end_progress(name)
+                    self._finish(ablation, outcome, tasks)
+            scoring = [states[key] for key in states if key[0] == submitted.scoring_job]
+            if not submitted.scoring_job:
+                return None
+            if scoring and scoring[0].finished and len(finished) == len(outcomes):
+                if not scoring[0].ok:
+                    ablation.console.line(f"scoring FAILED: {scoring[0].describe()} (see logs/scoring.slurm.log)")
+                return scoring[0].ok
+            time.sleep(POLL_S)
+
+    def _progress(self, ablation: Ablation, outcome: ModelOutcome, tasks: list[TaskState]) -> RunnerProgress:
+        """Samples on disk (shard files or the merged file) and the tasks' states, as the console shows them."""
+        plan = ablation.plan
+        assert plan is not None
+        count = ablation.options.shards
+        files = [results_file(plan.output_dir, PREDICTIONS_JSONL, outcome.spec.name)] if count == 1 else [
+            Shard(index, count).predictions(plan.output_dir, outcome.spec.name) for index in range(count)
+        ]  # fmt: skip
+        done = sum(_lines(path) for path in files)
+        running = sum(1 for task in tasks if task.state == "RUNNING")
+        phase = "generating" if running or done else "loading"
+        return RunnerProgress(phase=phase, done=min(done, plan.num_samples), total=plan.num_samples)
+
+    def _finish(self, ablation: Ablation, outcome: ModelOutcome, tasks: list[TaskState]) -> None:
+        record = outcome.record
+        failures = [task for task in tasks if not task.ok]
+        if not failures:
+            record.status, record.message = "completed", None
+        else:
+            record.status = "failed"
+            record.message = "; ".join(_reason(task) for task in failures)
+        record.finished_at = _now()
+        ablation._read_run_manifest(outcome)
+        total = len(ablation.outcomes)
+        state = "completed" if record.status == "completed" else f"FAILED: {record.message}"
+        ablation.console.line(f"[{outcome.index}/{total}] {record.model_name} {state} at {_clock()}")
+        ablation.write_manifest()
+
+
+def _reason(task: TaskState) -> str:
+    """Why a task failed, in the words the closing block and the manifest use: timeout, cancelled, exit code."""
+    shard = f"shard {task.array_index}: " if task.array_index is not None else ""
+    words = {
+        "TIMEOUT": "timeout (the job ran past its time limit)",
+        "CANCELLED": "cancelled",
+        "OUT_OF_MEMORY": "out of memory",
+        "NODE_FAIL": "its node failed",
+    }
+    if task.state in words:
+        return shard + words[task.state]
+    if task.state == "FAILED":
+        return shard + f"exited with code {task.exit_code}"
+    return shard + task.describe()
+
+
+def _minutes(seconds: float | None) -> str | None:
+    """--timeout in seconds as sbatch --time minutes (Slurm counts whole minutes; rounded up)."""
+    return None if seconds is None else str(max(1, math.ceil(seconds / 60)))
+
+
+def _job_word(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_.+-" else "-" for c in name)[:80]
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def _now() -> str:
+    from orchestrator.ablation import iso, now
+
+    return iso(now())
+
+
+def _clock() -> str:
+    from orchestrator.console import clock
+
+    return clock()
+
+
+def submitted_from_manifest(manifest: Any) -> Submitted:
+    """The jobs of a (detached) run, as its run_manifest.json recorded them."""
+    slurm = getattr(manifest, "slurm", None) or {}
+    submitted = Submitted(run_id=slurm.get("run_id", ""), scoring_job=slurm.get("scoring_job"))
+    for record in manifest.models:
+        job_id = getattr(record, "slurm_job_id", None)
+        if job_id:
+            submitted.models[record.model_name] = SubmittedModel(job_id=job_id, tasks=int(slurm.get("shards", 1)))
+    return submitted

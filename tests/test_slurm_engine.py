@@ -1,0 +1,184 @@
+"""`--engine slurm` end to end on a REAL single-node Slurm cluster (tests/slurm_cluster.py: two fake GPUs), the
+tiny checkpoints, container runtime `none` (the nodes' Python: this venv): completion identical to the local engine,
+shards over both GPUs, a broken model failing alone, Ctrl-C leaving no job, a time limit, --detach then status."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from _orchestrator_helpers import (
+    REPO_ROOT,
+    break_checkpoint,
+    manifest,
+    model_root,
+    orchestrator_command,
+    orchestrator_env,
+    predictions,
+    run_orchestrator,
+    statuses,
+)
+from slurm_cluster import SlurmTestCluster, slurm_cluster_fixture  # noqa: F401  (registers `slurm_cluster`)
+
+from contract import METRICS_JSON
+from runner.registry import MODELS
+
+pytestmark = pytest.mark.slow
+# The scoring job runs METEOR's JVM (-Xmx2G): every job asks for memory enough for it, as a user would.
+MEMORY = ["--slurm-arg", "mem=3G"]
+
+
+def slurm_env(cluster: SlurmTestCluster) -> dict[str, str]:
+    return orchestrator_env(SLURM_CONF=str(cluster.conf))
+
+
+def jobs_in_queue(cluster: SlurmTestCluster, word: str) -> list[str]:
+    """Jobs squeue still lists as pending or running whose name carries `word`."""
+    done = subprocess.run(
+        ["squeue", "--noheader", "--format=%i %j %T"], capture_output=True, text=True, env=slurm_env(cluster),
+        timeout=30, check=True,
+    )  # fmt: skip
+    return [line for line in done.stdout.splitlines() if word in line]
+
+
+def ablation_args(data_file: Path, root: Path, out: Path, models: str, *extra: str) -> list[str | Path]:
+    return ["ablation", "--engine", "slurm", "--container-runtime", "none", "--models", models, "--data", data_file,
+            "--model-path-root", root, "--output-dir", out, "--batch-size", "2", "--max-new-tokens", "4",
+            "--no-report", *MEMORY, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def eight(slurm_cluster: SlurmTestCluster, tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+    from conftest import build_panorama_data
+
+    tmp = tmp_path_factory.mktemp("slurm_eight")
+    data = build_panorama_data(tmp / "data", num_images=2, queries=("location", "people"))  # 4 samples
+    root = model_root(tmp, tiny_checkpoint, list(MODELS))
+    slurm = run_orchestrator(
+        *ablation_args(data.data_file, root, tmp / "slurm", "all", "--shards", "2"),
+        env=slurm_env(slurm_cluster), timeout=1500,
+    )  # fmt: skip
+    local = run_orchestrator(
+        "ablation", "--engine", "local", "--gpus", "none", "--models", "all", "--data", data.data_file,
+        "--model-path-root", root, "--output-dir", tmp / "local", "--batch-size", "2", "--max-new-tokens", "4",
+        "--no-report", timeout=1500,
+    )  # fmt: skip
+    return data, tmp, slurm, local
+
+
+def test_eight_models_in_two_shards_each_equal_the_local_engine(eight) -> None:
+    data, tmp, slurm, local = eight
+    assert slurm.returncode == 0, slurm.stdout[-5000:] + slurm.stderr[-2000:]
+    assert local.returncode == 0, local.stdout[-3000:]
+    assert "  completed : 8/8" in slurm.stdout
+    for model in MODELS:
+        one = {r.sample_id: (r.prompt, r.prediction, r.error) for r in predictions(tmp / "local", model)}
+        assert {r.sample_id: (r.prompt, r.prediction, r.error) for r in predictions(tmp / "slurm", model)} == one
+        assert len(one) == data.num_samples
+        assert (tmp / "slurm" / METRICS_JSON.format(model=model)).is_file()
+    recorded = manifest(tmp / "slurm")
+    assert recorded.engine == "slurm" and recorded.slurm["shards"] == 2  # type: ignore[attr-defined]
+    assert all(getattr(record, "slurm_job_id", None) for record in recorded.models)
+
+
+def test_the_two_shards_of_a_model_get_the_two_fake_gpus(eight) -> None:
+    _data, tmp, _slurm, _local = eight
+    seen = set()
+    for model in MODELS:
+        for shard in (0, 1):
+            log = (tmp / "slurm" / "logs" / f"{model}.shard-{shard}.slurm.log").read_text()
+            seen.add(log.split("CUDA_VISIBLE_DEVICES=", 1)[1].split()[0])
+    assert seen == {"0", "1"}  # one GPU per task, both in use
+
+
+def test_a_broken_checkpoint_fails_alone_and_the_others_are_scored(
+    slurm_cluster: SlurmTestCluster, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    data = make_panorama_data(tmp_path / "data", num_images=1)
+    root = model_root(tmp_path, tiny_checkpoint, ["blip2-opt-2.7b", "llava-1.5-7b"])
+    break_checkpoint(root / "llava-1.5-7b")
+    out = tmp_path / "results"
+    run = run_orchestrator(
+        *ablation_args(data.data_file, root, out, "blip2-opt-2.7b,llava-1.5-7b"), env=slurm_env(slurm_cluster)
+    )
+    assert run.returncode == 1, run.stdout[-4000:]
+    assert statuses(out) == {"blip2-opt-2.7b": "completed", "llava-1.5-7b": "failed"}
+    message = next(r.message for r in manifest(out).models if r.model_name == "llava-1.5-7b")
+    assert message and "exited with code 1" in message
+    assert (out / METRICS_JSON.format(model="blip2-opt-2.7b")).is_file()
+    assert not (out / METRICS_JSON.format(model="llava-1.5-7b")).exists()
+
+
+def _slow_data(make_panorama_data, folder: Path, images: int):  # noqa: ANN001, ANN202
+    return make_panorama_data(folder, num_images=images, queries=("location", "people", "weather", "sky"))
+
+
+def test_ctrl_c_cancels_every_job_of_the_run(
+    slurm_cluster: SlurmTestCluster, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    data = _slow_data(make_panorama_data, tmp_path / "data", 10)
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b", "blip2-opt-2.7b"])
+    out = tmp_path / "results"
+    args = ablation_args(data.data_file, root, out, "llava-1.5-7b,blip2-opt-2.7b", "--shards", "2")
+    process = subprocess.Popen(
+        orchestrator_command(*args, "--max-new-tokens", "60"), cwd=REPO_ROOT, env=slurm_env(slurm_cluster),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not any("RUNNING" in line for line in jobs_in_queue(slurm_cluster, "vlm-")):
+        assert process.poll() is None and time.monotonic() < deadline, "no job started"
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout[-3000:]
+    run_id = manifest(out).slurm["run_id"]  # type: ignore[attr-defined]
+    assert jobs_in_queue(slurm_cluster, run_id) == []  # nothing left queued or running
+
+
+def test_a_time_limit_marks_the_model_failed_timeout(
+    slurm_cluster: SlurmTestCluster, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    """--timeout 30 becomes sbatch --time=1 (Slurm counts minutes and checks about every 30 s)."""
+    data = _slow_data(make_panorama_data, tmp_path / "data", 50)  # 200 samples one at a time: minutes of work
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
+    out = tmp_path / "results"
+    run = run_orchestrator(
+        *ablation_args(data.data_file, root, out, "llava-1.5-7b", "--timeout", "30", "--batch-size", "1",
+                       "--max-new-tokens", "60"),
+        env=slurm_env(slurm_cluster), timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert statuses(out) == {"llava-1.5-7b": "failed"}
+    assert "timeout" in (manifest(out).models[0].message or "")
+    assert 0 < len(predictions(out, "llava-1.5-7b")) < data.num_samples  # what it wrote stays; a rerun resumes
+
+
+def test_detach_then_status_then_rerun(
+    slurm_cluster: SlurmTestCluster, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    data = make_panorama_data(tmp_path / "data", num_images=1)
+    root = model_root(tmp_path, tiny_checkpoint, ["blip2-opt-2.7b"])
+    out = tmp_path / "results"
+    args = ablation_args(data.data_file, root, out, "blip2-opt-2.7b")
+    detached = run_orchestrator(*args, "--detach", env=slurm_env(slurm_cluster), timeout=300)
+    assert detached.returncode == 0, detached.stdout[-3000:] + detached.stderr[-2000:]
+    assert "submitted run" in detached.stdout and "orchestrator status --output-dir" in detached.stdout
+    deadline = time.monotonic() + 400
+    while True:
+        status = run_orchestrator("status", "--output-dir", out, env=slurm_env(slurm_cluster), timeout=120)
+        if status.returncode != 3:
+            break
+        assert "still running" in status.stdout
+        assert time.monotonic() < deadline, status.stdout
+        time.sleep(3)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "blip2-opt-2.7b" in status.stdout and "completed" in status.stdout
+    assert statuses(out) == {"blip2-opt-2.7b": "completed"}  # status wrote what the jobs did into the manifest
+    rerun = run_orchestrator(*args, env=slurm_env(slurm_cluster), timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    log = (out / "logs" / "blip2-opt-2.7b.shard-0.slurm.log").read_text()
+    assert "resuming: 2 sample(s) already in" in log  # nothing captioned twice
+    assert len(predictions(out, "blip2-opt-2.7b")) == data.num_samples
