@@ -648,7 +648,8 @@ class Ablation:
                     outcome.record.status = "failed"
                     outcome.record.message = self._interrupted_message(outcome)
         finally:
-            self.engine.stop_all()
+            if not detached:  # a detached slurm run's jobs go on without us
+                self.engine.stop_all()
         outcome = AblationOutcome(
             plan=plan,
             manifest_path=self.write_manifest(finished=None if detached else now()),

@@ -144,10 +144,12 @@ def _merge_shards(args: argparse.Namespace, dataset) -> list[Path]:  # noqa: ANN
         except ShardError as error:
             raise ScoringError(str(error)) from None
         if outcome.complete:
-            print(f"[{model}] {args.merge_shards} shards merged into {path.name}", flush=True)
+            if outcome.written:
+                print(f"[{model}] {args.merge_shards} shards merged into {path.name}", flush=True)
             kept.append(path)
             continue
-        message = f"{model}: its {args.merge_shards} shards lack {len(outcome.missing)} sample(s)"
+        what = f"its {args.merge_shards} shards lack" if args.merge_shards > 1 else "its predictions lack"
+        message = f"{model}: {what} {len(outcome.missing) or 'some'} sample(s)"
         if not args.skip_incomplete:
             raise ScoringError(message + "; rerun the ablation to finish them (or pass --skip-incomplete)")
         print(f"WARNING: {message}: not scored", flush=True)
@@ -166,7 +168,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if subset is not None:
             print(f"scoring a subset: the first {subset.num_samples} of {subset.data_samples} samples (--limit)")
         ids = _model_ids(args.model_id)
-        paths = _merge_shards(args, dataset) if args.merge_shards > 1 else list(args.predictions)
+        merging = args.merge_shards > 1 or args.skip_incomplete
+        paths = _merge_shards(args, dataset) if merging else list(args.predictions)
         if not paths:
             raise ScoringError("no model has complete predictions to score")
         models = [load_model_predictions(path, dataset, args.intersection, ids, subset) for path in paths]
