@@ -34,10 +34,10 @@ import torch
 from PIL import Image
 
 from bench.synthetic import write_panorama_jpeg
-from contract import PredictionRecord, read_jsonl
-from runner.adapters import adapter_for
+from contract import PredictionRecord, RunManifest, read_json, read_jsonl
+from runner.adapters import open_adapter
 from runner.adapters.base import GREEDY
-from runner.decoding import Decoder, make_decoder
+from runner.decoding import make_decoder
 from runner.loop import RunConfig, run
 from runner.registry import get_model
 from runner.tiny import build_tiny
@@ -58,11 +58,7 @@ PANORAMA_SIZES = ((512, 256), (640, 320), (768, 384), (1024, 512))
 
 
 def load_adapter(name: str, checkpoint: Path) -> Any:
-    spec = get_model(name)
-    adapter_class = adapter_for(spec.family)
-    device = torch.device("cpu")
-    loaded = adapter_class.load(str(checkpoint), revision=None, dtype=torch.float32, device=device)
-    return adapter_class(spec, loaded, device, torch.float32)
+    return open_adapter(get_model(name), str(checkpoint), device=torch.device("cpu"), dtype=torch.float32)
 
 
 def kwargs_for(adapter: Any, max_new_tokens: int) -> dict[str, Any]:
@@ -84,20 +80,6 @@ def host_reads(call: Any) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         call()
     return sum(event.count for event in prof.key_averages() if event.key == "aten::_local_scalar_dense")
-
-
-def decoding_adapter(adapter_class: type[Any], decoder: Decoder) -> type[Any]:
-    """The family's adapter with generate() through `decoder` (what --decode will wire into Adapter.generate)."""
-
-    class DecodingAdapter(adapter_class):  # type: ignore[misc, valid-type]
-        def generate(self, inputs: dict[str, Any], max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
-            with torch.inference_mode():
-                return decoder.generate(self.model, inputs, **GREEDY, max_new_tokens=max_new_tokens,
-                                        min_new_tokens=min_new_tokens or None, pad_token_id=self.pad_token_id,
-                                        **self.generation_kwargs())  # fmt: skip
-
-    DecodingAdapter.__name__ = adapter_class.__name__
-    return DecodingAdapter
 
 
 def bench_family(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -137,15 +119,14 @@ def bench_family(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
         for image in images:
             for query in QUERIES:
                 handle.write(f"{image},{query},a synthetic reference caption.\n")
-    run_decoder = make_decoder("compiled", cache_dir=work / f"compile-cache-{name}-run", log=lambda line: None)
-    adapter_class = decoding_adapter(adapter_for(get_model(name).family), run_decoder)
     config = RunConfig(model_name=name, data_file=data_file, output_dir=work / f"run-{name}", batch_size=8,
                        max_new_tokens=args.max_new_tokens, model_path=checkpoint, device="cpu", dtype="float32",
-                       num_workers=1, overwrite=True, progress=False)  # fmt: skip
+                       num_workers=1, overwrite=True, progress="none", decode="compiled",
+                       compile_cache=work / f"compile-cache-{name}-run")  # fmt: skip
     started = time.perf_counter()
-    result = run(config, log=lambda line: None, adapter_class=adapter_class)
+    result = run(config, log=lambda line: None)
     wall = time.perf_counter() - started
-    eager_config = dataclasses.replace(config, output_dir=work / f"run-{name}-eager")
+    eager_config = dataclasses.replace(config, output_dir=work / f"run-{name}-eager", decode="eager")
     started = time.perf_counter()
     eager_result = run(eager_config, log=lambda line: None)
     eager_wall = time.perf_counter() - started
@@ -156,7 +137,7 @@ def bench_family(name: str, work: Path, args: argparse.Namespace) -> dict[str, A
         "eager_wall_s": round(eager_wall, 1),
         "predictions_identical_to_eager": predictions(result.predictions_file)
         == predictions(eager_result.predictions_file),
-        "report": run_decoder.report(),
+        "report": getattr(read_json(result.manifest_file, RunManifest), "decode", None),
     }
     return entry
 

@@ -9,7 +9,11 @@ Per model (full size: random weights built from bench/configs/<model>.json strai
   decoding, batched generation, durable JSONL writes) with this project's adapter, bf16, SDPA attention and
   `--batch-size` (default auto, as users get it);
 - old way: what the replaced workflow did: fp16, batch 2 for LLaVA/BLIP-style models and batch 1 for
-  chat-template models, each image opened at full size and preprocessed on the main thread, one sample loop.
+  chat-template models, each image opened at full size and preprocessed on the main thread, one sample loop;
+- with `--decode eager compiled` (the default), the runner path runs twice on the same weights: eager HF generate
+  and compiled decoding (static KV cache + compiled decode step, runner.decoding; its compile is done by a warm-up
+  run at the measured batch size and reported apart), each with its compilations and, on a GPU, mean SM
+  utilisation sampled by nvidia-smi every 200 ms while the path runs.
 
 Both paths use the same model weights (built once in bf16, cast to fp16 for the old way), the same prompts and
 `min_new_tokens = max_new_tokens = 64`, so every sample does the same decoding work; the JSON records the new
@@ -139,6 +143,10 @@ class PathResult:
     mean_prompt_tokens: float
     new_tokens_per_sample: list[int]  # distinct values seen (all equal to max_new_tokens when the run is sound)
     image_handling: str
+    decode: str | None = None  # the runner path: eager or compiled (what ran, after any fallback)
+    compilations: int | None = None
+    compile_warmup_s: float | None = None  # compiled: the warm-up run that compiled the measured shapes
+    mean_sm_utilisation: float | None = None  # percent, nvidia-smi samples while the path ran (GPU only)
 
 
 def _peak_memory_reset(device: torch.device) -> None:
@@ -193,7 +201,7 @@ def samples_in(data_file: Path) -> list[tuple[str, str]]:
 
 def runner_path(
     spec: ModelSpec, bench_class: type[Any], log: GenerateLog, data_file: Path, warm_file: Path, work: Path,
-    args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype, decode: str = "eager",
 ) -> PathResult:  # fmt: skip
     dtype_name = str(dtype).removeprefix("torch.")
 
@@ -201,16 +209,26 @@ def runner_path(
         return RunConfig(
             model_name=spec.name, data_file=data, output_dir=out, batch_size=batch_size,
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, device=device.type, dtype=dtype_name,
-            num_workers=args.num_workers, overwrite=True, progress="none",
+            num_workers=args.num_workers, overwrite=True, progress="none", decode=decode,
+            compile_cache=work / "torch-compile",
         )  # fmt: skip
 
     quiet = lambda line: None  # noqa: E731  (the loop's log lines are not part of the benchmark output)
-    run(config(warm_file, work / "runner_warmup", 2, 2), log=quiet, adapter_class=bench_class)
+    warm_started = time.perf_counter()
+    if decode == "compiled":
+        # Compile the measured shapes first (the batch size the measured run will use, the full answer length):
+        # the compiled graph is cached on the model, which every run() here reuses.
+        run(config(data_file, work / f"runner_{decode}_warmup", args.batch_size, args.max_new_tokens), log=quiet,
+            adapter_class=bench_class)  # fmt: skip
+    else:
+        run(config(warm_file, work / "runner_warmup", 2, 2), log=quiet, adapter_class=bench_class)
+    warm_s = time.perf_counter() - warm_started
     log.reset()
     _peak_memory_reset(device)
     started = time.perf_counter()
-    config_run = config(data_file, work / "runner", args.batch_size, args.max_new_tokens)
-    result = run(config_run, log=quiet, adapter_class=bench_class)
+    config_run = config(data_file, work / f"runner_{decode}", args.batch_size, args.max_new_tokens)
+    with SmSampler(device) as sampler:
+        result = run(config_run, log=quiet, adapter_class=bench_class)
     wall = time.perf_counter() - started
     if result.status != "completed" or result.num_errors:
         raise RuntimeError(
@@ -218,11 +236,46 @@ def runner_path(
         )
     manifest = read_json(result.manifest_file, RunManifest)
     wall -= manifest.timings.get("load_s", 0.0)  # the model is built before; only the hand-over is subtracted
-    return _result(
-        "runner", dtype, manifest.batch_size_used, result.num_written, wall, log, device,
-        f"runner.images: background workers ({args.num_workers}), JPEG draft decode, one resize to "
-        f"max side {spec.max_image_side}",
+    measured = _result(
+        "runner" if decode == "eager" else f"runner_{decode}", dtype, manifest.batch_size_used, result.num_written,
+        wall, log, device, f"runner.images: background workers ({args.num_workers}), JPEG draft decode, one resize "
+        f"to max side {spec.max_image_side}",
     )  # fmt: skip
+    report = getattr(manifest, "decode", None) or {}
+    measured.decode = report.get("decode", decode)
+    measured.compilations = report.get("compilations")
+    measured.compile_warmup_s = round(warm_s, 2) if decode == "compiled" else None
+    measured.mean_sm_utilisation = sampler.mean()
+    return measured
+
+
+class SmSampler:
+    """Mean SM utilisation over a block, from `nvidia-smi` every 200 ms (GPU only; None elsewhere)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.process, self.values = device, None, []
+
+    def __enter__(self) -> SmSampler:
+        import shutil
+        import subprocess
+
+        if self.device.type == "cuda" and shutil.which("nvidia-smi"):
+            index = self.device.index or 0
+            self.process = subprocess.Popen(
+                ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-lms", "200"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            output, _ = self.process.communicate(timeout=10)
+            self.values = [float(line) for line in output.split() if line.replace(".", "", 1).isdigit()]
+
+    def mean(self) -> float | None:
+        return round(sum(self.values) / len(self.values), 1) if self.values else None
 
 
 def old_way_path(
@@ -304,6 +357,12 @@ def bench_model(
     warm_file = write_data_file(model_work / "warm.csv", images, 2)
     entry["runner"] = asdict(runner_path(spec, bench_class, log, data_file, warm_file, model_work, args, device,
                                          fast_dtype))  # fmt: skip
+    if "compiled" in args.decode:
+        compiled = runner_path(spec, bench_class, log, data_file, warm_file, model_work, args, device, fast_dtype,
+                               decode="compiled")  # fmt: skip
+        entry["runner_compiled"] = asdict(compiled)
+        eager_rate = entry["runner"]["samples_per_s"]
+        entry["compiled_vs_eager"] = round(compiled.samples_per_s / eager_rate, 2) if eager_rate else None
     if old_dtype != fast_dtype:
         loaded.model.to(old_dtype)
     old_samples = samples_in(data_file)[: args.old_way_samples]
@@ -355,6 +414,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=parse_size, default=(2048, 1024), help="panorama WxH (2048x1024)")
     parser.add_argument("--num-workers", type=int, help="runner image-loading threads (GPU 8, --tiny 4)")
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (CPU test mode)")
+    parser.add_argument(
+        "--decode",
+        nargs="+",
+        choices=("eager", "compiled"),
+        default=["eager", "compiled"],
+        help="runner decoding paths to measure (default: both, side by side)",
+    )
     parser.add_argument("--shallow", action="store_true", help="full widths, 2 layers per stack (CPU geometry check)")
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     parser.add_argument("--time-budget-s", type=float, default=450.0, help="start no new model after this (450)")
@@ -397,6 +463,15 @@ def print_table(entries: list[dict[str, Any]]) -> None:
             f"{old['generate_s']:>10.2f} {new['generate_s']:>10.2f} {gigabytes(old['peak_gpu_memory_bytes']):>12} "
             f"{gigabytes(new['peak_gpu_memory_bytes']):>12}"
         )
+        compiled = entry.get("runner_compiled")
+        if compiled:
+            sm = {key: entry[key].get("mean_sm_utilisation") for key in ("runner", "runner_compiled")}
+            print(
+                f"{'':<24} compiled {compiled['samples_per_s']:.3f} s/s = x{entry['compiled_vs_eager']} eager, "
+                f"{compiled['compilations']} compilation(s), warm-up {compiled['compile_warmup_s']} s, "
+                f"peak {gigabytes(compiled['peak_gpu_memory_bytes'])} GB, SM % eager/compiled {sm['runner']}/"
+                f"{sm['runner_compiled']}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

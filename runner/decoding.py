@@ -259,6 +259,20 @@ def refusal_reason(model: Any, inputs: dict[str, Any], kwargs: dict[str, Any]) -
         return "max_new_tokens was not given (the static cache is sized from it)"
     if not hasattr(torch.compiler, "config") or not hasattr(torch.compiler.config, "dynamic_sources"):
         return f"torch {torch.__version__} has no torch.compiler.config.dynamic_sources"
+    if rope_type(model) == "dynamic":
+        # Dynamic NTK RoPE recomputes its frequencies from the sequence length (InternVL2's InternLM2): every decode
+        # step would be a new graph.
+        return "dynamic RoPE scaling (rope_type dynamic) changes with the sequence length: every step would recompile"
+    return None
+
+
+def rope_type(model: Any) -> str | None:
+    config = model.config
+    text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    for name in ("rope_parameters", "rope_scaling"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, dict):
+            return value.get("rope_type") or value.get("type")
     return None
 
 

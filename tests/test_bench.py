@@ -101,8 +101,16 @@ def test_gpu_bench_tiny_mode_runs_both_paths_and_writes_json(tmp_path: Path) -> 
         assert entry["speedup"] == pytest.approx(entry["runner"]["samples_per_s"] / entry["old_way"]["samples_per_s"],
                                                  abs=0.01)  # fmt: skip
         # The runner path is the runner's own loop: its predictions file holds one record per sample.
-        predictions = tmp_path / "work" / name / "runner" / f"{name}_predictions.jsonl"
+        predictions = tmp_path / "work" / name / "runner_eager" / f"{name}_predictions.jsonl"
         assert len(predictions.read_text().splitlines()) == 3
+        # The compiled path ran too, on the same weights, with its compilations counted (a bucket or two).
+        compiled = entry["runner_compiled"]
+        assert compiled["decode"] == "compiled" and compiled["new_tokens_per_sample"] == [6]
+        assert 1 <= compiled["compilations"] <= 3 and compiled["compile_warmup_s"] > 0
+        assert entry["compiled_vs_eager"] == pytest.approx(compiled["samples_per_s"] / entry["runner"]["samples_per_s"],
+                                                           abs=0.01)  # fmt: skip
+        eager_ids = (tmp_path / "work" / name / "runner_compiled" / f"{name}_predictions.jsonl").read_text()
+        assert sorted(eager_ids.splitlines()) == sorted(predictions.read_text().splitlines())  # token-identical
     assert "llava-1.5-7b" in completed.stdout and "ratio" in completed.stdout
 
 

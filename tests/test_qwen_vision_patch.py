@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
-from runner.adapters import adapter_for
+from runner.adapters import open_adapter
 from runner.adapters.base import GREEDY
 from runner.patches import qwen2_5_vl_vision
 from runner.registry import get_model
@@ -38,11 +38,7 @@ class CountSdpa(TorchFunctionMode):
 
 @pytest.fixture(scope="module")
 def adapter(tiny_checkpoint):
-    spec = get_model(MODEL)
-    adapter_class = adapter_for(spec.family)
-    device = torch.device("cpu")
-    loaded = adapter_class.load(str(tiny_checkpoint(MODEL)), revision=None, dtype=torch.float32, device=device)
-    return adapter_class(spec, loaded, device, torch.float32)
+    return open_adapter(get_model(MODEL), str(tiny_checkpoint(MODEL)), device=torch.device("cpu"), dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
