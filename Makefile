@@ -37,7 +37,7 @@ MODELS_FILE    ?=
 TINY_DIR       ?= .cache/tiny-checkpoints
 PYTEST_ARGS    ?=
 
-.PHONY: help setup test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample models
+.PHONY: help setup test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample models sif
 
 help:
 	@echo "Commands:"
@@ -51,6 +51,7 @@ help:
 	@echo "  make fetch                  download MODELS' weights into the Hugging Face cache (HF_TOKEN from the env)"
 	@echo "  make reproduce              rerun MANIFEST with its pins and report differences"
 	@echo "  make models                 list the models you can name, with what is verified for each"
+	@echo "  make sif                    Apptainer .sif images from the family images (slurm engine; needs apptainer)"
 	@echo "Variables (name=default):"
 	@echo "  MODELS=$(MODELS)  comma list, hf:Org/Name[@rev], or all    MODELS_FILE=  your own catalogue entries"
 	@echo "  DATA_CSV=$(DATA_CSV)    OUTPUT_DIR=$(OUTPUT_DIR)    DEMO_DIR=$(DEMO_DIR)"
@@ -103,6 +104,7 @@ reproduce:
 
 images:
 	$(PYTHON) -m orchestrator images $(if $(IMAGE_MODELS),--models $(IMAGE_MODELS),--families $(FAMILIES)) \
+		$(if $(MODELS_FILE),--models-file $(MODELS_FILE)) \
 		$(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) \
 		$(if $(SCORING_BASE_IMAGE),--scoring-base-image $(SCORING_BASE_IMAGE)) $(IMAGE_ARGS)
 
@@ -112,6 +114,17 @@ wheelhouse:
 	for target in $(WHEEL_TARGETS); do \
 		$(PYTHON) -m pip download --quiet --dest $(WHEELHOUSE) $(BASE_REQUIREMENTS) setuptools \
 			-r images/$$target/requirements.txt || exit 1; \
+	done
+
+# Apptainer images for the slurm engine (--container-runtime apptainer --sif-dir images/sif): one .sif per family
+# image the Docker daemon holds. Needs `apptainer` on this host (not installable where this project is tested).
+SIF_DIR        ?= images/sif
+SIF_FAMILIES   ?= blip2 instructblip internvl2 llava llava-next qwen2.5-vl gemma3 generic scoring
+sif:
+	@command -v apptainer >/dev/null || { echo "make sif needs apptainer (https://apptainer.org) on this host"; exit 2; }
+	mkdir -p $(SIF_DIR)
+	for family in $(SIF_FAMILIES); do \
+		apptainer build --force $(SIF_DIR)/$$family.sif docker-daemon://vlm-ablation/$$family:latest || exit 1; \
 	done
 
 quic360:

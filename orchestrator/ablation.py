@@ -622,7 +622,7 @@ class Ablation:
         self.console.banner(self.banner_lines(), f"VLM captioning ablation: {len(plan.specs)} model(s), "
                             f"{plan.num_samples} sample(s)")  # fmt: skip
         for warning in plan.dataset_warnings:
-            self.console.line(f"WARNING: {warning}")
+            self.console.warn_once(f"WARNING: {warning}")  # the runners repeat it: shown once
         self._keep_previous_manifest()
         self.write_manifest()
         clock_start = time.monotonic()

@@ -104,13 +104,13 @@ class Console:
                 self.stream.write(text + "\n")
                 self.stream.flush()
 
-    def warn_once(self, text: str) -> None:
-        """A warning that applies to the whole run (e.g. SPICE unavailable for every model) is shown once."""
+    def warn_once(self, key: str, text: str | None = None) -> None:
+        """A warning that applies to the whole run (a data-file note every runner repeats) is shown once."""
         with self._lock:
-            if text in self._warned:
+            if key in self._warned:
                 return
-            self._warned.add(text)
-        self.line(text)
+            self._warned.add(key)
+        self.line(text or key)
 
     # --- live progress ---------------------------------------------------------------------------------------
 
@@ -197,7 +197,10 @@ class TaskSink:
             return
         if not text.startswith(RUNNER_RESULT_PREFIX) and not PROGRESS_BAR.search(text):
             self.recent.append(text)  # what a person may need when the task fails (not bars, not the result line)
-        if text.strip().lower().startswith(SHOWN_PREFIXES):
+        if text.strip().lower().startswith("warning"):
+            # The same warning from every runner (a data-file note) is shown once for the run.
+            self.console.warn_once(text, f"[{self.model}] {text}")
+        elif text.strip().lower().startswith(SHOWN_PREFIXES):
             self.console.line(f"[{self.model}] {text}")
 
     def tail(self) -> list[str]:

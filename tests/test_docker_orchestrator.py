@@ -33,7 +33,8 @@ from _orchestrator_helpers import (
 
 from contract import METRICS_JSON, SUMMARY_JSON, MetricsFile, Summary, read_json
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# One worker runs every Docker test (pytest -n: they count the engine's containers).
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("docker")]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -351,3 +352,69 @@ def test_timeout_kills_the_model_and_marks_it_failed(tmp_path: Path, tiny_checkp
     assert "[1/1] llava-1.5-7b FAILED: timed out after 0.5 s and was killed" in run.stdout
     assert statuses(out) == {"llava-1.5-7b": "failed"}
     assert processes_mentioning(str(out)) == []
+
+
+def test_the_old_guides_snippets_still_run_on_a_results_folder(local_ablation) -> None:
+    """What users' scripts do with a results folder: a pandas table of every `*_metrics.json` sorted by BLEU-4, and
+    a shell loop of `jq '.metrics.bleu4'` (values on the 0-1 scale)."""
+    import glob
+    import json
+
+    import pandas as pd
+
+    _data, out, _root, _run = local_ablation
+    rows = []
+    for path in glob.glob(str(out / "*_metrics.json")):
+        with open(path) as handle:
+            metrics = json.load(handle)
+        rows.append({"model": metrics["model_name"], **metrics["metrics"]})
+    table = pd.DataFrame(rows).sort_values("bleu4", ascending=False)
+    assert sorted(table["model"]) == ["blip2-opt-2.7b", "llava-1.5-7b"]
+    assert table["bleu4"].between(0, 1).all() and table["cider"].notna().all()
+    loop = f'for f in "{out}"/*_metrics.json; do echo "$(basename "$f") $(jq ".metrics.bleu4" "$f")"; done'
+    printed = subprocess.run(["bash", "-c", loop], capture_output=True, text=True, check=True).stdout.split("\n")
+    values = {line.split()[0]: float(line.split()[1]) for line in printed if line.strip()}
+    assert set(values) == {"blip2-opt-2.7b_metrics.json", "llava-1.5-7b_metrics.json"}
+    bleu4 = float(table.set_index("model").loc["llava-1.5-7b", "bleu4"])
+    assert values["llava-1.5-7b_metrics.json"] == pytest.approx(bleu4)
+
+
+def test_a_model_only_in_a_users_models_file_runs_through_make_ablation_and_reproduce(
+    tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    """The user's own catalogue entry (a file of theirs, not the repo's) through `make ablation`, then `make
+    reproduce` after that file is gone: the manifest carries the entry."""
+    import shutil
+
+    data = make_panorama_data(tmp_path / "data", num_images=2, queries=("location",))
+    models_file = tmp_path / "mine.toml"
+    models_file.write_text(
+        '[models."my-llava"]\nhub_id = "someone/my-llava-finetune"\nfamily = "llava"\n'
+        'prompt_format = "USER: <image>\\n{prompt} ASSISTANT:"\nmax_image_side = 336\n',
+        encoding="utf-8",
+    )
+    root = tmp_path / "models"
+    shutil.copytree(tiny_checkpoint("llava-1.5-7b"), root / "my-llava")
+    out = tmp_path / "results"
+    make = ["make", "-s", "-C", str(REPO_ROOT), f"PYTHON={sys.executable}"]
+    ablation = subprocess.run(
+        [*make, "ablation", "MODELS=my-llava", f"MODELS_FILE={models_file}", f"DATA_CSV={data.data_file}",
+         f"OUTPUT_DIR={out}", "ENGINE=local", "GPUS=none", "BATCH_SIZE=2", "MAX_NEW_TOKENS=4",
+         f"EXTRA_ARGS=--model-path-root {root} --no-report"],
+        capture_output=True, text=True, env=orchestrator_env(), timeout=600,
+    )  # fmt: skip
+    assert ablation.returncode == 0, ablation.stdout[-3000:] + ablation.stderr[-2000:]
+    assert statuses(out) == {"my-llava": "completed"}
+    recorded = manifest(out)
+    assert recorded.catalogue_entries["my-llava"]["hub_id"] == "someone/my-llava-finetune"  # type: ignore[index]
+    run = read_json(out / "my-llava_run.json", RunManifest)
+    assert run.model_id == "someone/my-llava-finetune" and run.decoding["max_image_side"] == 336
+    models_file.unlink()  # reproduce reads the entry from the manifest, not from the user's file
+    again = tmp_path / "again"
+    reproduce = subprocess.run(
+        [*make, "reproduce", f"MANIFEST={out / 'run_manifest.json'}", f"EXTRA_ARGS=--output-dir {again}"],
+        capture_output=True, text=True, env=orchestrator_env(), timeout=600,
+    )  # fmt: skip
+    assert reproduce.returncode == 0, reproduce.stdout[-3000:] + reproduce.stderr[-2000:]
+    assert "my-llava: 2/2 predictions identical, 0 different" in reproduce.stdout
+    assert (again / "models_file.toml").is_file()
