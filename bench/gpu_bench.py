@@ -144,7 +144,8 @@ class PathResult:
     new_tokens_per_sample: list[int]  # distinct values seen (all equal to max_new_tokens when the run is sound)
     image_handling: str
     decode: str | None = None  # the runner path: eager or compiled (what ran, after any fallback)
-    compilations: int | None = None
+    compilations: int | None = None  # during the measured run (0: every shape was compiled by the warm-up)
+    warmup_compilations: int | None = None  # compiled: what the warm-up run compiled
     compile_warmup_s: float | None = None  # compiled: the warm-up run that compiled the measured shapes
     mean_sm_utilisation: float | None = None  # percent, nvidia-smi samples while the path ran (GPU only)
 
@@ -215,11 +216,15 @@ def runner_path(
 
     quiet = lambda line: None  # noqa: E731  (the loop's log lines are not part of the benchmark output)
     warm_started = time.perf_counter()
+    warmup_compilations = None
     if decode == "compiled":
         # Compile the measured shapes first (the batch size the measured run will use, the full answer length):
         # the compiled graph is cached on the model, which every run() here reuses.
-        run(config(data_file, work / f"runner_{decode}_warmup", args.batch_size, args.max_new_tokens), log=quiet,
-            adapter_class=bench_class)  # fmt: skip
+        warm = run(config(data_file, work / f"runner_{decode}_warmup", args.batch_size, args.max_new_tokens),
+                   log=quiet, adapter_class=bench_class)  # fmt: skip
+        warmup_compilations = (getattr(read_json(warm.manifest_file, RunManifest), "decode", None) or {}).get(
+            "compilations"
+        )
     else:
         run(config(warm_file, work / "runner_warmup", 2, 2), log=quiet, adapter_class=bench_class)
     warm_s = time.perf_counter() - warm_started
@@ -245,6 +250,7 @@ def runner_path(
     measured.decode = report.get("decode", decode)
     measured.compilations = report.get("compilations")
     measured.compile_warmup_s = round(warm_s, 2) if decode == "compiled" else None
+    measured.warmup_compilations = warmup_compilations
     measured.mean_sm_utilisation = sampler.mean()
     return measured
 
@@ -468,7 +474,8 @@ def print_table(entries: list[dict[str, Any]]) -> None:
             sm = {key: entry[key].get("mean_sm_utilisation") for key in ("runner", "runner_compiled")}
             print(
                 f"{'':<24} compiled {compiled['samples_per_s']:.3f} s/s = x{entry['compiled_vs_eager']} eager, "
-                f"{compiled['compilations']} compilation(s), warm-up {compiled['compile_warmup_s']} s, "
+                f"{compiled['warmup_compilations']}+{compiled['compilations']} compilation(s) (warm-up+measured), "
+                f"warm-up {compiled['compile_warmup_s']} s, "
                 f"peak {gigabytes(compiled['peak_gpu_memory_bytes'])} GB, SM % eager/compiled {sm['runner']}/"
                 f"{sm['runner_compiled']}"
             )

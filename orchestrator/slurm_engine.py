@@ -289,7 +289,7 @@ class SlurmEngine(Engine):
             record.status, record.message = "completed", None
         else:
             record.status = "failed"
-            record.message = "; ".join(_reason(task) for task in failures)
+            record.message = "; ".join(_reason(task, sharded=len(tasks) > 1) for task in failures)
         record.finished_at = _now()
         ablation._read_run_manifest(outcome)
         total = len(ablation.outcomes)
@@ -298,9 +298,9 @@ class SlurmEngine(Engine):
         ablation.write_manifest()
 
 
-def _reason(task: TaskState) -> str:
+def _reason(task: TaskState, sharded: bool = True) -> str:
     """Why a task failed, in the words the closing block and the manifest use: timeout, cancelled, exit code."""
-    shard = f"shard {task.array_index}: " if task.array_index is not None else ""
+    shard = f"shard {task.array_index}: " if sharded and task.array_index is not None else ""
     words = {
         "TIMEOUT": "timeout (the job ran past its time limit)",
         "CANCELLED": "cancelled",

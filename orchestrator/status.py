@@ -71,7 +71,7 @@ def _slurm_status(manifest: AblationManifest, out) -> tuple[bool, bool | None]: 
         if tasks and all(task.finished for task in tasks):
             failures = [task for task in tasks if not task.ok]
             record.status = "failed" if failures else "completed"
-            record.message = "; ".join(_reason(task) for task in failures) or None
+            record.message = "; ".join(_reason(task, sharded=len(tasks) > 1) for task in failures) or None
         else:
             running = True
     scoring_ok: bool | None = None
