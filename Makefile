@@ -65,8 +65,11 @@ setup:
 	python3 -m venv .venv
 	.venv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e '.[runner,scoring,orchestrator,dev]'
 
+# Two workers (this project's test machines have 2 cores); --dist loadfile keeps each test file on one worker (the
+# Docker tests count the engine's containers; each worker starts its own Slurm test cluster).
+TEST_WORKERS   ?= 2
 test:
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -63,7 +63,6 @@ class ModelOutcome:
     spec: ModelSpec
     index: int
     record: ModelRunRecord
-    result: RunnerResult | None = None
     seconds: float = 0.0
     written: int = 0  # predictions on disk after the run (all shards)
     started_clock: float = 0.0
@@ -407,7 +406,6 @@ class Ablation:
         results = [outcome.shard_results[index] for index in sorted(outcome.shard_results)]
         failures = [(index, message) for index, (ok, message, _) in enumerate(results) if not ok]
         runner_results = [r for _, _, r in results if r is not None]
-        outcome.result = runner_results[-1] if len(runner_results) == 1 else None
         outcome.written = sum(r.num_written for r in runner_results)
         if not failures:
             record.status, record.message = "completed", None

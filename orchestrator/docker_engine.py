@@ -370,7 +370,9 @@ class DockerEngine(Engine):
 
         pump_lines(chunks(), sink, lines)
 
-    def _remove(self, container: Any) -> None:
+    def _remove(self, container: Any, timeout: float = 60) -> None:
+        """Remove the container and return only once the engine no longer lists it (a removal another thread
+        started, e.g. Ctrl-C while a task ends, is waited for too)."""
         try:
             container.remove(force=True)
         except NotFound:
@@ -378,6 +380,13 @@ class DockerEngine(Engine):
         except APIError as error:
             if "already in progress" not in str(error):
                 raise
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.client.containers.get(container.id)
+            except NotFound:
+                break
+            time.sleep(0.2)
         with self._lock:
             self._containers.pop(container.id, None)
 

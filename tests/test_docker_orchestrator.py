@@ -33,8 +33,9 @@ from _orchestrator_helpers import (
 
 from contract import METRICS_JSON, SUMMARY_JSON, MetricsFile, Summary, read_json
 
-# One worker runs every Docker test (pytest -n: they count the engine's containers).
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("docker")]
+# Every Docker test is in this file: `make test` (pytest -n 2 --dist loadfile) runs them on ONE worker, since they
+# count the engine's containers.
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -48,9 +48,6 @@ from orchestrator.slurm import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# One worker holds the session's Slurm cluster (pytest -n): every Slurm test runs there.
-pytestmark = pytest.mark.xdist_group("slurm")
-
 CLUSTER_SCRIPT = Path(__file__).resolve().parent / "slurm_cluster.py"
 
 

@@ -26,8 +26,7 @@ from slurm_cluster import SlurmTestCluster, slurm_cluster_fixture  # noqa: F401 
 from contract import METRICS_JSON
 from runner.registry import MODELS
 
-# One worker holds the session's Slurm cluster (pytest -n): every Slurm test runs there.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = pytest.mark.slow
 # The scoring job runs METEOR's JVM (-Xmx2G): every job asks for memory enough for it, as a user would.
 MEMORY = ["--slurm-arg", "mem=3G"]
 
