@@ -154,6 +154,9 @@ class SlurmEngine(Engine):
         """Only the fetch step runs as a plain task: on this host, with network (the jobs run offline)."""
         if task.kind != "fetch":
             raise EngineError("the slurm engine runs runners and scoring as jobs (submit_ablation)")
+        if self._plan is not None and self._plan.hf_cache is not None:
+            # The fetch runs here, not in a container: the cache at its host path, whatever the jobs' runtime sees.
+            task.environment = {**task.environment, "HF_HOME": str(self._plan.hf_cache)}
         return self._local.run(task, sink)
 
     def stop_all(self) -> None:

@@ -186,3 +186,37 @@ def test_detach_then_status_then_rerun(
     log = (out / "logs" / "blip2-opt-2.7b.shard-0.slurm.log").read_text()
     assert "resuming: 2 sample(s) already in" in log  # nothing captioned twice
     assert len(predictions(out, "blip2-opt-2.7b")) == data.num_samples
+
+
+@pytest.mark.parametrize("runtime", ["apptainer", "pyxis"])
+def test_the_container_runtimes_job_lines_as_submitted(runtime: str, tmp_path: Path, make_panorama_data) -> None:
+    """Apptainer and enroot cannot run here: what a job would run is checked word for word instead (the same
+    runner arguments as the other engines, container paths, read-only inputs, only the results writable)."""
+    import shlex
+
+    from orchestrator.ablation import runner_argv
+    from orchestrator.plan import AblationOptions, GpuSelection, build_plan
+    from orchestrator.slurm_engine import SlurmEngine, SlurmSettings
+    from runner.registry import get_model
+
+    data = make_panorama_data(tmp_path / "data", num_images=1)
+    (tmp_path / "models" / "llava-1.5-7b").mkdir(parents=True)
+    plan = build_plan(AblationOptions(models=["llava-1.5-7b"], data_file=data.data_file, output_dir=tmp_path / "out",
+                                      model_path_root=tmp_path / "models", shards=2))  # fmt: skip
+    engine = SlurmEngine(SlurmSettings(runtime=runtime, sif_dir=tmp_path / "sif"))  # type: ignore[arg-type]
+    spec = get_model("llava-1.5-7b")
+    argv = runner_argv(plan, spec, engine.paths(plan), GpuSelection("all"), None)
+    line = engine._command(plan, spec.image_ref, "runner", argv, 2)
+    words = shlex.split(line.replace('"${SLURM_ARRAY_TASK_ID}"', "K"))
+    runner = words[words.index("runner") + 1 :]
+    assert runner[:6] == ["--model", "llava-1.5-7b", "--data", "/data/data.csv", "--output-dir", "/results"]
+    assert runner[-2:] == ["--shard", "K/2"] and "/models/llava-1.5-7b" in runner
+    mounts = [f"{data.folder}:/data:ro", f"{plan.output_dir}:/results", f"{tmp_path / 'models'}:/models:ro"]
+    if runtime == "apptainer":
+        assert words[:5] == ["apptainer", "exec", "--containall", "--no-home", "--pwd"]
+        assert "--nv" in words and str(tmp_path / "sif" / "llava.sif") in words
+        assert [words[i + 1] for i, w in enumerate(words) if w == "--bind"] == mounts
+    else:
+        assert "srun" in words and "--container-image=vlm-ablation/llava:latest" in words
+        assert f"--container-mounts={','.join(mounts)}" in words
+    assert "HF_HUB_OFFLINE=1" in line and "HF_TOKEN" not in line.replace("unset HF_TOKEN", "")
