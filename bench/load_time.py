@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, help="where the checkpoints are written (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/load_time.json"))
     args = parser.parse_args(argv)
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_load_", dir=args.work_dir) as folder:
         rows = [measure(name, args.device, Path(folder)) for name in args.models]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": args.device, "models": rows}

@@ -37,8 +37,15 @@ def run(args: argparse.Namespace, data: Path, checkpoints: Path, out: Path, shar
     if done.returncode != 0:
         raise SystemExit(f"shards {shards} failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
     run_file = out / f"{args.model}_run.json"
-    timings = json.loads(run_file.read_text())["timings"]
-    return {"wall_s": round(wall, 1), "generate_s_summed": timings["generate_s"], "load_s_max": timings["load_s"]}
+    manifest = json.loads(run_file.read_text())
+    timings = manifest["timings"]
+    per_shard = [shard["timings"].get("generate_s") for shard in manifest.get("shards") or []]
+    return {
+        "wall_s": round(wall, 1),
+        "generate_s_summed": timings["generate_s"],
+        "generate_s_per_shard": per_shard or [timings["generate_s"]],
+        "load_s_max": timings["load_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}, {args.samples} samples, {args.new_tokens} new tokens, CPU tasks, one CPU each")
     for shards, result in results.items():
         print(f"  --shards {shards}: {result['wall_s']} s wall (load {result['load_s_max']} s, generate summed "
-              f"{result['generate_s_summed']} s)")  # fmt: skip
+              f"{result['generate_s_summed']} s: {result['generate_s_per_shard']})")  # fmt: skip
     print(f"  speed-up of 2 shards: x{results[1]['wall_s'] / results[2]['wall_s']:.2f} (whole ablation, wall)")
     return 0
 

@@ -45,7 +45,11 @@ from orchestrator.plan import PlanError
 
 # Variables sbatch passes from this process (only those set). Everything else the job gets from the user's login
 # environment on the node and from the setup file; a token in this process's environment never reaches a job.
-EXPORTED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
+# OMP_NUM_THREADS: the CPU threads per process a user chose (torch's default, one per core of the node, oversubscribes
+# a node that runs several tasks).
+EXPORTED_VARIABLES = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH", "OMP_NUM_THREADS",
+)  # fmt: skip
 # Inference runs offline, as the local and docker engines run it.
 OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 # Names of variables that hold credentials: never passed to a Slurm command, never written into a job script.

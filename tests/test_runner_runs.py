@@ -286,3 +286,20 @@ def test_a_second_runner_on_the_same_predictions_file_is_refused(panorama_data, 
     assert not predictions.exists()
     # Released (the first runner ended or was killed): the next run goes ahead.
     assert in_process(tiny_checkpoint(FAST_MODEL), panorama_data.data_file, out, limit=1).num_written == 1
+
+
+def test_several_preprocessing_workers_write_what_one_writes_in_the_same_order(
+    panorama_data, tiny_checkpoint, tmp_path
+):
+    """Processor threads finish out of order; the batches must still be generated and written in the run's order."""
+    checkpoint = tiny_checkpoint(FAST_MODEL)
+    written = {}
+    for workers in (1, 3):
+        out = tmp_path / f"workers-{workers}"
+        result = in_process(checkpoint, panorama_data.data_file, out, batch_size=2, max_new_tokens=6,
+                            preprocess_workers=workers)  # fmt: skip
+        assert result.status == "completed" and result.num_written == result.num_samples >= 8
+        records = read_jsonl(results_file(out, PREDICTIONS_JSONL, FAST_MODEL), PredictionRecord)
+        written[workers] = [(r.sample_id, r.prompt, r.prediction, r.error) for r in records]
+    assert len({row[0] for row in written[1]}) == len(written[1])
+    assert written[3] == written[1]

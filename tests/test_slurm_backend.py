@@ -533,7 +533,9 @@ def test_job_script_preamble_golden(tmp_path: Path) -> None:
 
 
 def test_sbatch_argv_of_a_shard_array(tmp_path: Path) -> None:
-    backend = SlurmBackend(tmp_path / "jobs", environ={"PATH": "/usr/bin", "HOME": "/home/me", "HF_TOKEN": "x"})
+    backend = SlurmBackend(
+        tmp_path / "jobs", environ={"PATH": "/usr/bin", "HOME": "/home/me", "HF_TOKEN": "x", "OMP_NUM_THREADS": "4"}
+    )
     spec = SlurmJobSpec(
         name="llava-run1",
         comment="vlm-ablation run=run1",
@@ -557,7 +559,7 @@ def test_sbatch_argv_of_a_shard_array(tmp_path: Path) -> None:
         "--chdir=/work dir",
         "--open-mode=append",
         "--kill-on-invalid-dep=yes",
-        "--export=PATH,HOME",
+        "--export=PATH,HOME,OMP_NUM_THREADS",  # never the token
         "--array=0-3%2",
         "--gres=gpu:h100:1",
         "--cpus-per-task=8",
