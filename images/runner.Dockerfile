@@ -9,6 +9,8 @@ ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 
 # --- stage 1: install. The wheelhouse is copied into THIS stage only, so it never becomes a layer of the image.
 FROM ${BASE_IMAGE} AS install
+# Labelled so that pruning dangling images keeps this stage: it is the build cache of the next build.
+LABEL io.vlm-ablation.stage="install"
 ARG FAMILY
 # The family's pins; a user's catalogue entry with its own `pins` file is staged under images/.user-pins/.
 ARG PINS=images/${FAMILY}/requirements.txt
