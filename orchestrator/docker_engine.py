@@ -23,18 +23,14 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, Mount
 
 from orchestrator.engines import (
-    DATA_DIR,
     HF_CACHE_DIR,
-    IMAGES_DIR,
-    MODELS_DIR,
-    MODELS_FILE,
-    RESULTS_DIR,
     Engine,
     EngineError,
     LineSink,
     RunPaths,
     Task,
     TaskResult,
+    container_mounts,
     pump_lines,
 )
 from orchestrator.plan import GpuSelection, Plan, PlanError
@@ -216,14 +212,7 @@ class DockerEngine(Engine):
             self._remove(container)
 
     def paths(self, plan: Plan) -> RunPaths:
-        return RunPaths(
-            data_file=f"{DATA_DIR}/{plan.data_file.name}",
-            output_dir=RESULTS_DIR,
-            model_root=MODELS_DIR if plan.model_path_root else None,
-            image_root=IMAGES_DIR if plan.image_root else None,
-            hf_cache=HF_CACHE_DIR,
-            models_file=MODELS_FILE if plan.models_file else None,
-        )
+        return RunPaths.in_container(plan)
 
     def resolve_gpus(self, requested: GpuSelection | None) -> GpuSelection:
         if requested is not None:
@@ -243,21 +232,12 @@ class DockerEngine(Engine):
             if task.token_file is not None:
                 mounts.append(Mount(TOKEN_FILE, str(task.token_file), type="bind", read_only=True))
             return mounts
-        mounts = [
-            Mount(DATA_DIR, str(plan.data_file.parent), type="bind", read_only=True),
-            Mount(RESULTS_DIR, str(plan.output_dir), type="bind", read_only=False),
-        ]
-        if plan.model_path_root:
-            mounts.append(Mount(MODELS_DIR, str(plan.model_path_root), type="bind", read_only=True))
-        if plan.image_root:
-            mounts.append(Mount(IMAGES_DIR, str(plan.image_root), type="bind", read_only=True))
-        if plan.models_file and task.kind == "runner":
-            mounts.append(Mount(MODELS_FILE, str(plan.models_file), type="bind", read_only=True))
         if plan.hf_cache and task.kind == "runner":
-            # Inference reads the cache the fetch step filled; only the fetch step writes it.
-            plan.hf_cache.mkdir(parents=True, exist_ok=True)
-            mounts.append(Mount(HF_CACHE_DIR, str(plan.hf_cache), type="bind", read_only=True))
-        return mounts
+            plan.hf_cache.mkdir(parents=True, exist_ok=True)  # a bind mount's source must exist
+        return [
+            Mount(target, str(source), type="bind", read_only=read_only)
+            for source, target, read_only in container_mounts(plan, task.kind)
+        ]
 
     @staticmethod
     def _device_requests(gpus: GpuSelection) -> list[DeviceRequest]:

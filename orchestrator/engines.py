@@ -49,6 +49,34 @@ class RunPaths:
     hf_cache: str | None
     models_file: str | None = None
 
+    @classmethod
+    def in_container(cls, plan: Plan) -> RunPaths:
+        """Where the containers' mounts put the plan's files (docker engine; Slurm's apptainer and pyxis runtimes)."""
+        return cls(
+            data_file=f"{DATA_DIR}/{plan.data_file.name}",
+            output_dir=RESULTS_DIR,
+            model_root=MODELS_DIR if plan.model_path_root else None,
+            image_root=IMAGES_DIR if plan.image_root else None,
+            hf_cache=HF_CACHE_DIR,
+            models_file=MODELS_FILE if plan.models_file else None,
+        )
+
+
+def container_mounts(plan: Plan, kind: TaskKind) -> list[tuple[Path, str, bool]]:
+    """(host path, container path, read-only) for a runner or scoring container: the one mount table of the docker
+    engine and of Slurm's container runtimes. The fetch step mounts only the cache (and the token file)."""
+    mounts = [(plan.data_file.parent, DATA_DIR, True), (plan.output_dir, RESULTS_DIR, False)]
+    if plan.model_path_root:
+        mounts.append((plan.model_path_root, MODELS_DIR, True))
+    if plan.image_root:
+        mounts.append((plan.image_root, IMAGES_DIR, True))
+    if plan.hf_cache and kind == "runner":
+        # Inference reads the cache the fetch step filled; only the fetch step writes it.
+        mounts.append((plan.hf_cache, HF_CACHE_DIR, True))
+    if plan.models_file and kind == "runner":
+        mounts.append((plan.models_file, MODELS_FILE, True))
+    return mounts
+
 
 @dataclass
 class Task:

@@ -26,19 +26,15 @@ from typing import TYPE_CHECKING, Any
 from contract import PREDICTIONS_JSONL, RunnerProgress, results_file
 from contract.shards import Shard
 from orchestrator.engines import (
-    DATA_DIR,
-    HF_CACHE_DIR,
-    IMAGES_DIR,
-    MODELS_DIR,
-    MODELS_FILE,
-    RESULTS_DIR,
     Engine,
     EngineError,
     LineSink,
     LocalEngine,
     RunPaths,
     Task,
+    TaskKind,
     TaskResult,
+    container_mounts,
 )
 from orchestrator.plan import GpuSelection, Plan, PlanError
 from orchestrator.slurm import (
@@ -124,14 +120,7 @@ class SlurmEngine(Engine):
     def paths(self, plan: Plan) -> RunPaths:
         if self.settings.runtime == "none":
             return self._local.paths(plan)
-        return RunPaths(
-            data_file=f"{DATA_DIR}/{plan.data_file.name}",
-            output_dir=RESULTS_DIR,
-            model_root=MODELS_DIR if plan.model_path_root else None,
-            image_root=IMAGES_DIR if plan.image_root else None,
-            hf_cache=HF_CACHE_DIR,
-            models_file=MODELS_FILE if plan.models_file else None,
-        )
+        return RunPaths.in_container(plan)
 
     def resolve_gpus(self, requested: GpuSelection | None) -> GpuSelection:
         # Slurm allocates each task its GPUs (--gres) and sets CUDA_VISIBLE_DEVICES; the runner uses what it sees.
@@ -165,17 +154,8 @@ class SlurmEngine(Engine):
 
     # --- jobs ----------------------------------------------------------------------------------------------------
 
-    def _binds(self, plan: Plan, kind: str) -> list[Bind]:
-        binds = [Bind(plan.data_file.parent, DATA_DIR), Bind(plan.output_dir, RESULTS_DIR, read_only=False)]
-        if plan.model_path_root:
-            binds.append(Bind(plan.model_path_root, MODELS_DIR))
-        if plan.image_root:
-            binds.append(Bind(plan.image_root, IMAGES_DIR))
-        if plan.hf_cache and kind == "runner":
-            binds.append(Bind(plan.hf_cache, HF_CACHE_DIR))
-        if plan.models_file and kind == "runner":
-            binds.append(Bind(plan.models_file, MODELS_FILE))
-        return binds
+    def _binds(self, plan: Plan, kind: TaskKind) -> list[Bind]:
+        return [Bind(source, target, read_only) for source, target, read_only in container_mounts(plan, kind)]
 
     def _command(self, plan: Plan, image: str, module: str, argv: list[str], shards: int | None) -> str:
         runtime = self.settings.runtime
