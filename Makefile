@@ -36,6 +36,10 @@ MEMORY         ?=
 MODELS_FILE    ?=
 TINY_DIR       ?= .cache/tiny-checkpoints
 PYTEST_ARGS    ?=
+# make quic360: where the prepared data goes, and more options (python -m data.quic360 prepare --help), e.g.
+# QUIC360_ARGS=--split-file=test.tsv to use a split TSV you already have.
+QUIC360_DIR    ?= data/quic360
+QUIC360_ARGS   ?=
 
 .PHONY: help setup test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample models sif
 
@@ -60,6 +64,7 @@ help:
 	@echo "  EXTRA_ARGS=  more orchestrator options (python -m orchestrator ablation --help)"
 	@echo "  FAMILIES=$(FAMILIES)  IMAGE_MODELS=  BASE_IMAGE=  SCORING_BASE_IMAGE=  IMAGE_ARGS=  (make images)"
 	@echo "  MANIFEST=$(MANIFEST)  (make reproduce)    PYTEST_ARGS=  (make test)"
+	@echo "  QUIC360_DIR=$(QUIC360_DIR)  QUIC360_ARGS=  (make quic360; e.g. QUIC360_ARGS=--split-file=test.tsv)"
 
 setup:
 	python3 -m venv .venv
@@ -131,7 +136,7 @@ sif:
 	done
 
 quic360:
-	$(PYTHON) -m data.quic360 prepare --out data/quic360
+	$(PYTHON) -m data.quic360 prepare --out $(QUIC360_DIR) $(QUIC360_ARGS)
 
 sample:
 	$(PYTHON) -m data.make_sample --out data/sample

@@ -19,6 +19,7 @@ import http.client
 import io
 import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -208,8 +209,13 @@ def _check_image(part: Path) -> None:
         raise PermanentError(f"not a decodable image: {type(error).__name__}: {error}") from error
 
 
-def fetch_image(url: str, out_dir: Path, settings: FetchSettings) -> Outcome:
-    """Fetch one image into out_dir/images/ unless it is already there; never raises for network problems."""
+def fetch_image(url: str, out_dir: Path, settings: FetchSettings, stop: threading.Event | None = None) -> Outcome:
+    """Fetch one image into out_dir/images/ unless it is already there; never raises for network problems.
+
+    Once `stop` is set (the run was interrupted) a failed try is not retried, so Ctrl-C ends within one timeout.
+    """
+    if stop is None:
+        stop = threading.Event()
     relative = f"{IMAGE_FOLDER}/{local_name(url)}"
     target = out_dir / relative
     if target.is_file():
@@ -232,11 +238,11 @@ def fetch_image(url: str, out_dir: Path, settings: FetchSettings) -> Outcome:
             cause = error.__cause__
             if isinstance(cause, urllib.error.HTTPError):
                 retry_after = _retry_after(cause)
-            if attempts > settings.retries:
+            if attempts > settings.retries or stop.is_set():
                 return Outcome(url=url, file=relative, status="failed", attempts=attempts, reason=str(error))
-        time.sleep(
-            retry_after if retry_after is not None else min(settings.backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
-        )
+        backoff_s = min(settings.backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
+        if stop.wait(retry_after if retry_after is not None else backoff_s):  # woken early by an interruption
+            return Outcome(url=url, file=relative, status="failed", attempts=attempts, reason="interrupted")
 
 
 def fetch_all(
@@ -250,9 +256,10 @@ def fetch_all(
     urls = list(urls)
     (out_dir / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
+    stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="quic360-fetch")
     try:
-        futures = [pool.submit(fetch_image, url, out_dir, settings) for url in urls]
+        futures = [pool.submit(fetch_image, url, out_dir, settings, stop) for url in urls]
         for future in as_completed(futures):  # collected here, in the calling thread: no lock needed
             outcome = future.result()
             outcomes[outcome.url] = outcome
@@ -260,7 +267,8 @@ def fetch_all(
                 progress(len(outcomes), len(urls), outcome)
     finally:
         # On Ctrl-C or an error, drop the queued downloads instead of finishing all of them; the ones in flight
-        # end within their timeout and leave only .part files, which the next run replaces.
+        # end within their timeout without another try, and leave only .part files, which the next run replaces.
+        stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
     return [outcomes[url] for url in urls]
 
@@ -302,6 +310,13 @@ class PrepareReport:
         )
 
 
+SPLIT_FILE_HINT = (
+    "\nTo use a copy of the split TSV instead, pass --split-file FILE (make quic360 QUIC360_ARGS=--split-file=FILE); "
+    "the images are downloaded all the same, so on a host without internet prepare on a connected one and copy the "
+    "whole output folder (docs/DATA.md)"
+)
+
+
 def fetch_split_file(url: str, destination: Path, settings: FetchSettings) -> None:
     """Download the split TSV (small) with the same retry rules, written next to its final name then renamed."""
     attempts = 0
@@ -314,12 +329,12 @@ def fetch_split_file(url: str, destination: Path, settings: FetchSettings) -> No
             return
         except PermanentError as error:
             part.unlink(missing_ok=True)
-            raise PrepareError(f"could not download the split file {url}: {error}") from error
+            raise PrepareError(f"could not download the split file {url}: {error}{SPLIT_FILE_HINT}") from error
         except TransientError as error:
             part.unlink(missing_ok=True)
             if attempts > settings.retries:
                 raise PrepareError(
-                    f"could not download the split file {url} after {attempts} tries: {error}"
+                    f"could not download the split file {url} after {attempts} tries: {error}{SPLIT_FILE_HINT}"
                 ) from error
         time.sleep(min(settings.backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S))
 
@@ -364,7 +379,34 @@ def prepare(
     log: Callable[[str], None] = print,
 ) -> PrepareReport:
     settings = settings or FetchSettings()
+    # Deepest first: the images folder, the output folder, then any parent this run had to make.
+    created = [folder for folder in (out_dir / IMAGE_FOLDER, out_dir, *out_dir.parents) if not folder.exists()]
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(out_dir, split, split_url, split_file, refresh_split, workers, settings, log)
+    except BaseException:
+        # A run that stops before it wrote anything (no network for the split file, a bad split file, Ctrl-C)
+        # leaves no empty folder behind; a folder that already existed, or now holds a file, stays.
+        for folder in created:
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue  # never made (the images folder of a run that stopped before any image)
+            except OSError:
+                break
+        raise
+
+
+def _prepare(
+    out_dir: Path,
+    split: str,
+    split_url: str | None,
+    split_file: Path | None,
+    refresh_split: bool,
+    workers: int,
+    settings: FetchSettings,
+    log: Callable[[str], None],
+) -> PrepareReport:
     if split_file is not None:
         split_path, source = split_file, str(split_file)
     else:

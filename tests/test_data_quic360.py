@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -36,7 +37,7 @@ def image_bytes(image_format: str, colour: tuple[int, int, int], size: tuple[int
 
 @dataclass
 class Reply:
-    """One response: `kind` is image | status | truncate | redirect | sleep | barrier."""
+    """One response: `kind` is image | status | truncate | redirect | sleep | barrier | hold (until released)."""
 
     kind: str
     body: bytes = b""
@@ -52,6 +53,7 @@ class LoopbackServer:
     served: Counter[str] = field(default_factory=Counter)
     user_agents: set[str] = field(default_factory=set)
     barrier: threading.Barrier | None = None
+    release: threading.Event = field(default_factory=threading.Event)  # ends every `hold` reply
     in_flight: int = 0
     max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -90,6 +92,9 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             if reply.kind == "sleep":
                 time.sleep(reply.delay_s)
                 reply = Reply("image", body=reply.body)
+            if reply.kind == "hold":
+                server.release.wait(timeout=60)
+                return  # no answer at all: the client's read times out
             if reply.kind == "barrier":
                 assert server.barrier is not None
                 try:
@@ -131,6 +136,7 @@ def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
     try:
         yield state
     finally:
+        state.release.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
@@ -160,7 +166,9 @@ def mixed_split(http_server: LoopbackServer, tmp_path: Path) -> tuple[LoopbackSe
         "ok_jpeg": s.route("/photos/ok_1.jpg", Reply("image", JPEG)),
         "ok_png": s.route("/photos/ok_2.png", Reply("image", PNG)),
         "missing": s.route("/photos/missing.jpg", Reply("status", status=404)),
-        "flaky": s.route("/photos/flaky.jpg", Reply("status", status=500), Reply("image", JPEG)),
+        "flaky": s.route(
+            "/photos/flaky.jpg", Reply("status", status=500), Reply("status", status=503), Reply("image", JPEG)
+        ),
         "down": s.route("/photos/down.jpg", Reply("status", status=503)),
         "truncated": s.route("/photos/truncated.jpg", Reply("truncate", JPEG)),
         "corrupt": s.route("/photos/corrupt.jpg", Reply("image", b"<html>not an image</html>" * 10)),
@@ -197,10 +205,11 @@ def test_prepare_cli_downloads_retries_and_reports_failures(
         for line in summary
     ), completed.stdout
 
-    # Requests served: no retry for 404, corrupt or placeholder; 1 + 2 retries for transient failures.
+    # Requests served: no retry for 404, corrupt or placeholder; 1 + 2 retries for transient failures (the flaky
+    # image fails twice, then its third try, the last one allowed, succeeds).
     assert server.served["/photos/ok_1.jpg"] == 1
     assert server.served["/photos/missing.jpg"] == 1
-    assert server.served["/photos/flaky.jpg"] == 2
+    assert server.served["/photos/flaky.jpg"] == 3
     assert server.served["/photos/down.jpg"] == 3
     assert server.served["/photos/truncated.jpg"] == 3
     assert server.served["/photos/corrupt.jpg"] == 1
@@ -311,8 +320,104 @@ def test_the_split_is_fetched_by_url_once_then_reused(http_server: LoopbackServe
 
 
 def test_a_missing_split_url_is_a_clear_error(http_server: LoopbackServer, tmp_path: Path) -> None:
-    with pytest.raises(PrepareError, match=r"could not download the split file .*/raw/nope.tsv: HTTP 404"):
+    with pytest.raises(PrepareError, match=r"could not download the split file .*/raw/nope.tsv: HTTP 404") as error:
         prepare(tmp_path / "out", split_url=http_server.url("/raw/nope.tsv"), settings=FAST, log=quiet)
+    assert "--split-file FILE" in str(error.value)
+    assert http_server.served["/raw/nope.tsv"] == 1  # a 404 is not retried
+    assert not (tmp_path / "out").exists()
+
+
+def closed_loopback_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused at once, as on a host without network."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_make_quic360_without_network_names_split_file_and_leaves_no_folder(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "quic360"
+    split_url = f"http://127.0.0.1:{closed_loopback_port()}/raw/test.tsv"
+    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    completed = subprocess.run(
+        ["make", "-s", "-C", str(REPO_ROOT), "quic360", f"PYTHON={sys.executable}", f"QUIC360_DIR={out}",
+         f"QUIC360_ARGS=--split-url={split_url} --retries=2 --backoff=0.01"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode != 0
+    assert f"error: could not download the split file {split_url} after 3 tries: connection failed" in completed.stderr
+    assert "pass --split-file FILE (make quic360 QUIC360_ARGS=--split-file=FILE)" in completed.stderr
+    assert not (tmp_path / "new").exists(), "an empty output folder was left behind"
+
+
+def test_a_failed_split_download_keeps_a_folder_that_already_existed(tmp_path: Path) -> None:
+    out = tmp_path / "quic360"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    settings = FetchSettings(timeout_s=2.0, retries=0, backoff_s=0.01)
+    with pytest.raises(PrepareError, match="--split-file"):
+        prepare(out, split_url=f"http://127.0.0.1:{closed_loopback_port()}/t.tsv", settings=settings, log=quiet)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PrepareError):
+        prepare(empty, split_url=f"http://127.0.0.1:{closed_loopback_port()}/t.tsv", settings=settings, log=quiet)
+    assert empty.is_dir()  # the user's own folder, even empty, is never removed
+
+
+def test_make_quic360_with_a_split_file_downloads_from_the_server(http_server: LoopbackServer, tmp_path: Path) -> None:
+    url = http_server.route("/photos/a.jpg", Reply("image", JPEG))
+    split = write_split(tmp_path / "test.tsv", [(url, "people", "Two people."), (url, "people", "A couple.")])
+    out = tmp_path / "quic360"
+    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    completed = subprocess.run(
+        ["make", "-s", "-C", str(REPO_ROOT), "quic360", f"PYTHON={sys.executable}", f"QUIC360_DIR={out}",
+         f"QUIC360_ARGS=--split-file={split} --workers=2"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "images: 1 distinct, 1 downloaded" in completed.stdout
+    assert (out / "images" / local_name(url)).read_bytes() == JPEG
+    assert len(load_dataset(out / "test.csv").samples) == 1
+
+
+def test_an_interrupted_download_resumes_without_fetching_finished_images_again(
+    http_server: LoopbackServer, tmp_path: Path
+) -> None:
+    """Ctrl-C while one image hangs: the finished ones stay and are not requested again; the run stops at once
+    instead of retrying the hanging one (5 retries allowed)."""
+    slow = http_server.route("/photos/slow.jpg", Reply("hold", JPEG))
+    fast = [http_server.route(f"/photos/fast{index}.jpg", Reply("image", JPEG)) for index in range(4)]
+    split = write_split(tmp_path / "test.tsv", [(url, "location", "a caption.") for url in (slow, *fast)])
+    out = tmp_path / "quic360"
+    command = [sys.executable, "-m", "data.quic360", "prepare", "--out", str(out), "--split-file", str(split)]
+    command += ["--workers", "2", "--retries", "5", "--timeout", "5", "--backoff", "0.01"]
+    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    finished = [out / "images" / local_name(url) for url in fast]
+    deadline = time.monotonic() + 30
+    while not (all(path.is_file() for path in finished) and http_server.served["/photos/slow.jpg"]):
+        assert process.poll() is None and time.monotonic() < deadline, "the fast images never arrived"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stdout + stderr
+    assert "interrupted: run the same command again to resume" in stderr
+    assert http_server.served["/photos/slow.jpg"] == 1, "the hanging image was retried after Ctrl-C"
+    assert not (out / "images" / local_name(slow)).exists()
+    assert sorted(path.name for path in (out / "images").iterdir()) == sorted(path.name for path in finished)
+
+    http_server.route("/photos/slow.jpg", Reply("image", JPEG))  # the server answers again
+    before = Counter(http_server.served)
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert "images: 5 distinct, 1 downloaded, 4 already present, 0 failed" in completed.stdout
+    new_requests = http_server.served - before
+    assert dict(new_requests) == {"/photos/slow.jpg": 1}
+    assert len(load_dataset(out / "test.csv").samples) == 5
 
 
 @pytest.mark.parametrize(
@@ -348,7 +453,7 @@ def test_a_bad_split_file_is_refused_before_any_download(
     split.write_text(content, encoding="utf-8")
     with pytest.raises(PrepareError, match=rf"bad\.tsv: .*{message}"):
         prepare(tmp_path / "out", split_file=split, settings=FAST, log=quiet)
-    assert not (tmp_path / "out" / "images").exists()
+    assert not (tmp_path / "out").exists()
     assert sum(http_server.served.values()) == 0
 
 
