@@ -117,10 +117,12 @@ images:
 		$(if $(SCORING_BASE_IMAGE),--scoring-base-image $(SCORING_BASE_IMAGE)) $(IMAGE_ARGS)
 
 # One `pip download` per image: the families pin different, incompatible versions. Files already there are kept.
+# setuptools and wheel: what an older pip (Debian bookworm's 23.0) needs to build a pin shipped only as source
+# (docopt, num2words' dependency) without an index.
 wheelhouse:
 	mkdir -p $(WHEELHOUSE)
 	for target in $(WHEEL_TARGETS); do \
-		$(PYTHON) -m pip download --quiet --dest $(WHEELHOUSE) $(BASE_REQUIREMENTS) setuptools \
+		$(PYTHON) -m pip download --quiet --dest $(WHEELHOUSE) $(BASE_REQUIREMENTS) setuptools wheel \
 			-r images/$$target/requirements.txt || exit 1; \
 	done
 

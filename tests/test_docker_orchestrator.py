@@ -297,6 +297,48 @@ def test_all_eight_models_run_in_their_own_images(client, tmp_path: Path, tiny_c
     assert managed_containers(client) == []
 
 
+def test_architectures_needing_num2words_or_timm_run_through_hf_names_in_the_generic_image(
+    client, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    """SmolVLM2 (num2words), Gemma 3n and Perception LM (timm) by their Hub names alone, each in the generic image
+    built from images/generic/requirements.txt: the packages are there and the prompts are those the venv renders."""
+    import shutil
+
+    from _orchestrator_helpers import require_images
+    from test_generic_architectures import ARCHITECTURES
+
+    from runner.loop import DEFAULT_PROMPT_TEMPLATE
+    from runner.registry import get_model
+
+    entries = ("smolvlm2-2.2b", "gemma-3n-e2b", "perception-lm-1b")
+    hub_names = {entry: f"hf:{get_model(entry).hub_id}" for entry in entries}
+    generic = get_model(hub_names[entries[0]]).image_ref
+    require_images(client, [generic])
+    root = tmp_path / "models"
+    for entry, hub_name in hub_names.items():  # DIR/<the name an hf: name resolves to>: where --model-path-root looks
+        shutil.copytree(tiny_checkpoint(entry), root / get_model(hub_name).name)
+    readable_by_all(root)
+    data = _data(make_panorama_data, tmp_path / "data", num_images=2, queries=("location",))
+    out = writable_results(tmp_path / "results")
+    run = run_orchestrator(
+        "ablation", "--engine", "docker", "--gpus", "none", "--models", ",".join(hub_names.values()),
+        "--data", data.data_file, "--output-dir", out, "--model-path-root", root, "--batch-size", "2",
+        "--max-new-tokens", "4", "--no-report", *CONTAINER_USER_ARGS, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    assert "  completed : 3/3" in run.stdout
+    for entry, hub_name in hub_names.items():
+        model = get_model(hub_name).name
+        assert next(r for r in manifest(out).models if r.model_name == model).image == generic
+        records = predictions(out, model)
+        assert len(records) == 2
+        expected_prompt = ARCHITECTURES[entry][0]
+        for record in records:
+            assert record.error is None and record.prediction
+            assert record.prompt == expected_prompt.format(instruction=DEFAULT_PROMPT_TEMPLATE.format(query="location"))
+    assert managed_containers(client) == []
+
+
 # --- hardening ------------------------------------------------------------------------------------------------
 
 

@@ -75,6 +75,26 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
         "MllamaForConditionalGeneration",
         "MllamaProcessor",
     ),
+    # These three need a package besides transformers: num2words (SmolVLM2's processor), timm (the vision towers).
+    "smolvlm2-2.2b": (
+        "<|im_start|>User:<image>{instruction}<end_of_utterance>\nAssistant:",
+        "SmolVLMForConditionalGeneration",
+        "SmolVLMProcessor",
+    ),
+    "gemma-3n-e2b": (
+        "<bos><start_of_turn>user\n<image_soft_token>{instruction}<end_of_turn>\n<start_of_turn>model\n",
+        "Gemma3nForConditionalGeneration",
+        "Gemma3nProcessor",
+    ),
+    "perception-lm-1b": (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+        "provides, and assist the user with a variety of tasks using natural language."
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<|image|>{instruction}"
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        "PerceptionLMForConditionalGeneration",
+        "PerceptionLMProcessor",
+    ),
 }
 NAMES = sorted(ARCHITECTURES)
 BATCH_SIZE = 4
@@ -168,6 +188,39 @@ def test_architecture_end_to_end_through_the_generic_adapter(name, panoramas, ti
         assert len({r.prediction for r in records if r.query == query}) > 1, f"{name}: every image gives the same"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_generation_stops_on_the_entry_s_own_stop_tokens(name, tiny_checkpoint):
+    """generation_config's eos ids are the tokens the entry names (eos, then stop_tokens), never <unk>: a stop token
+    the tokenizer lacks would otherwise resolve to the unknown token's id and never stop anything."""
+    from transformers import AutoTokenizer
+
+    from runner.tiny.generic import ARCHITECTURES as BUILDERS
+
+    arch = BUILDERS[get_model(name).tiny]
+    checkpoint = tiny_checkpoint(name)
+    eos = json.loads((checkpoint / "generation_config.json").read_text(encoding="utf-8"))["eos_token_id"]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    assert tokenizer.convert_ids_to_tokens(eos if isinstance(eos, list) else [eos]) == [
+        arch.eos_token,
+        *arch.stop_tokens,
+    ]
+
+
+def test_the_packages_some_architectures_need_are_pinned_alike_in_the_image_the_extra_and_here():
+    """num2words (SmolVLM2's processor) and timm (Gemma 3n's and Perception LM's vision towers): the generic image
+    installs the versions the runner extra names, and those are the versions these tests ran with."""
+    import tomllib
+    from importlib.metadata import version
+
+    requirements = (REPO_ROOT / "images" / "generic" / "requirements.txt").read_text(encoding="utf-8")
+    image_pins = dict(line.split("==") for line in requirements.splitlines() if "==" in line and line[0] != "#")
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extra_pins = dict(item.split("==") for item in project["optional-dependencies"]["runner"] if "==" in item)
+    for package in ("num2words", "timm"):
+        assert image_pins[package] == extra_pins[package] == version(package), package
+    assert image_pins["docopt"] == version("docopt")  # num2words' one dependency, pinned in the image too
+
+
 def test_the_mechanism_builds_the_same_bytes_every_time(tiny_checkpoint, tmp_path):
     """Seeded from start to end: rebuilt from another global random state, a checkpoint equals the session's."""
     from runner.tiny.generic import ARCHITECTURES
@@ -225,8 +278,9 @@ def vision_units(name: str, side: int) -> int:
         )
         cap_max_pixels(processor, spec.max_pixels)
         return int(processor([image], return_tensors="pt")["image_grid_thw"].prod()) // 4
-    if name == "smolvlm-instruct":
-        processor = transformers.Idefics3ImageProcessor(
+    if name in ("smolvlm-instruct", "smolvlm2-2.2b"):
+        processor_class = {"smolvlm-instruct": "Idefics3ImageProcessor", "smolvlm2-2.2b": "SmolVLMImageProcessor"}[name]
+        processor = getattr(transformers, processor_class)(
             size={"longest_edge": 1536}, max_image_size={"longest_edge": 384}
         )
         return int(processor([[image]], return_tensors="pt")["pixel_values"].shape[1])
@@ -256,6 +310,7 @@ def vision_units(name: str, side: int) -> int:
         ("qwen2-vl-2b", 1250),  # 50 x 25 tokens of 28 px
         ("qwen3-vl-2b", 1250),  # 50 x 25 tokens of 32 px
         ("smolvlm-instruct", 9),  # 4 x 2 tiles + global view
+        ("smolvlm2-2.2b", 9),
         ("llava-onevision-qwen2-7b", 9),  # 4 x 2 anyres tiles + base image
         ("internvl3-2b", 9),  # 4 x 2 tiles + thumbnail
         ("aya-vision-8b", 9),
@@ -271,6 +326,37 @@ def test_max_image_side_is_where_the_published_processor_stops_adding_detail(nam
         assert vision_units(name, side + 64) > 9
     else:
         assert vision_units(name, 2 * side) <= units_at_the_limit  # a larger panorama gives no more
+
+
+def test_gemma_3n_max_image_side_keeps_every_row_its_image_processor_sees():
+    """A fixed 768 x 768 input (SigLIP's processor class at Gemma 3n's size): at max_image_side a 2:1 panorama is
+    exactly 768 rows high, so it is only squashed horizontally; a larger one gives no more pixels."""
+    import transformers
+    from PIL import Image
+
+    side = get_model("gemma-3n-e2b").max_image_side
+    processor = transformers.SiglipImageProcessor(size={"height": 768, "width": 768})
+    for width in (side, 2 * side):
+        pixels = processor([Image.new("RGB", (width, width // 2), "gray")], return_tensors="pt")["pixel_values"]
+        assert tuple(pixels.shape[-2:]) == (768, 768)
+    assert side // 2 == 768
+
+
+def test_perception_lm_max_image_side_is_its_tile_canvas():
+    """The image processor class at its defaults (448 px tiles, at most 36) puts ANY 2:1 panorama on an 8 x 4 canvas
+    (+ thumbnail): at max_image_side it is resized by nothing, larger ones are shrunk onto the same canvas."""
+    import transformers
+    from PIL import Image
+
+    side = get_model("perception-lm-1b").max_image_side
+    processor = transformers.PerceptionLMImageProcessor()
+    assert (processor.tile_size, processor.max_num_tiles) == (448, 36)
+    for width in (side // 4, side, 2 * side):
+        image = torch.zeros(3, width // 2, width)
+        canvas, grid = processor.resize(image, tile_size=448, max_num_tiles=36)
+        assert grid == (8, 4) and tuple(canvas.shape[-2:]) == (side // 2, side)
+        tiles = processor([Image.new("RGB", (width, width // 2), "gray")], return_tensors="pt")["pixel_values"]
+        assert tiles.shape[1] == 33  # 32 tiles + the thumbnail, whatever the panorama's size
 
 
 # --- Done when: an architecture no code names captions the sample data through hf: ---------------------------------

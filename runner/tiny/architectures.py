@@ -7,6 +7,7 @@ renders the published checkpoint's prompt format (named in each comment). runner
 
 from __future__ import annotations
 
+from runner.tiny.gemma3 import GEMMA3_CHAT_TEMPLATE
 from runner.tiny.generic import TinyArchitecture, Token, register_architecture
 from runner.tiny.qwen2_5_vl import QWEN2_5_VL_CHAT_TEMPLATE
 
@@ -417,5 +418,164 @@ register_architecture(
         stop_tokens=("<|end_of_text|>", "<|eom_id|>"),
         image_processor={"size": {"height": 32, "width": 32}, "max_image_tiles": 4},
         weight_fills={"cross_attn_attn_gate": 1.0, "cross_attn_mlp_gate": 1.0},
+    ),
+)
+
+# --- Architectures whose processor or vision tower needs one more package (the runner extra and the generic image
+# carry them): num2words for SmolVLM2's processor, timm for Gemma 3n's and Perception LM's vision towers.
+
+# SmolVLM2 (SmolVLM classes, the SmolVLM-Instruct layout): `<|im_start|>User:<image>{text}<end_of_utterance>\n
+# Assistant:`; its processor refuses to start without num2words (it spells out video frame counts).
+register_architecture(
+    "smolvlm2",
+    TinyArchitecture(
+        model_type="smolvlm",
+        config={
+            "text_config": {"model_type": "llama", **TEXT},
+            # 32 px tiles of 8 px patches: 16 patches, pixel-shuffled 2x2 -> 4 image tokens per tile.
+            "vision_config": {**VISION, "image_size": 32, "patch_size": 8},
+            "scale_factor": 2,
+            "image_token_id": Token("<image>"),
+        },
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+        special_tokens=("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>")
+        + IDEFICS3_GRID_TOKENS,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+        image_processor={"size": {"longest_edge": 64}, "max_image_size": {"longest_edge": 32}},
+        video_processor={"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 32}},
+        processor={"image_seq_len": 4},
+    ),
+)
+
+# Gemma 3n (MobileNetV5 vision tower from timm + the Gemma 3n LM with AltUp, LAuReL and per-layer embeddings, plus a
+# conformer audio tower): the Gemma 3 turn layout, an image written as <image_soft_token> (the processor expands it to
+# `\n\n<start_of_image>` + soft tokens + `<end_of_image>\n\n`). Ids past the text vocabulary are embedded by the
+# vision embedder (<end_of_image>, <image_soft_token>) and the audio embedder (<end_of_audio>, <audio_soft_token>),
+# so those four tokens come last, in that order; vocab_size_per_layer_input is the text vocabulary, i.e. the id of
+# <end_of_image>. The vision tower is the published `mobilenetv5_300m_enc`, all 84 blocks, at 1/100 of its channel
+# width (timm rounds up to 8-16 channels); its attention head sizes and its 2048-wide output are fixed by the
+# architecture, so this checkpoint is about 6 MB. 64 px images, 32x downsampled to 2 x 2: 4 soft tokens (256 real).
+GEMMA3N_CHAT_TEMPLATE = GEMMA3_CHAT_TEMPLATE.replace("'<start_of_image>'", "'<image_soft_token>'")
+GEMMA3N_NAMED_TOKENS = {
+    "boi_token": "<start_of_image>",
+    "eoi_token": "<end_of_image>",
+    "image_token": "<image_soft_token>",
+    "boa_token": "<start_of_audio>",
+    "eoa_token": "<end_of_audio>",
+    "audio_token": "<audio_soft_token>",
+}
+register_architecture(
+    "gemma3n",
+    TinyArchitecture(
+        model_type="gemma3n",
+        config={
+            "text_config": {
+                **TEXT,
+                "vocab_size_per_layer_input": Token("<end_of_image>"),
+                "hidden_size_per_layer_input": 8,
+                "altup_num_inputs": 2,
+                "laurel_rank": 4,
+                "num_kv_shared_layers": 0,
+                "sliding_window": 512,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+            "vision_config": {
+                "architecture": "mobilenetv5_300m_enc",
+                "model_args": {"channel_multiplier": 0.01, "stem_size": 8, "msfa_output_resolution": 2},
+                "hidden_size": 2048,
+                "vocab_offset": Token("<end_of_image>"),
+                "vocab_size": 2,
+            },
+            "audio_config": {
+                "hidden_size": 32,
+                "conf_num_attention_heads": 2,
+                "conf_num_hidden_layers": 1,
+                "sscp_conv_channel_size": [8, 8],
+                "vocab_offset": Token("<end_of_audio>"),
+                "vocab_size": 2,
+            },
+            "vision_soft_tokens_per_image": 4,
+            "boi_token_id": Token("<start_of_image>"),
+            "eoi_token_id": Token("<end_of_image>"),
+            "image_token_id": Token("<image_soft_token>"),
+            "boa_token_id": Token("<start_of_audio>"),
+            "eoa_token_id": Token("<end_of_audio>"),
+            "audio_token_id": Token("<audio_soft_token>"),
+        },
+        chat_template=GEMMA3N_CHAT_TEMPLATE,
+        special_tokens=("<start_of_turn>", "<end_of_turn>"),
+        appended_tokens=("<end_of_image>", "<image_soft_token>", "<end_of_audio>", "<audio_soft_token>"),
+        named_tokens=GEMMA3N_NAMED_TOKENS,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        add_bos=True,
+        stop_tokens=("<end_of_turn>",),
+        image_processor={"size": {"height": 64, "width": 64}},
+        processor={"image_seq_length": 4},
+    ),
+)
+
+# Perception LM (a Perception Encoder ViT from timm + Llama 3): the Llama 3 header layout with a default system turn;
+# the processor cuts the image into tiles (+ a thumbnail) and writes (tile / patch / pooling)^2 <|image|> tokens per
+# tile. A PE-core ViT of one block on 28 px tiles of 7 px patches, pooled 2x2: 4 tokens per tile (448 px tiles real).
+PERCEPTION_LM_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+PERCEPTION_LM_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set system_message = messages[0]['content'] | trim -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system_message = '" + PERCEPTION_LM_SYSTEM + "' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\\n\\n' + system_message + '<|eot_id|>' }}"
+    "{%- for message in loop_messages -%}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    + content("<|image|>")
+    + "{{ '<|eot_id|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"
+)
+PERCEPTION_LM_TILE = 28
+register_architecture(
+    "perception-lm",
+    TinyArchitecture(
+        model_type="perception_lm",
+        config={
+            "text_config": {"model_type": "llama", **TEXT},
+            "vision_config": {
+                "model_type": "timm_wrapper",
+                "architecture": "vit_pe_core_large_patch14_336",
+                "do_pooling": False,
+                "model_args": {
+                    "embed_dim": 32,
+                    "depth": 1,
+                    "num_heads": 2,
+                    "patch_size": 7,
+                    "img_size": [PERCEPTION_LM_TILE, PERCEPTION_LM_TILE],
+                    "ref_feat_shape": [4, 4],
+                    "global_pool": "",
+                    "use_post_transformer_norm": False,
+                },
+            },
+            "projector_pooling_ratio": 2,
+            "image_token_id": Token("<|image|>"),
+            "video_token_id": Token("<|video|>"),
+        },
+        chat_template=PERCEPTION_LM_CHAT_TEMPLATE,
+        special_tokens=("<|start_header_id|>", "<|end_header_id|>"),
+        named_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        add_bos=True,
+        stop_tokens=("<|end_of_text|>",),
+        image_processor={"tile_size": PERCEPTION_LM_TILE, "max_num_tiles": 4},
+        video_processor={"size": {"height": PERCEPTION_LM_TILE, "width": PERCEPTION_LM_TILE}},
+        processor={"patch_size": 7, "pooling_ratio": 2},
     ),
 )

@@ -46,8 +46,12 @@ class TinyArchitecture:
     pad_token: str = "<pad>"
     add_bos: bool = False  # the tokenizer prepends bos_token itself (Llama, Gemma)
     stop_tokens: tuple[str, ...] = ()  # generation_config eos ids besides eos_token (an end-of-turn token)
+    # Special tokens added after the trained vocabulary, in this order: for models that give the ids past the text
+    # vocabulary a meaning of their own (Gemma 3n embeds its vision and audio token ranges separately).
+    appended_tokens: tuple[str, ...] = ()
     image_processor: Mapping[str, Any] = field(default_factory=dict)  # keywords of the image processor class
     video_processor: Mapping[str, Any] = field(default_factory=dict)
+    feature_extractor: Mapping[str, Any] = field(default_factory=dict)  # an audio feature extractor's keywords
     processor: Mapping[str, Any] = field(default_factory=dict)  # keywords of the processor class
     # After the seeded wide init: parameters whose name contains the key are multiplied by the factor, where a model
     # scales one input down so far that random weights would ignore it (PaliGemma divides image features by
@@ -73,7 +77,11 @@ def resolve_tokens(value: Any, tokenizer: Any) -> Any:
 
 
 def tiny_tokenizer(arch: TinyArchitecture) -> Any:
-    specials = [*arch.special_tokens, *(t for t in arch.named_tokens.values() if t not in arch.special_tokens)]
+    from tokenizers import AddedToken
+
+    appended = set(arch.appended_tokens)
+    wanted = [*arch.special_tokens, *arch.named_tokens.values(), *arch.stop_tokens]
+    specials = [token for token in dict.fromkeys(wanted) if token not in appended]
     tokenizer = train_tokenizer(
         specials,
         bos_token=arch.bos_token,
@@ -81,6 +89,8 @@ def tiny_tokenizer(arch: TinyArchitecture) -> Any:
         pad_token=arch.pad_token,
         add_bos=arch.add_bos,
     )
+    if arch.appended_tokens:
+        tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in arch.appended_tokens])
     return with_named_tokens(tokenizer, dict(arch.named_tokens)) if arch.named_tokens else tokenizer
 
 
@@ -104,6 +114,7 @@ def tiny_config(arch: TinyArchitecture, tokenizer: Any) -> Any:
 def tiny_processor(arch: TinyArchitecture, tokenizer: Any) -> Any:
     """The model_type's real processor class with its real sub-processors, at the entry's settings."""
     import transformers
+    from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
@@ -119,6 +130,9 @@ def tiny_processor(arch: TinyArchitecture, tokenizer: Any) -> Any:
         elif attribute == "video_processor":
             name = VIDEO_PROCESSOR_MAPPING_NAMES[arch.model_type]["torchvision"]
             parts[attribute] = getattr(transformers, name)(**arch.video_processor)
+        elif attribute == "feature_extractor":
+            name = FEATURE_EXTRACTOR_MAPPING_NAMES[arch.model_type]
+            parts[attribute] = getattr(transformers, name)(**arch.feature_extractor)
         else:
             raise ValueError(f"{arch.model_type}: {processor_class.__name__} needs a {attribute}, not built here")
     return processor_class(**parts, chat_template=arch.chat_template, **resolve_tokens(dict(arch.processor), tokenizer))
@@ -138,7 +152,7 @@ def build_architecture(arch: TinyArchitecture, out_dir: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForImageTextToText.from_config(config)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in (arch.eos_token, *arch.stop_tokens)]
+    stop_ids = [resolve_tokens(Token(token), tokenizer) for token in (arch.eos_token, *arch.stop_tokens)]
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
