@@ -3,13 +3,17 @@
     python -m bench.host_memory inputs [--models ...]    # per sample: decoded panorama, processor output
     python -m bench.host_memory runtime [--models ...]   # a whole runner on a tiny checkpoint
     python -m bench.host_memory load --models internvl2-2b [--work-dir DIR]   # a full-size checkpoint, CPU
+    python -m bench.host_memory project [--models ...]   # the real checkpoints on a GPU, as a Slurm task asks
 
 inputs: each model's full-size processor (published image sizes, bench/configs) on a 2048x1024 panorama downscaled
 as the runner does; the bytes of the decoded image and of every tensor the processor returns, next to
 runner.memory's per-sample figure. runtime: `python -m runner` on the tiny checkpoint (CPU, 8 samples), its peak
 resident memory (bench.peak_memory) next to runner.memory's runtime figure. load: a full-size random bf16 checkpoint
 written once, then loaded in a fresh process through the runner's own load path (runner.adapters) and every weight
-read, as a first batch would; the peak next to the checkpoint's size and runner.memory's estimate.
+read, as a first batch would; the peak next to the checkpoint's size and runner.memory's estimate. project: what a
+GPU runner task of each real model asks for (runner.memory.host_memory) on 2048x1024 panoramas at --batch-size auto's
+cap, its weight files taken as the exact parameter count (bench.fullsize, the published config) in bf16; a checkpoint
+published in float32 has files twice that size, which the estimate reads from the real files.
 """
 
 from __future__ import annotations
@@ -142,6 +146,28 @@ def load(names: list[str], work_dir: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
+def project(names: list[str]) -> list[dict[str, Any]]:
+    from bench.fullsize import count_parameters, load_bench_config
+    from runner.loop import AUTO_BATCH_MAX, RunConfig
+    from runner.memory import CheckpointSize, host_memory, image_pixels
+    from runner.registry import get_model
+
+    rows = []
+    for name in names:
+        spec = get_model(name)
+        parameters = count_parameters(load_bench_config(name)).total
+        weights = CheckpointSize(file_bytes=2 * parameters, parameters=parameters, files=1)
+        pixels = image_pixels([(2048, 1024)], spec.max_image_side, spec.max_pixels)
+        row: dict[str, Any] = {"model": name, "parameters": parameters, "bf16_bytes": 2 * parameters}
+        for batch in (1, AUTO_BATCH_MAX):
+            estimate = host_memory(weights, device="cuda", dtype=spec.dtype, batch_size=batch, pixels=pixels,
+                                   preprocess_workers=RunConfig.preprocess_workers)  # fmt: skip
+            row[f"batch_{batch}"] = {"bytes": estimate.memory_bytes, "parts": dict(estimate.parts)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def _load_and_touch(name: str, folder: str) -> None:
     """The runner's load path, then one read of every weight page (what the first forward pass does)."""
     import torch
@@ -160,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from runner.registry import MODELS
 
     parser = argparse.ArgumentParser(prog="python -m bench.host_memory", description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("inputs", "runtime", "load", "_load"))
+    parser.add_argument("part", choices=("inputs", "runtime", "load", "project", "_load"))
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--work-dir", type=Path, help="load: where the full-size checkpoint is written")
@@ -173,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = inputs(args.models)
     elif args.part == "runtime":
         rows = runtime(args.models)
+    elif args.part == "project":
+        rows = project(args.models)
     else:
         rows = load(args.models, args.work_dir)
     if args.json:

@@ -682,6 +682,11 @@ class SlurmBackend:
             done = self._run(argv)
             if done.returncode != 0:
                 message = done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}"
+                if spec.memory is not None and re.search(r"memory|node configuration", message, re.IGNORECASE):
+                    message += (
+                        f" (it asked for --mem={spec.memory}, the step's own estimate; give it another with "
+                        "--slurm-runner-arg mem=... or --slurm-scoring-arg mem=..., docs/SCALING.md)"
+                    )
                 raise EngineError(f"sbatch refused job {spec.name}: {message} (script: {script_file})")
             job_id = done.stdout.strip().split(";")[0]
             if not JOB_ID.match(job_id):
