@@ -125,9 +125,11 @@ def _image_sizes(paths: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
 # --- memory kills -------------------------------------------------------------------------------------------------
 
 
-def memory_kill_in_log(log: Path | None, tail_bytes: int = 65536) -> tuple[bool, int | None, int | None]:
-    """(killed for memory, bytes used, limit in bytes) from the end of a job's log; the numbers where Slurm wrote
-    them."""
+def memory_kill_in_log(
+    log: Path | None, since: str | None = None, tail_bytes: int = 65536
+) -> tuple[bool, int | None, int | None]:
+    """(killed for memory, bytes used, limit in bytes) from the end of a job's log, after the last `since` line where
+    it has one (a log appended to by reruns keeps an earlier run's kill); the numbers where Slurm wrote them."""
     if log is None:
         return False, None, None
     try:
@@ -137,6 +139,8 @@ def memory_kill_in_log(log: Path | None, tail_bytes: int = 65536) -> tuple[bool,
             text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return False, None, None
+    if since and since in text:
+        text = text[text.rindex(since) :]
     found = EXCEEDED.findall(text)
     if found:
         used, limit = found[-1]

@@ -56,6 +56,9 @@ OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTH
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_KEY|CREDENTIAL", re.IGNORECASE)
 
 CONTAINER_WORKDIR = "/tmp"
+# The first line every job writes into its log: logs are appended to (a rerun's task adds to its log), so what the
+# latest run wrote follows the last of these.
+JOB_START_MARKER = "[slurm] job "
 
 Runtime = Literal["none", "apptainer", "pyxis"]
 RUNTIMES: tuple[Runtime, ...] = ("none", "apptainer", "pyxis")
@@ -249,7 +252,7 @@ def render_job_script(spec: SlurmJobSpec) -> str:
     lines += [f"export {name}={shlex.quote(value)}" for name, value in environment.items()]
     task = " task ${SLURM_ARRAY_TASK_ID}" if spec.array is not None else ""
     lines.append(
-        f'echo "[slurm] job ${{SLURM_JOB_ID}}{task} on $(hostname)'
+        f'echo "{JOB_START_MARKER}${{SLURM_JOB_ID}}{task} on $(hostname)'
         f' CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-}}" >&2'
     )
     if spec.gpus_per_task:

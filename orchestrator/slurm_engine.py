@@ -47,6 +47,7 @@ from orchestrator.resources import (
 )
 from orchestrator.slurm import (
     CPU_OPTIONS,
+    JOB_START_MARKER,
     MEMORY_OPTIONS,
     Bind,
     Runtime,
@@ -97,7 +98,8 @@ class Submitted:
     run_id: str
     models: dict[str, SubmittedModel] = field(default_factory=dict)
     scoring_job: str | None = None
-    # What each job asked for: {"scoring" | model: {"memory": "--mem=12288M", "cpus": 2, "basis": "..."}}
+    # What each job asked for: {"scoring" | model: {"memory": "--mem=12288M", "cpus": 2, "estimate": "...",
+    # "source": "estimate" | "option"}}
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -273,6 +275,7 @@ class SlurmEngine(Engine):
             )
             submitted.scoring_job = self.backend.submit(job)
             submitted.requests["scoring"] = request
+        ablation.console.line(describe_requests(submitted.requests))
         return submitted
 
     def watch(self, ablation: Ablation, submitted: Submitted) -> bool | None:
@@ -341,6 +344,21 @@ class SlurmEngine(Engine):
 SCORING_LOG = "scoring.slurm.log"
 
 
+def describe_requests(requests: dict[str, dict[str, Any]]) -> str:
+    """One console line: the memory (and CPUs) the jobs asked for, and how to change it."""
+    runners = sorted({str(r["memory"]) for name, r in requests.items() if name != "scoring"})
+    words = [f"runner tasks {', '.join(runners)}"] if runners else []
+    scoring = requests.get("scoring")
+    if scoring:
+        cpus = scoring.get("cpus")
+        cpus_text = f" {cpus}" if isinstance(cpus, str) else f" --cpus-per-task={cpus}" if cpus else ""
+        words.append(f"scoring {scoring['memory']}{cpus_text}")
+    return (
+        f"asked for: {'; '.join(words)} (change with {RUNNER_ARG_OPTION} / {SCORING_ARG_OPTION} mem=...; "
+        "docs/SCALING.md)"
+    )
+
+
 def runner_log(output_dir: Path, model: str, index: int | None) -> Path:
     """The Slurm log of one runner task (the `output=` pattern of submit_ablation, %a filled in)."""
     return output_dir / LOGS_DIR / f"{model}.shard-{index or 0}.slurm.log"
@@ -362,7 +380,7 @@ def failure_reason(
     """_reason, but a task the cluster killed for memory (OUT_OF_MEMORY, or FAILED with slurmstepd's "exceeded memory
     limit" in its log, as jobacct_gather's OverMemoryKill leaves it) is "out of memory" with the figure it asked for
     and the option that raises it."""
-    killed, used, limit = memory_kill_in_log(log) if not task.ok else (False, None, None)
+    killed, used, limit = memory_kill_in_log(log, since=JOB_START_MARKER) if not task.ok else (False, None, None)
     if task.state == "OUT_OF_MEMORY" or (killed and task.state in ("FAILED", "CANCELLED")):
         shard = f"shard {task.array_index}: " if sharded and task.array_index is not None else ""
         asked = (request or {}).get("memory")

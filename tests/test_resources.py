@@ -184,6 +184,7 @@ def test_a_memory_kill_reads_as_out_of_memory_with_the_figure_and_the_option(tmp
     log = tmp_path / "scoring.slurm.log"
     # As slurmstepd (Slurm 22.05, jobacct_gather/linux with OverMemoryKill) wrote it on the test cluster.
     log.write_text(
+        "[slurm] job 2 on vm CUDA_VISIBLE_DEVICES=\n"
         "tokenizing 52 distinct texts (PTB, one JVM)\n"
         "slurmstepd-vm: error: StepId=2.batch exceeded memory limit (644550656 > 209715200), being killed\n"
         "slurmstepd-vm: error: *** JOB 2 ON vm CANCELLED AT 2026-12-03T09:51:18 ***\n"
@@ -202,7 +203,9 @@ def test_a_memory_kill_reads_as_out_of_memory_with_the_figure_and_the_option(tmp
         == "shard 1: out of memory: killed; it asked for --mem=6144M; ask for more with --slurm-runner-arg mem=12G"
     )
     plain = TaskState("4", None, "FAILED", exit_code=1)
-    log.write_text("Traceback ...\nValueError: no\n")
+    # A rerun appends to the same log: the earlier run's kill is not this run's reason.
+    with open(log, "a") as handle:
+        handle.write("[slurm] job 4 on vm CUDA_VISIBLE_DEVICES=\nTraceback ...\nValueError: no\n")
     assert failure_reason(plain, log, request, "--slurm-scoring-arg") == "exited with code 1"
 
 
