@@ -5,7 +5,10 @@ scoring step is one job that starts after all of them, however they ended (`afte
 after one failure), merges each model's shards and scores the models whose shards are complete. Every job runs the
 same command line as the other engines, through a container runtime (orchestrator.slurm.render_command): `none`
 (the node's Python), `apptainer` (a .sif per family) or `pyxis` (enroot via srun). The results folder must be on a
-filesystem every node sees at the same path: a probe job checks that before anything else is submitted.
+filesystem every node sees at the same path: a probe job checks that before anything else is submitted. Every job
+asks for the memory its step needs (orchestrator.resources: `--mem`, and the scoring job's `--cpus-per-task`), unless
+the user's --slurm-arg / --slurm-runner-arg / --slurm-scoring-arg name their own; a job killed for memory is reported
+as out of memory, with what it asked for and the option that raises it.
 
 The orchestrator then watches: task states from squeue/scontrol (never sacct alone), sample counts from the shard
 files, the same console and exit codes as the other engines; Ctrl-C cancels every job of the run. `--detach`
