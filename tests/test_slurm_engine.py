@@ -99,14 +99,14 @@ def test_every_job_asked_for_its_own_memory_on_a_cluster_of_1_gb_per_cpu(eight, 
     _data, tmp, slurm, _local = eight
     assert slurm.returncode == 0, slurm.stdout[-5000:]
     config = scontrol(slurm_cluster, "show", "config")
-    assert re.search(rf"^DefMemPerCPU\s*=\s*{slurm_cluster.def_mem_per_cpu}$", config, re.MULTILINE)
-    assert slurm_cluster.def_mem_per_cpu <= 1024 and "OverMemoryKill" in config  # 1 GB per CPU at most, enforced
+    assert re.search(rf"^DefMemPerCPU\s*=\s*{slurm_cluster.def_mem_per_cpu_mb}$", config, re.MULTILINE)
+    assert slurm_cluster.def_mem_per_cpu_mb <= 1024 and "OverMemoryKill" in config  # 1 GB per CPU at most, enforced
     recorded = manifest(tmp / "slurm")
     requests = recorded.slurm["requests"]  # type: ignore[attr-defined]
     scoring = requests["scoring"]
     assert scoring["source"] == "estimate" and "SPICE JVM -Xmx" + spice.SPICE_HEAP in scoring["estimate"]
     asked_mib = int(scoring["memory"].removeprefix("--mem=").removesuffix("M"))
-    assert asked_mib > slurm_cluster.def_mem_per_cpu * scoring["cpus"]  # the default would not have done
+    assert asked_mib > slurm_cluster.def_mem_per_cpu_mb * scoring["cpus"]  # the default would not have done
     shown = scontrol(slurm_cluster, "-o", "show", "job", recorded.slurm["scoring_job"])  # type: ignore[attr-defined]
     granted = re.search(r"MinMemoryNode=(\d+)([MG])", shown)
     assert granted and int(granted.group(1)) * (1024 if granted.group(2) == "G" else 1) == asked_mib, shown
