@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(
             f"Slurm test cluster up in {cluster.folder}: node {cluster.node}, {cluster.cpus} CPUs, "
-            f"{cluster.real_memory_mb} MB ({cluster.def_mem_per_cpu} MB per CPU by default, enforced), "
+            f"{cluster.real_memory_mb} MB ({cluster.def_mem_per_cpu_mb} MB per CPU by default, enforced), "
             f"{cluster.gpus} fake GPUs (gres gpu)"
         )
         print(f"export SLURM_CONF={cluster.conf}")
