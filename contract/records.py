@@ -321,6 +321,7 @@ class AblationManifest(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     scoring_image: str | None = None
     scoring_image_digest: str | None = None
+    scoring_message: str | None = None  # why the scoring step failed, when it did (e.g. out of memory, and the fix)
     started_at: str | None = None
     finished_at: str | None = None
     # The user's own catalogue entries (--models-file) the run used, as written there: reproduce rebuilds the file.

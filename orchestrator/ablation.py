@@ -111,6 +111,8 @@ def make_engine(
         settings = SlurmSettings(
             runtime=options.container_runtime,  # type: ignore[arg-type]
             slurm_args=parse_slurm_args(options.slurm_args),
+            runner_args=parse_slurm_args(options.slurm_runner_args),
+            scoring_args=parse_slurm_args(options.slurm_scoring_args),
             setup=options.slurm_setup.resolve() if options.slurm_setup else None,
             gpus_per_task=options.slurm_gpus,
             gpu_type=options.slurm_gpu_type,
@@ -214,6 +216,7 @@ class Ablation:
         self.random_weights = False  # a tiny random-weight checkpoint ran: the closing block says so
         self._lock = threading.Lock()  # tasks of one model may end on several worker threads
         self.slurm_record: dict[str, Any] | None = None  # the slurm engine's run id and scoring job
+        self.scoring_message: str | None = None  # why the scoring step failed (e.g. out of memory, with the fix)
 
     # --- manifest ------------------------------------------------------------------------------------------
 
@@ -233,6 +236,7 @@ class Ablation:
             finished_at=iso(finished) if finished else None,
             num_samples=self.plan.num_samples,
             slurm=self.slurm_record,
+            scoring_message=self.scoring_message,
             catalogue_entries={
                 spec.name: spec.model_dump(exclude={"name", "source"}, exclude_defaults=True)
                 for spec in self.plan.specs
@@ -512,6 +516,7 @@ class Ablation:
         finally:
             sink.close()
         if not result.ok:
+            self.scoring_message = result.message
             self.console.line(f"scoring FAILED: {result.message}")
         return result.ok
 
@@ -605,7 +610,8 @@ class Ablation:
         for failed in outcome.failed:
             self.console.line(f"    - {failed.record.model_name}: {failed.record.message}")
         if outcome.scoring_ok is False:
-            self.console.line("  scoring   : FAILED (see logs/scoring.scoring.log)")
+            why = f": {self.scoring_message}" if self.scoring_message else ""
+            self.console.line(f"  scoring   : FAILED{why} (see {LOGS_DIR}/scoring.*.log)")
         self.console.line(f"  results in {outcome.plan.output_dir}:")
         for path in outcome.result_files:
             self.console.line(f"    {path.name}")
@@ -671,6 +677,7 @@ class Ablation:
             "scoring_job": submitted.scoring_job,
             "shards": self.options.shards,
             "runtime": self.options.container_runtime,
+            "requests": submitted.requests,  # what each job asked for (--mem, --cpus-per-task) and why
         }
         self.write_manifest()
         jobs = ", ".join(f"{name} {job.job_id}" for name, job in submitted.models.items())

@@ -75,7 +75,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         metavar="UID:GID",
         help="docker: the account containers run as (default: yours; required when running as root without sudo)",
     )
-    parser.add_argument("--memory", help="docker: memory limit of each inference container, e.g. 64g (default: none)")
+    parser.add_argument(
+        "--memory",
+        help="docker: memory limit of each container: a size such as 64g, or auto (what each step needs: the "
+        "runner's estimate from its weights and batches, the scoring step's JVMs and Python; docs/SCALING.md); "
+        "default: none",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     slurm = parser.add_argument_group("slurm engine (--engine slurm)")
     slurm.add_argument(
@@ -90,6 +95,22 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         default=[],
         metavar="NAME=VALUE",
         help="an sbatch option for every job, e.g. partition=gpu, account=lab, time=02:00:00, mem=64G (repeatable)",
+    )
+    slurm.add_argument(
+        "--slurm-runner-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an sbatch option for the runner tasks only, over --slurm-arg, e.g. mem=48G, cpus-per-task=8 "
+        "(default memory: the runner's estimate; repeatable)",
+    )
+    slurm.add_argument(
+        "--slurm-scoring-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an sbatch option for the scoring job only, over --slurm-arg, e.g. mem=16G, partition=cpu "
+        "(default: the scoring step's own memory and CPUs; repeatable)",
     )
     slurm.add_argument("--slurm-setup", type=Path, help="a file sourced at the top of every job (modules, a venv)")
     slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per task (--gres=gpu:N; 0: CPU jobs)")
@@ -184,6 +205,8 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         shards=args.shards,
         decode=args.decode,
         slurm_args=list(args.slurm_arg),
+        slurm_runner_args=list(args.slurm_runner_arg),
+        slurm_scoring_args=list(args.slurm_scoring_arg),
         slurm_setup=args.slurm_setup,
         container_runtime=args.container_runtime,
         slurm_gpus=args.slurm_gpus,

@@ -81,13 +81,15 @@ class AblationOptions:
     decode: str | None = None  # runner --decode for every model (None: each catalogue entry's default)
     # The slurm engine (orchestrator/slurm_engine.py): sbatch options, setup file, runtime, GPUs per task, detach.
     slurm_args: list[str] = field(default_factory=list)
+    slurm_runner_args: list[str] = field(default_factory=list)  # runner tasks only, over slurm_args
+    slurm_scoring_args: list[str] = field(default_factory=list)  # the scoring job only, over slurm_args
     slurm_setup: Path | None = None
     container_runtime: str = "none"
     slurm_gpus: int = 1
     slurm_gpu_type: str | None = None
     sif_dir: Path | None = None
     detach: bool = False
-    memory: str | None = None  # docker: memory limit of each inference container (e.g. 64g); None: no limit
+    memory: str | None = None  # docker: each container's memory limit (e.g. 64g, or auto: each step's figure)
 
     def as_arguments(self) -> dict[str, Any]:
         """JSON-friendly copy for the manifest (never holds a token: tokens are never options)."""

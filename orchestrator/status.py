@@ -45,8 +45,17 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def _slurm_status(manifest: AblationManifest, out) -> tuple[bool, bool | None]:  # noqa: ANN001  (Path)
+    from orchestrator.ablation import LOGS_DIR
     from orchestrator.slurm import SlurmBackend
-    from orchestrator.slurm_engine import SLURM_DIR, _lines, _reason, submitted_from_manifest
+    from orchestrator.slurm_engine import (
+        SCORING_ARG_OPTION,
+        SCORING_LOG,
+        SLURM_DIR,
+        _lines,
+        failure_reason,
+        model_failure,
+        submitted_from_manifest,
+    )
 
     submitted = submitted_from_manifest(manifest)
     backend = SlurmBackend(out / SLURM_DIR)
@@ -54,6 +63,7 @@ def _slurm_status(manifest: AblationManifest, out) -> tuple[bool, bool | None]: 
     states = backend.states(ids)
     running = False
     shards = int((manifest.slurm or {}).get("shards", 1))  # type: ignore[attr-defined]
+    requests = (manifest.slurm or {}).get("requests") or {}  # type: ignore[attr-defined]
     for record in manifest.models:
         job = submitted.models.get(record.model_name)
         if job is None:
@@ -71,7 +81,8 @@ def _slurm_status(manifest: AblationManifest, out) -> tuple[bool, bool | None]: 
         if tasks and all(task.finished for task in tasks):
             failures = [task for task in tasks if not task.ok]
             record.status = "failed" if failures else "completed"
-            record.message = "; ".join(_reason(task, sharded=len(tasks) > 1) for task in failures) or None
+            request = requests.get(record.model_name)
+            record.message = model_failure(out, record.model_name, failures, len(tasks), request) if failures else None
         else:
             running = True
     scoring_ok: bool | None = None
@@ -80,6 +91,10 @@ def _slurm_status(manifest: AblationManifest, out) -> tuple[bool, bool | None]: 
         print(f"  scoring job {submitted.scoring_job}: {scoring[0].state}")
         if scoring[0].finished:
             scoring_ok = scoring[0].ok
+            if not scoring_ok:
+                log = out / LOGS_DIR / SCORING_LOG
+                manifest.scoring_message = failure_reason(scoring[0], log, requests.get("scoring"), SCORING_ARG_OPTION)
+                print(f"  scoring FAILED: {manifest.scoring_message}")
         else:
             running = True
     return running, scoring_ok

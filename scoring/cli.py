@@ -11,6 +11,7 @@ from pathlib import Path
 from contract.lifetime import follow_parent
 from scoring.engine import MIN_BOOTSTRAP, ScoringOptions, score_models
 from scoring.java import ScoringError
+from scoring.resources import METEOR_HEAP
 
 
 def _model_ids(values: Sequence[str]) -> dict[str, str]:
@@ -29,7 +30,7 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spice-cache", type=Path, default=None, help="SPICE parse cache folder (optional)")
     parser.add_argument("--bootstrap", type=int, default=MIN_BOOTSTRAP, help="bootstrap resamples (>= 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--meteor-heap", default="2G", help="METEOR JVM heap (-Xmx)")
+    parser.add_argument("--meteor-heap", default=METEOR_HEAP, help=f"METEOR JVM heap (-Xmx; default {METEOR_HEAP})")
 
 
 def _add_data_columns(parser: argparse.ArgumentParser) -> None:

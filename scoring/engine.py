@@ -19,6 +19,7 @@ from scoring.meteor import MeteorProcess, meteor_from_stats
 from scoring.ngram import ReferenceSet
 from scoring.ptb import ptb_tokenize
 from scoring.resample import SampleMatrix, bootstrap_weights, confidence_intervals, corpus_metrics
+from scoring.resources import METEOR_HEAP
 from scoring.spice import SpiceItem, configured_jar_dir, run_spice, unavailable_reason
 
 ALL_METRICS = (*HEADLINE_METRICS, *COCO_BLEU_METRICS)
@@ -55,7 +56,7 @@ class ScoringOptions:
     spice_cache: Path | None = None
     bootstrap: int = MIN_BOOTSTRAP
     seed: int = 0
-    meteor_heap: str = "2G"
+    meteor_heap: str = METEOR_HEAP
     work_dir: Path | None = None
 
 
