@@ -83,6 +83,7 @@ class Submitted:
 class SlurmEngine(Engine):
     name = "slurm"
     batch_jobs = True  # the ablation submits everything, then watches (Ablation.run)
+    scoring_log = "scoring.slurm.log"  # the scoring job's output, in the results folder's logs/
 
     def __init__(self, settings: SlurmSettings, run_id: str | None = None, environ: dict[str, str] | None = None):
         self.settings = settings
@@ -216,7 +217,7 @@ class SlurmEngine(Engine):
                 script=self._command(plan, ablation.scoring_record["image"] or "", "scoring", argv, None),
                 extra_args=settings.slurm_args,
                 dependency_afterany=tuple(m.job_id for m in submitted.models.values()),
-                output=str(logs / "scoring.slurm.log"),
+                output=str(logs / self.scoring_log),
                 setup=settings.setup,
                 workdir=plan.output_dir,
                 offline=True,
@@ -248,7 +249,7 @@ class SlurmEngine(Engine):
                 return None
             if scoring and scoring[0].finished and len(finished) == len(outcomes):
                 if not scoring[0].ok:
-                    ablation.console.line(f"scoring FAILED: {scoring[0].describe()} (see logs/scoring.slurm.log)")
+                    ablation.console.line(f"scoring FAILED: {scoring[0].describe()} ({ablation.scoring_log_hint()})")
                 return scoring[0].ok
             time.sleep(POLL_S)
 
