@@ -421,7 +421,7 @@ class Ablation:
             self.console.line(f"[{outcome.index}/{total}] {label}: its time limit expired after it had completed")
         if count > 1:
             state = "completed" if ok else f"FAILED: {message}"
-            written = f" ({_written(runner_result, ok)})" if runner_result else ""
+            written = f" ({_predictions_count(runner_result.num_written, ok)})" if runner_result else ""
             self.console.line(f"[{outcome.index}/{total}] {label} {state} at {clock()}{written}")
         if not ok:
             for line in sink.tail()[-8:]:
@@ -469,11 +469,7 @@ class Ablation:
         state = "completed" if record.status == "completed" else f"FAILED: {record.message}"
         self.console.line(
             f"[{outcome.index}/{total}] {record.model_name} {state} at {clock()} after {duration(outcome.seconds)}"
-            + (
-                f" ({outcome.written} predictions {'written' if record.status == 'completed' else 'on disk'})"
-                if runner_results
-                else ""
-            )
+            + (f" ({_predictions_count(outcome.written, record.status == 'completed')})" if runner_results else "")
         )
         self.write_manifest()
 
@@ -752,8 +748,9 @@ class Ablation:
         return scoring_ok, False
 
 
-def _written(result: RunnerResult, ok: bool) -> str:
-    return f"{result.num_written} predictions {'written' if ok else 'on disk'}"
+def _predictions_count(number: int, ok: bool) -> str:
+    """What a finished task left: written by it, or (it failed or was refused) whatever is on disk."""
+    return f"{number} predictions {'written' if ok else 'on disk'}"
 
 
 def _version(distribution: str) -> str:

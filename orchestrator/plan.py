@@ -108,9 +108,10 @@ class AblationOptions:
         return arguments
 
     def engine_settings(self, engine: str) -> dict[str, Any]:
-        """The options that configure `engine` (ENGINE_SETTINGS), JSON-friendly: the manifest's engine_settings."""
-        arguments = self.as_arguments()
-        return {key: arguments[key] for key in ENGINE_SETTINGS.get(engine, ())}
+        """The options that configure `engine` (ENGINE_SETTINGS), JSON-friendly, files as absolute paths (a
+        reproduction may run from another folder): the manifest's engine_settings."""
+        settings = {key: getattr(self, key) for key in ENGINE_SETTINGS.get(engine, ())}
+        return {key: str(v.expanduser().resolve()) if isinstance(v, Path) else v for key, v in settings.items()}
 
 
 # Options that configure an engine rather than the ablation: recorded in run_manifest.json (engine_settings) and

@@ -41,6 +41,17 @@ from contract import (
 )
 
 FAST_MODEL = "blip2-opt-2.7b"
+# SPICE is not what these tests are about: without its CoreNLP jars it is null (and CoreNLP's JVM, the largest, never
+# starts on this shared 2-core machine).
+NO_SPICE = "/nonexistent/corenlp-jars"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return orchestrator_env(SCORING_SPICE_JARS=NO_SPICE, **extra)
+
+
+def _orchestrate(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 600):  # noqa: ANN202
+    return run_orchestrator(*args, env=env or _env(), timeout=timeout)
 
 
 def _record(index: int, model: str = "m", **fields: object) -> PredictionRecord:
@@ -62,7 +73,7 @@ def _record(index: int, model: str = "m", **fields: object) -> PredictionRecord:
 def _score(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "scoring", *(str(a) for a in args)], capture_output=True, text=True,
-        env=env or orchestrator_env(), cwd=REPO_ROOT, timeout=timeout,
+        env=env or _env(), cwd=REPO_ROOT, timeout=timeout,
     )  # fmt: skip
 
 
@@ -273,12 +284,12 @@ def test_human_baseline_refuses_a_name_that_would_leave_the_output_dir(tmp_path:
 def test_a_model_name_too_long_for_a_file_name_is_refused_before_anything_starts(tmp_path: Path, panorama_data) -> None:
     (tmp_path / "models").mkdir()
     out = tmp_path / "results"
-    hub = run_orchestrator(*_local_ablation(panorama_data.data_file, tmp_path / "models", out, "hf:Org/" + "n" * 300))
+    hub = _orchestrate(*_local_ablation(panorama_data.data_file, tmp_path / "models", out, "hf:Org/" + "n" * 300))
     assert hub.returncode == 2, hub.stdout[-2000:] + hub.stderr[-2000:]
     assert "is 305 bytes long; at most 160 are allowed" in hub.stderr and "Traceback" not in hub.stderr
     entries = tmp_path / "mine.toml"
     entries.write_text(f'[models."{"m" * 200}"]\nhub_id = "a/b"\n', encoding="utf-8")
-    entry = run_orchestrator(
+    entry = _orchestrate(
         *_local_ablation(panorama_data.data_file, tmp_path / "models", out, "m" * 200, "--models-file", entries)
     )
     assert entry.returncode == 2 and str(entries) in entry.stderr and "is 200 bytes long" in entry.stderr
@@ -294,8 +305,8 @@ def test_a_catalogue_family_that_is_a_path_is_refused_before_any_file_is_copied(
     entries = tmp_path / "mine.toml"
     entries.write_text(f'[models."evil"]\nhub_id = "a/b"\nfamily = "{family}"\npins = "pins.txt"\n', encoding="utf-8")
     # No Docker engine: the refusal must come first (and a build must never start).
-    env = orchestrator_env(DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
-    done = run_orchestrator("images", "--models", "evil", "--models-file", entries, env=env, timeout=120)
+    env = _env(DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
+    done = _orchestrate("images", "--models", "evil", "--models-file", entries, env=env, timeout=120)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert str(entries) in done.stderr and "'evil'" in done.stderr and "field family" in done.stderr
     assert not escaped.exists()
@@ -356,7 +367,7 @@ def test_a_models_file_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path
     entries = tmp_path / "latin1.toml"
     entries.write_bytes('# café\n[models."x"]\nhub_id = "a/b"\n'.encode("latin-1"))
     out = tmp_path / "results"
-    done = run_orchestrator(*_local_ablation(panorama_data.data_file, tmp_path, out, "x", "--models-file", entries))
+    done = _orchestrate(*_local_ablation(panorama_data.data_file, tmp_path, out, "x", "--models-file", entries))
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"{entries}: line 1 is not valid UTF-8 (byte 0xe9 at offset 5)" in done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
@@ -379,7 +390,7 @@ def test_a_prompt_format_with_another_field_is_refused_before_the_model_loads(
 
 def test_an_empty_revision_after_the_at_is_refused(tmp_path: Path, panorama_data) -> None:
     (tmp_path / "models").mkdir()
-    done = run_orchestrator(*_local_ablation(panorama_data.data_file, tmp_path / "models", tmp_path / "out",
+    done = _orchestrate(*_local_ablation(panorama_data.data_file, tmp_path / "models", tmp_path / "out",
                                              "hf:Org/Name@"))  # fmt: skip
     assert done.returncode == 2 and "'hf:Org/Name@': nothing after @" in done.stderr
     assert not (tmp_path / "out").exists()
@@ -391,7 +402,7 @@ def test_an_image_path_that_is_a_folder_is_called_a_folder(tmp_path: Path, panor
     (tmp_path / "data" / "folder.jpg").mkdir(parents=True)
     data = write_quic_csv(tmp_path / "data" / "d.csv", [("folder.jpg", "location", "a view")])
     (tmp_path / "models" / FAST_MODEL).mkdir(parents=True)
-    done = run_orchestrator(*_local_ablation(data, tmp_path / "models", tmp_path / "out"))
+    done = _orchestrate(*_local_ablation(data, tmp_path / "models", tmp_path / "out"))
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "folder.jpg is a folder, not an image file" in done.stderr
     with pytest.raises(ImageLoadError) as error:
@@ -452,11 +463,11 @@ def test_a_limited_sharded_run_is_extended_to_every_sample_with_the_same_shards(
     data = make_panorama_data(tmp_path / "data", num_images=3)  # 6 samples
     root = model_root(tmp_path, tiny_checkpoint, [FAST_MODEL])
     out = tmp_path / "results"
-    first = run_orchestrator(*_local_ablation(data.data_file, root, out, FAST_MODEL, "--shards", "2", "--limit", "3"))
+    first = _orchestrate(*_local_ablation(data.data_file, root, out, FAST_MODEL, "--shards", "2", "--limit", "3"))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     earlier = {r.sample_id: r for r in predictions(out, FAST_MODEL)}
     assert len(earlier) == 3
-    whole = run_orchestrator(*_local_ablation(data.data_file, root, out, FAST_MODEL, "--shards", "2"))
+    whole = _orchestrate(*_local_ablation(data.data_file, root, out, FAST_MODEL, "--shards", "2"))
     assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-2000:]
     assert "unfinished run without shards" not in whole.stdout
     now = {r.sample_id: r for r in predictions(out, FAST_MODEL)}
@@ -472,13 +483,13 @@ def test_status_exits_1_when_scoring_failed_and_the_manifest_says_so(
 ) -> None:
     root = model_root(tmp_path, tiny_checkpoint, [FAST_MODEL])
     out = tmp_path / "results"
-    env = orchestrator_env(SCORING_JAVA=str(tmp_path / "no-java"))  # the scorer stops: Java is not there
-    done = run_orchestrator(*_local_ablation(panorama_data.data_file, root, out), env=env)
+    env = _env(SCORING_JAVA=str(tmp_path / "no-java"))  # the scorer stops: Java is not there
+    done = _orchestrate(*_local_ablation(panorama_data.data_file, root, out), env=env)
     assert done.returncode == 1, done.stdout[-3000:]
     scoring = manifest(out).scoring
     assert scoring is not None and scoring.status == "failed" and "exited with code 2" in (scoring.message or "")
     assert "see logs/scoring.scoring.log" in done.stdout and (out / "logs" / "scoring.scoring.log").is_file()
-    status = run_orchestrator("status", "--output-dir", out)
+    status = _orchestrate("status", "--output-dir", out)
     assert status.returncode == 1, status.stdout
     assert "scoring: failed: exited with code 2" in status.stdout
 
@@ -490,7 +501,7 @@ def test_status_exits_1_when_the_orchestrator_was_killed_while_scoring(
     out = tmp_path / "results"
     process = subprocess.Popen(
         orchestrator_command(*_local_ablation(panorama_data.data_file, root, out)), cwd=REPO_ROOT,
-        env=orchestrator_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
     log = out / "logs" / "scoring.scoring.log"
@@ -505,7 +516,7 @@ def test_status_exits_1_when_the_orchestrator_was_killed_while_scoring(
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert manifest(out).scoring is not None and manifest(out).scoring.status == "running"  # type: ignore[union-attr]
-    status = run_orchestrator("status", "--output-dir", out)
+    status = _orchestrate("status", "--output-dir", out)
     assert status.returncode == 1, status.stdout
     assert "scoring: did not record its end" in status.stdout
 
@@ -526,9 +537,9 @@ def test_a_runner_that_completed_before_its_time_limit_fired_is_completed_and_sc
     (hook / "sitecustomize.py").write_text(SLEEP_AT_EXIT)
     root = model_root(tmp_path, tiny_checkpoint, [FAST_MODEL])
     out = tmp_path / "results"
-    env = orchestrator_env()
+    env = _env()
     env["PYTHONPATH"] += os.pathsep + str(hook)
-    done = run_orchestrator(*_local_ablation(panorama_data.data_file, root, out, FAST_MODEL, "--timeout", "90"),
+    done = _orchestrate(*_local_ablation(panorama_data.data_file, root, out, FAST_MODEL, "--timeout", "90"),
                             env=env)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "its time limit expired after it had completed" in done.stdout
@@ -574,17 +585,17 @@ def test_another_data_file_is_refused_before_anything_starts_and_overwrite_moves
     other = make_panorama_data(tmp_path / "other", num_images=2, queries=("weather",))
     root = model_root(tmp_path, tiny_checkpoint, [FAST_MODEL])
     out = tmp_path / "results"
-    done = run_orchestrator(*_local_ablation(first.data_file, root, out))
+    done = _orchestrate(*_local_ablation(first.data_file, root, out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     before = _files(out)
 
-    refused = run_orchestrator(*_local_ablation(other.data_file, root, out))
+    refused = _orchestrate(*_local_ablation(other.data_file, root, out))
     assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-2000:]
     assert refused.stderr.count("predictions made from another data file") == 1
     assert f"{FAST_MODEL} ({FAST_MODEL}_run.json: {first.data_file.resolve()}" in refused.stderr
     assert "started at" not in refused.stdout and _files(out) == before  # nothing started, nothing touched
 
-    replaced = run_orchestrator(*_local_ablation(other.data_file, root, out, FAST_MODEL, "--overwrite"))
+    replaced = _orchestrate(*_local_ablation(other.data_file, root, out, FAST_MODEL, "--overwrite"))
     assert replaced.returncode == 0, replaced.stdout[-3000:] + replaced.stderr[-2000:]
     aside = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("replaced-")]
     assert len(aside) == 1 and f"earlier result file(s) to {aside[0]}/" in replaced.stdout

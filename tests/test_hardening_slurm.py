@@ -62,11 +62,6 @@ def test_reproduce_of_a_slurm_run_keeps_its_engine_settings(
         timeout=600,
     )  # fmt: skip
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    original = manifest(out)
-    assert original.engine_settings == {
-        "container_runtime": "none", "slurm_args": ["mem=3G"], "slurm_setup": str(setup), "slurm_gpus": 1,
-        "slurm_gpu_type": None, "sif_dir": None,
-    }  # fmt: skip
     again = tmp_path / "again"
     reproduced = run_orchestrator(
         "reproduce", "--manifest", out / "run_manifest.json", "--output-dir", again, env=slurm_env(slurm_cluster),
@@ -74,8 +69,14 @@ def test_reproduce_of_a_slurm_run_keeps_its_engine_settings(
     )  # fmt: skip
     assert reproduced.returncode == 0, reproduced.stdout[-4000:] + reproduced.stderr[-2000:]
     assert f"{MODEL}: 2/2 predictions identical" in reproduced.stdout
-    copy = manifest(again)
-    assert copy.engine == "slurm" and copy.engine_settings == original.engine_settings
+    original, copy = manifest(out), manifest(again)
     run_id = copy.slurm["run_id"]  # type: ignore[attr-defined]
     sourced = marker.read_text().split()
     assert f"vlm-{run_id}-{MODEL}" in sourced and f"vlm-{run_id}-scoring" in sourced  # its jobs ran the setup file
+    for key in ("slurm_args", "slurm_setup", "container_runtime", "shards"):
+        assert copy.engine == "slurm" and copy.arguments[key] == original.arguments[key], key
+    assert original.engine_settings == {
+        "container_runtime": "none", "slurm_args": ["mem=3G"], "slurm_setup": str(setup), "slurm_gpus": 1,
+        "slurm_gpu_type": None, "sif_dir": None,
+    }  # fmt: skip
+    assert copy.engine_settings == original.engine_settings
