@@ -77,7 +77,7 @@ def _score(*args: str | Path, env: dict[str, str] | None = None, timeout: float 
     )  # fmt: skip
 
 
-def _runner(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def _runner(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess:
     from conftest import runner_command, runner_env
 
     return subprocess.run(
