@@ -486,12 +486,12 @@ def test_status_exits_1_when_scoring_failed_and_the_manifest_says_so(
     env = _env(SCORING_JAVA=str(tmp_path / "no-java"))  # the scorer stops: Java is not there
     done = _orchestrate(*_local_ablation(panorama_data.data_file, root, out), env=env)
     assert done.returncode == 1, done.stdout[-3000:]
-    scoring = manifest(out).scoring
-    assert scoring is not None and scoring.status == "failed" and "exited with code 2" in (scoring.message or "")
     assert "see logs/scoring.scoring.log" in done.stdout and (out / "logs" / "scoring.scoring.log").is_file()
     status = _orchestrate("status", "--output-dir", out)
     assert status.returncode == 1, status.stdout
     assert "scoring: failed: exited with code 2" in status.stdout
+    scoring = manifest(out).scoring
+    assert scoring is not None and scoring.status == "failed" and "exited with code 2" in (scoring.message or "")
 
 
 def test_status_exits_1_when_the_orchestrator_was_killed_while_scoring(
@@ -515,10 +515,10 @@ def test_status_exits_1_when_the_orchestrator_was_killed_while_scoring(
     while processes_mentioning(str(out)):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert manifest(out).scoring is not None and manifest(out).scoring.status == "running"  # type: ignore[union-attr]
     status = _orchestrate("status", "--output-dir", out)
     assert status.returncode == 1, status.stdout
     assert "scoring: did not record its end" in status.stdout
+    assert manifest(out).scoring is not None and manifest(out).scoring.status == "running"  # type: ignore[union-attr]
 
 
 # --- 14: a completed result line is honoured when the time limit fires after it ------------------------------------
