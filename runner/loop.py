@@ -422,16 +422,14 @@ def run(
         # Samples an earlier merge already holds (all of them, maybe with another shard count; or a smaller --limit
         # of these shards) are not captioned again: the next merge takes them from the shard files they are in.
         merged: set[str] = set()
-        if not config.overwrite and (
-            merged_is_complete(config.output_dir, spec.name, samples)
-            or merged_shard_count(config.output_dir, spec.name) == shard.count
-        ):
+        complete = merged_is_complete(config.output_dir, spec.name, samples)
+        if not config.overwrite and (complete or merged_shard_count(config.output_dir, spec.name) == shard.count):
             merged = merged_sample_ids(config.output_dir, spec.name)
         shard_samples = samples_of_shard(samples, shard)
         samples = [sample for sample in shard_samples if sample.sample_id not in merged]
         if not samples and shard_samples:
             merged_file = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
-            log(f"{merged_file} holds this shard's samples: nothing to do")
+            log(f"{merged_file} {'is complete' if complete else 'holds every sample of this shard'}: nothing to do")
             return RunnerResult(
                 model_name=spec.name,
                 status="completed",
