@@ -82,6 +82,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         "default: none",
     )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move these models' earlier results in --output-dir aside (into replaced-<time>/, never deleted) "
+        "instead of refusing predictions made from another data file",
+    )
     slurm = parser.add_argument_group("slurm engine (--engine slurm)")
     slurm.add_argument(
         "--container-runtime",
@@ -141,11 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser("reproduce", help="rerun an ablation from its run_manifest.json and compare")
     reproduce.add_argument("--manifest", type=Path, required=True, help="run_manifest.json of the run to reproduce")
     reproduce.add_argument("--output-dir", type=Path, help="new results folder (default: <old>-reproduce-<time>)")
-    reproduce.add_argument("--engine", choices=("auto", "docker", "local"), help="default: the manifest's")
+    reproduce.add_argument(
+        "--engine", choices=("auto", "docker", "local", "slurm"), help="default: the manifest's (with its settings)"
+    )
     reproduce.add_argument("--gpus", help="default: the manifest's")
     reproduce.add_argument("--data", type=Path, help="the data file, where it moved (its sha256 must match)")
     reproduce.add_argument("--model-path-root", type=Path, help="where the local checkpoints are on this host")
     reproduce.add_argument("--container-user", metavar="UID:GID", help="docker: the account containers run as")
+    recorded = "default: the original run's, when it used the same engine"
+    reproduce.add_argument("--memory", help=f"docker: memory limit of each inference container ({recorded})")
+    reproduce.add_argument("--container-runtime", choices=("none", "apptainer", "pyxis"), help=f"slurm ({recorded})")
+    reproduce.add_argument(
+        "--slurm-arg", action="append", metavar="NAME=VALUE", dest="slurm_args", help=f"slurm, repeatable ({recorded})"
+    )
+    reproduce.add_argument("--slurm-setup", type=Path, help=f"slurm: a file sourced by every job ({recorded})")
+    reproduce.add_argument("--slurm-gpus", type=int, help=f"slurm: GPUs per task ({recorded})")
+    reproduce.add_argument("--slurm-gpu-type", help=f"slurm: GPU type ({recorded})")
+    reproduce.add_argument("--sif-dir", type=Path, help=f"apptainer: folder of <family>.sif ({recorded})")
 
     images = commands.add_parser("images", help="build the family and scoring images through the Docker SDK")
     images.add_argument("--families", help="comma list of families and/or `scoring`, or `all` (the default)")
@@ -213,6 +231,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         slurm_gpu_type=args.slurm_gpu_type,
         sif_dir=args.sif_dir,
         detach=args.detach,
+        overwrite=args.overwrite,
     )
 
 

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from orchestrator.ablation import Ablation, ModelOutcome
 
 SLURM_DIR = "slurm"  # job scripts and Slurm's own logs, inside the results folder
+SCORING_LOG = "scoring.slurm.log"  # the scoring job's output, in the results folder's logs/
 POLL_S = 2.0
 
 
@@ -127,6 +128,7 @@ def resource_request(
 class SlurmEngine(Engine):
     name = "slurm"
     batch_jobs = True  # the ablation submits everything, then watches (Ablation.run)
+    scoring_log = SCORING_LOG
 
     def __init__(self, settings: SlurmSettings, run_id: str | None = None, environ: dict[str, str] | None = None):
         self.settings = settings
@@ -271,7 +273,7 @@ class SlurmEngine(Engine):
                 memory=memory,
                 extra_args=scoring_args,
                 dependency_afterany=tuple(m.job_id for m in submitted.models.values()),
-                output=str(logs / SCORING_LOG),
+                output=str(logs / self.scoring_log),
                 setup=settings.setup,
                 workdir=plan.output_dir,
                 offline=True,
@@ -305,10 +307,10 @@ class SlurmEngine(Engine):
                 return None
             if scoring and scoring[0].finished and len(finished) == len(outcomes):
                 if not scoring[0].ok:
-                    log = ablation.plan.output_dir / LOGS_DIR / SCORING_LOG
+                    log = ablation.plan.output_dir / LOGS_DIR / self.scoring_log
                     message = failure_reason(scoring[0], log, submitted.requests.get("scoring"), SCORING_ARG_OPTION)
-                    ablation.scoring_message = message
-                    ablation.console.line(f"scoring FAILED: {message} (see {LOGS_DIR}/{SCORING_LOG})")
+                    ablation.record_scoring("failed", message)
+                    ablation.console.line(f"scoring FAILED: {message} ({ablation.scoring_log_hint()})")
                 return scoring[0].ok
             time.sleep(POLL_S)
 
@@ -342,9 +344,6 @@ class SlurmEngine(Engine):
         state = "completed" if record.status == "completed" else f"FAILED: {record.message}"
         ablation.console.line(f"[{outcome.index}/{total}] {record.model_name} {state} at {_clock()}")
         ablation.write_manifest()
-
-
-SCORING_LOG = "scoring.slurm.log"
 
 
 def describe_requests(requests: dict[str, dict[str, Any]]) -> str:

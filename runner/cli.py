@@ -7,6 +7,7 @@ Exit codes: 0 completed, 1 the run failed, 2 bad arguments or input (nothing exp
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
@@ -157,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         result = failed_result(args.model, args.output_dir, str(error), args.shard)
     except Exception as error:  # noqa: BLE001  (reported, with traceback, and turned into a failed result line)
-        traceback.print_exc(file=sys.stderr)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: {error}", file=sys.stderr)  # a full disk: the file it names is what matters
+        else:
+            traceback.print_exc(file=sys.stderr)
         exit_code = 1
         result = failed_result(args.model, args.output_dir, f"{type(error).__name__}: {error}", args.shard)
     sys.stdout.flush()

@@ -41,6 +41,8 @@ from contract import (
 from contract.shards import (
     Shard,
     merged_is_complete,
+    merged_sample_ids,
+    merged_shard_count,
     samples_of_shard,
     shard_counts_on_disk,
     write_predictions_csv,
@@ -190,14 +192,23 @@ def resolve_dtype(requested: str, device: str, spec: ModelSpec) -> str:
 # The predictions file.
 
 
-def read_done(path: Path) -> list[PredictionRecord]:
-    """Records already written; a torn last line (a kill mid-write) is cut off the file so appends stay clean."""
+def read_done(
+    path: Path, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+) -> list[PredictionRecord]:
+    """Records already written. A last line without its newline is given one when it is a whole record (a file
+    another tool wrote); otherwise it is a write cut off by a kill, removed so appends stay clean, and `log` says so."""
     if not path.exists():
         return []
     with open(path, "rb+") as handle:
         data = handle.read()
         if data and not data.endswith(b"\n"):
-            handle.truncate(data.rfind(b"\n") + 1)
+            tail = data[data.rfind(b"\n") + 1 :]
+            try:
+                PredictionRecord.model_validate_json(tail.removeprefix(b"\xef\xbb\xbf"))
+                handle.write(b"\n")
+            except ValueError:
+                handle.truncate(len(data) - len(tail))
+                log(f"WARNING: {path}: removed an incomplete last line ({len(tail)} bytes: a write cut off by a kill)")
             handle.flush()
             os.fsync(handle.fileno())
     try:
@@ -215,9 +226,12 @@ class PredictionWriter:
 
     def write_batch(self, records: list[PredictionRecord]) -> None:
         # One write call per batch: a kill leaves whole lines plus at most one torn line, which read_done cuts off.
-        self.handle.write("".join(record.model_dump_json() + "\n" for record in records))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        try:
+            self.handle.write("".join(record.model_dump_json() + "\n" for record in records))
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as error:  # a full disk: say which file
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
 
     def close(self) -> None:
         self.handle.close()
@@ -252,6 +266,19 @@ def move_aside(paths: list[Path]) -> list[Path]:
     return moved
 
 
+def entry_settings(spec: ModelSpec) -> dict[str, Any]:
+    """The catalogue entry's settings that change what the model is given or how it decodes, recorded with the
+    decoding (and so part of the resume check). Only those an entry sets: a record made without them still matches."""
+    settings: dict[str, Any] = {}
+    if spec.generate_kwargs:
+        settings["generate_kwargs"] = dict(spec.generate_kwargs)
+    if spec.max_pixels is not None:
+        settings["max_pixels"] = spec.max_pixels
+    if not spec.nested_images:
+        settings["nested_images"] = False
+    return settings
+
+
 def compatibility(manifest: dict[str, Any]) -> dict[str, Any]:
     keys = {key: manifest.get(key) for key in COMPATIBILITY_KEYS}
     if keys["model_path"] and keys["revision"] == "main":
@@ -272,7 +299,10 @@ def check_shard_layout(out_dir: Path, model: str, samples: list[Sample], shard: 
         return
     counts = shard_counts_on_disk(out_dir, model) - ({shard.count} if shard else set())
     unsharded = results_file(out_dir, PREDICTIONS_JSONL, model)
+    merge_of_these_shards = shard is not None and merged_shard_count(out_dir, model) == shard.count
     if shard is not None and unsharded.is_file() and unsharded.stat().st_size > 0 and not counts:
+        if merge_of_these_shards:
+            return  # an earlier merge of these very shards (a smaller --limit): they go on from there
         raise RunnerError(
             f"{unsharded} holds an unfinished run without shards; finish it without --shards (it resumes), or pass "
             "--overwrite",
@@ -388,21 +418,27 @@ def run(
         log(f"WARNING: {warning}")
     shard = config.shard if config.shard is not None and config.shard.count > 1 else None
     check_shard_layout(config.output_dir, spec.name, samples, shard)
-    if shard is not None and merged_is_complete(config.output_dir, spec.name, samples) and not config.overwrite:
-        # The merge of an earlier run covers every sample (maybe with another shard count): nothing to caption.
-        merged_manifest = results_file(config.output_dir, RUN_MANIFEST, spec.name)
-        log(f"{results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)} is complete: nothing to do")
-        return RunnerResult(
-            model_name=spec.name,
-            status="completed",
-            predictions_file=str(results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)),
-            manifest_file=str(merged_manifest),
-            num_samples=len(samples_of_shard(samples, shard)),
-            num_written=len(samples_of_shard(samples, shard)),
-            num_errors=0,
-        )
     if shard is not None:
-        samples = samples_of_shard(samples, shard)
+        # Samples an earlier merge already holds (all of them, maybe with another shard count; or a smaller --limit
+        # of these shards) are not captioned again: the next merge takes them from the shard files they are in.
+        merged: set[str] = set()
+        complete = merged_is_complete(config.output_dir, spec.name, samples)
+        if not config.overwrite and (complete or merged_shard_count(config.output_dir, spec.name) == shard.count):
+            merged = merged_sample_ids(config.output_dir, spec.name)
+        shard_samples = samples_of_shard(samples, shard)
+        samples = [sample for sample in shard_samples if sample.sample_id not in merged]
+        if not samples and shard_samples:
+            merged_file = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
+            log(f"{merged_file} {'is complete' if complete else 'holds every sample of this shard'}: nothing to do")
+            return RunnerResult(
+                model_name=spec.name,
+                status="completed",
+                predictions_file=str(results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)),
+                manifest_file=str(results_file(config.output_dir, RUN_MANIFEST, spec.name)),
+                num_samples=len(shard_samples),
+                num_written=len(shard_samples),
+                num_errors=0,
+            )
         log(f"shard {shard.index}/{shard.count}: {len(samples)} sample(s)")
         if not samples:
             raise RunnerError(f"shard {shard.index}/{shard.count} has no samples (more shards than samples?)", 2)
@@ -440,6 +476,7 @@ def run(
                 "max_image_pixels": config.max_image_pixels,
                 # Requested path: compiled kernels round differently in the last bits, so runs do not mix them.
                 "decode": config.decode or spec.decode,
+                **entry_settings(spec),
             },
             data_file=str(Path(config.data_file).resolve()),
             data_sha256=file_sha256(config.data_file),
@@ -486,7 +523,7 @@ def run(
             if previous is not None and not config.overwrite:
                 # Checked after loading (it needs the processor): the prompt these predictions were made with.
                 manifest.prompt_fingerprint = previous.get("prompt_fingerprint")  # type: ignore[attr-defined]
-        done = {record.sample_id: record for record in read_done(predictions_path)}
+        done = {record.sample_id: record for record in read_done(predictions_path, log)}
         todo_samples = [(order, s) for order, s in enumerate(samples) if s.sample_id not in done]
         if done:
             log(f"resuming: {len(done)} sample(s) already in {predictions_path}, {len(todo_samples)} to go")
@@ -516,7 +553,10 @@ def run(
                 manifest.finished_at = now()
                 if decoders:
                     manifest.decode = decoders[0].report()  # type: ignore[attr-defined]
-                write_json_atomic(manifest_path, manifest)
+                try:
+                    write_json_atomic(manifest_path, manifest)
+                except OSError as write_error:  # e.g. the same full disk: the first error is the one to report
+                    log(f"WARNING: could not record the failure in {manifest_path}: {write_error}")
                 raise
         progress.close()
         if decoders:
@@ -602,6 +642,8 @@ def _generate_all(
     adapter.decoder = make_decoder(config.decode or spec.decode, cache_dir=cache, log=log)
     decoders.append(adapter.decoder)
     manifest.resolved_revision = adapter.resolved_revision
+    # What generate() is given besides GREEDY and the lengths, as the loaded model resolved it (pad id, stop ids).
+    manifest.generate_kwargs_used = {"pad_token_id": adapter.pad_token_id, **adapter.generation_kwargs()}  # type: ignore[attr-defined]
     for key, value in adapter.manifest_extras().items():
         setattr(manifest, key, value)
     manifest.device_name = device_name(device_str)

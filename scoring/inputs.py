@@ -16,6 +16,7 @@ from contract import (
     read_json,
     read_jsonl,
 )
+from contract.names import FileNameError, check_file_name
 from scoring.engine import ModelPredictions
 from scoring.java import ScoringError
 
@@ -23,12 +24,17 @@ _PREDICTIONS_SUFFIX = PREDICTIONS_JSONL.replace("{model}", "")  # "_predictions.
 
 
 def model_name_for(path: Path, records: list[PredictionRecord]) -> str:
+    """From the file's name (`<model>_predictions.jsonl`), else the records' one `model_name`, else the file's stem;
+    checked, as every name that becomes part of a result file's name (contract.names)."""
     if path.name.endswith(_PREDICTIONS_SUFFIX) and len(path.name) > len(_PREDICTIONS_SUFFIX):
-        return path.name[: -len(_PREDICTIONS_SUFFIX)]
-    names = {record.model_name for record in records if record.model_name}
-    if len(names) == 1:
-        return names.pop()
-    return path.stem
+        name = path.name[: -len(_PREDICTIONS_SUFFIX)]
+    else:
+        names = {record.model_name for record in records if record.model_name}
+        name = names.pop() if len(names) == 1 else path.stem
+    try:
+        return check_file_name(name)
+    except FileNameError as error:
+        raise ScoringError(f"{path}: {error}") from None
 
 
 def run_manifest_for(path: Path, model_name: str) -> RunManifest | None:
@@ -45,11 +51,12 @@ def model_id_for(path: Path, model_name: str, overrides: Mapping[str, str]) -> s
     return overrides.get(model_name, model_name)
 
 
-def read_predictions(path: Path) -> list[PredictionRecord]:
+def read_predictions(path: Path, warnings: list[str] | None = None) -> list[PredictionRecord]:
+    """The records; an incomplete last line (a write cut off) is left out and said in `warnings`."""
     if not path.is_file():
         raise ScoringError(f"{path}: predictions file not found")
     try:
-        records = list(read_jsonl(path, PredictionRecord))
+        records = list(read_jsonl(path, PredictionRecord, warn=(warnings if warnings is not None else []).append))
     except ValueError as error:
         raise ScoringError(str(error)) from error
     if not records:
@@ -77,7 +84,9 @@ def load_model_predictions(
 ) -> ModelPredictions:
     """`subset`: `dataset` holds only the first `subset.limit` samples (--limit); predictions of later samples of the
     same data file are expected then, and left out (an earlier full run, or a run with a larger limit)."""
-    records, warnings = _deduplicate(path, read_predictions(path))
+    torn: list[str] = []
+    records, warnings = _deduplicate(path, read_predictions(path, torn))
+    warnings = torn + warnings
     if subset is not None and dataset is not None:
         wanted = {sample.sample_id for sample in dataset.samples}
         beyond = [record for record in records if record.sample_id not in wanted]
@@ -143,6 +152,10 @@ def load_model_predictions(
 
 def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> ModelPredictions:
     """Human agreement: each sample's first reference scored against the others (samples with >= 2)."""
+    try:
+        check_file_name(model_name, "--name")
+    except FileNameError as error:
+        raise ScoringError(str(error)) from None
     samples = [sample for sample in dataset.samples if len(sample.references) >= 2]
     if not samples:
         raise ScoringError(f"{dataset.path}: no sample has two or more references")

@@ -24,6 +24,7 @@ from contract import (
     read_json,
     read_jsonl,
     results_file,
+    spreadsheet_safe,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
@@ -143,9 +144,8 @@ def comparison_csv(summary: Summary) -> str:
     writer.writerow(["model_name", "model_id", "num_samples", *ALL_METRICS])
     for entry in summary.models:
         values = [entry.metrics.get(metric) for metric in ALL_METRICS]
-        writer.writerow(
-            [entry.model_name, entry.model_id, entry.num_samples, *("" if v is None else repr(v) for v in values)]
-        )
+        names = [spreadsheet_safe(entry.model_name), spreadsheet_safe(entry.model_id)]  # never a formula
+        writer.writerow([*names, entry.num_samples, *("" if v is None else repr(v) for v in values)])
     return buffer.getvalue()
 
 

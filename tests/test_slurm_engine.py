@@ -113,7 +113,7 @@ def test_every_job_asked_for_its_own_memory_on_a_cluster_of_1_gb_per_cpu(eight, 
     assert f"NumCPUs={scoring['cpus']}" in shown
     for model in MODELS:
         assert requests[model]["memory"].startswith("--mem=") and "batch 2, cuda" in requests[model]["estimate"]
-    assert recorded.scoring_message is None  # type: ignore[attr-defined]
+    assert recorded.scoring is not None and recorded.scoring.status == "completed" and recorded.scoring.message is None
 
 
 def test_the_two_shards_of_a_model_get_the_two_fake_gpus(eight) -> None:
@@ -164,7 +164,8 @@ def test_a_scoring_job_given_too_little_memory_is_reported_out_of_memory(
     closing = run.stdout[run.stdout.rindex("Ablation finished") :]
     assert "  scoring   : FAILED: out of memory: killed at " in closing and hint in closing, closing
     recorded = manifest(out)
-    message = recorded.scoring_message  # type: ignore[attr-defined]
+    assert recorded.scoring is not None and recorded.scoring.status == "failed"
+    message = recorded.scoring.message or ""
     assert message.startswith("out of memory: killed at ") and message.endswith(hint), message
     assert "over its limit of 0.20 GiB" in message
     assert recorded.slurm["requests"]["scoring"]["source"] == "option"  # type: ignore[attr-defined]

@@ -145,6 +145,8 @@ class Adapter:
             "pad_token_id": self.pad_token_id,
             **self.generation_kwargs(),
         }
+        if "stop_strings" in kwargs:
+            kwargs["tokenizer"] = self.tokenizer  # generate() matches stop strings with the tokenizer
         with torch.inference_mode():
             if self.decoder is not None:
                 return self.decoder.generate(self.model, inputs, **kwargs)
