@@ -154,7 +154,8 @@ def test_projection_is_the_stated_bandwidth_arithmetic() -> None:
                              kv_bytes_per_token_bf16=524_288)  # fmt: skip
     shape = {"prompt_tokens": 600, "image_tokens": 576, "image_size": [672, 336]}
     args = argparse.Namespace(samples=1211, new_tokens=64, batch_size=32, bandwidth=3.35e12, peak_flops=989e12,
-                              mfu=0.4, disk_bytes_per_s=2e9, startup_s=10.0, step_overhead_ms=10.0)  # fmt: skip
+                              mfu=0.4, disk_bytes_per_s=2e9, startup_s=10.0, step_overhead_ms=10.0,
+                              reuse_images=False, images=393)  # fmt: skip
     row = project_model(MODELS["llava-1.5-7b"], counts, shape, args)
     steps = 38 * 64  # ceil(1211 / 32) batches x 64 tokens
     step_s = (2 * 6.7e9 + 32 * (600 + 32) * 524_288) / 3.35e12
@@ -166,3 +167,23 @@ def test_projection_is_the_stated_bandwidth_arithmetic() -> None:
     assert row["prefill_s"] == pytest.approx(prefill, abs=0.05)
     assert row["total_s"] == pytest.approx(row["decode_s"] + row["prefill_s"] + row["load_s"] + row["step_overhead_s"],
                                            abs=0.2)  # fmt: skip
+    # --reuse-images: the vision side runs over the 393 distinct images instead of the 1,211 samples.
+    args.reuse_images = True
+    reused = project_model(MODELS["llava-1.5-7b"], counts, shape, args)
+    prefill = 2 * (1211 * 6.7e9 * 600 + 393 * 0.3e9 * 577) / (989e12 * 0.4)
+    assert reused["prefill_s"] == pytest.approx(prefill, abs=0.05)
+    assert reused["decode_s"] == row["decode_s"] and reused["load_s"] == row["load_s"]
+
+
+def test_reuse_skips_only_the_vit_for_the_blip_family() -> None:
+    """What reuse encodes once per image: the whole vision side, but only the ViT for BLIP-2 and InstructBLIP
+    (their Q-Former and projection run per sample; InstructBLIP's Q-Former reads the instruction)."""
+    from bench.projection import reused_parameters
+
+    for name in ("qwen2.5-vl-3b", "gemma-3-4b", "llava-1.6-mistral-7b", "internvl2-2b"):
+        counts = count_parameters(load_bench_config(name))
+        assert reused_parameters(MODELS[name], counts) == counts.vision_side
+    for name in ("instructblip-vicuna-7b", "blip2-opt-2.7b"):
+        counts = count_parameters(load_bench_config(name))
+        vit = reused_parameters(MODELS[name], counts)
+        assert 0.9e9 < vit < counts.vision_side  # EVA ViT-g: about 1 B parameters
