@@ -653,7 +653,7 @@ def _generate_all(
         PendingSample(sample, adapter.build_prompt(config.prompt_template.format(query=sample.query)), order)
         for order, sample in todo_samples
     ]
-    # The queries of one image run together (in one batch, or two consecutive ones), so its vision features are
+    # The queries of one image run together (in one batch or consecutive ones), so its vision features are
     # computed once (adapter.image_reuse); images of similar size and, within an image, prompts of similar length
     # waste less padding. The order is deterministic; the merged predictions file is in data order (contract.shards).
     sizes = {p.sample.image_path: header_pixels(p.sample.image_path) for p in pending}

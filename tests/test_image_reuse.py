@@ -38,7 +38,7 @@ from contract.shards import Shard, merge_shards, samples_of_shard
 from runner.adapters import LoadedModel, adapter_for, open_adapter
 from runner.adapters.image_reuse import image_content_key, refusal_reason
 from runner.loop import RunConfig, run
-from runner.registry import BUILTIN, get_model
+from runner.registry import BUILTIN, MODELS, get_model
 
 NAMES = sorted(name for name, spec in BUILTIN.models.items() if spec.tiny)
 # Where reuse is verified here; every other entry runs with it off and says why (docs/RUNNER.md).
@@ -197,10 +197,10 @@ def test_reuse_on_and_off_give_the_same_predictions_when_decoding_compiled(
                               compile_cache=cache)  # fmt: skip
     assert on == off
     report = on_manifest.decode  # type: ignore[attr-defined]
-    if report["fallback_reason"] is None:
+    if name in MODELS and name != "internvl2-2b":  # the 8 families compile (InternVL2: dynamic RoPE, eager)
         assert report["decode"] == "compiled" and any(b["batch"] == 4 for b in report["buckets"]), report
-    else:  # InternVL2's dynamic RoPE: eager, with the reason
-        assert "dynamic RoPE" in report["fallback_reason"], report
+    elif report["fallback_reason"] is not None:  # e.g. an architecture that declares no torch.compile support
+        assert report["decode"] == "eager", report
     if name in REUSING:
         assert reuse_of(on_manifest)["image_encodings"] == NUM_IMAGES
         assert reuse_of(off_manifest)["image_encodings"] == NUM_IMAGES * len(QUERIES)
