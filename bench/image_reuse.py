@@ -1,7 +1,8 @@
 """Image reuse on the CPU: samples/s and vision-tower runs with `--reuse-images off` and `on`, side by side.
 
-    python -m bench.image_reuse [--images 4] [--families qwen2.5-vl-3b llava-1.6-mistral-7b internvl2-2b gemma-3-4b]
-        [--max-new-tokens 16] [--batch-size 8] [--out bench/out/image_reuse.json]
+    python -m bench.image_reuse [--images 2] [--families qwen2.5-vl-3b llava-1.6-mistral-7b internvl2-2b gemma-3-4b]
+        [--layers 1] [--dtype bfloat16] [--max-new-tokens 8] [--batch-size 8] [--out bench/out/image_reuse.json]
+    python -m bench.image_reuse --tiny --images 2 --families llava-1.5-7b      # the tiny checkpoints: a quick check
 
 Data: QuIC-360's test split (the real text at /work/shared/data/quic360/test.tsv: 1,211 (image, query) samples over
 393 panoramas). `--images N` takes N of its panoramas, evenly spaced in file order, with ALL their queries, so the
@@ -9,14 +10,15 @@ queries per image are the data's; each panorama is a synthetic 2048x1024 JPEG (F
 most common explicit one; every family downscales to at most 1792 px before its processor, so a larger source
 would only cost decoding). The data file lists the rows in QuIC-360's order.
 
-Models: the published configs (bench/configs) at full width, vocabulary and image geometry, with 2 layers per
-stack (bench.gpu_bench --shallow: vision tower, language model, projector), random weights, float32 on the CPU.
-Per model, on the same weights and data, one after the other in this process: a warm-up (2 samples), then
-`runner.loop.run` with reuse off, then with reuse on. Measured per run: samples/s over generation time (the
-manifest's), wall time, the seconds spent inside the vision-tower call (timed around the architecture's
-image-feature call), the tower's runs (`image_encodings`), and whether the predictions are identical.
+Models: the published configs (bench/configs) at full width, vocabulary and image geometry (the real number of
+patches, tiles and image tokens), with `--layers` layers per stack (bench.gpu_bench --shallow: vision tower,
+language model), random weights, on the CPU in `--dtype`. Per model, on the same weights and data, one after the
+other in this process: a warm-up (1 sample, 1 token), then `runner.loop.run` with reuse off, then with reuse on.
+Measured per run: samples/s over generation time (the manifest's), wall and CPU time (the process's, all threads:
+steadier than wall time on a shared machine), the time spent inside the vision-tower call (timed around the
+architecture's image-feature call), the tower's runs (`image_encodings`), and whether the predictions are identical.
 
-The layers per stack are 2, not the real 24-36, and the CPU does every step at its compute speed, so the share of
+The stacks have 1-2 layers, not the real 24-36, and the CPU does every step at its compute speed, so the share of
 time the vision tower takes here is NOT the share it takes on a GPU (where decoding is bound by host overhead);
 bench.projection --reuse-images estimates the GPU side.
 """
@@ -85,7 +87,8 @@ def write_data(folder: Path, structure: Structure) -> Path:
 
 @dataclass
 class TowerClock:
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall
+    cpu_seconds: float = 0.0  # the process's CPU time (all threads)
     calls: int = 0
 
 
@@ -100,18 +103,19 @@ def preloaded_adapter(spec: ModelSpec, loaded: LoadedModel) -> type[Any]:
 
 def time_the_tower(adapter_class: type[Any], spec: ModelSpec, loaded: LoadedModel, clock: TowerClock) -> None:
     """Time every call of the architecture's image-feature method (what reuse saves), inside the reuse wrapper."""
-    adapter = adapter_class(spec, loaded, torch.device("cpu"), torch.float32)
+    adapter = adapter_class(spec, loaded, torch.device("cpu"), loaded.model.dtype)
     slot = adapter.image_reuse.slot
     if slot is None:
         raise SystemExit(f"{spec.name}: image reuse is not supported ({adapter.image_reuse.reason})")
     original = slot.original
 
     def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             return original(*args, **kwargs)
         finally:
             clock.seconds += time.perf_counter() - started
+            clock.cpu_seconds += time.process_time() - cpu
             clock.calls += 1
 
     slot.original = timed
@@ -121,13 +125,13 @@ def one_run(spec: ModelSpec, adapter_class: type[Any], data: Path, out: Path, re
             clock: TowerClock) -> dict[str, Any]:  # fmt: skip
     config = RunConfig(
         model_name=spec.name, data_file=data, output_dir=out, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, device="cpu", dtype="float32",
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, device="cpu", dtype=args.dtype,
         num_workers=2, overwrite=True, progress="none", reuse_images=reuse,
     )  # fmt: skip
-    clock.seconds, clock.calls = 0.0, 0
-    started = time.perf_counter()
+    clock.seconds, clock.cpu_seconds, clock.calls = 0.0, 0.0, 0
+    started, cpu = time.perf_counter(), time.process_time()
     result = run(config, log=lambda line: None, adapter_class=adapter_class)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     if result.status != "completed" or result.num_errors:
         raise RuntimeError(f"{spec.name} reuse {reuse}: {result.status}: {result.message}")
     manifest = read_json(Path(result.manifest_file), RunManifest)
@@ -140,8 +144,11 @@ def one_run(spec: ModelSpec, adapter_class: type[Any], data: Path, out: Path, re
         "generate_s": generate_s,
         "samples_per_s": manifest.timings["samples_per_s"],
         "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "samples_per_cpu_s": round(result.num_written / cpu, 4) if cpu else None,
         "vision_s": round(clock.seconds, 2),
-        "vision_share_of_generate": round(clock.seconds / generate_s, 3) if generate_s else None,
+        "vision_cpu_s": round(clock.cpu_seconds, 2),
+        "vision_share_of_cpu": round(clock.cpu_seconds / cpu, 3) if cpu else None,
         "image_encodings": reuse_record.get("image_encodings"),
         "distinct_images": reuse_record.get("distinct_images"),
         "cache_hits": reuse_record.get("cache_hits"),
@@ -152,13 +159,13 @@ def one_run(spec: ModelSpec, adapter_class: type[Any], data: Path, out: Path, re
 
 def bench_model(spec: ModelSpec, data: Path, warm: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    build_args = argparse.Namespace(tiny=False, shallow=True)
-    loaded = build_model(spec, build_args, torch.device("cpu"), torch.float32)
+    build_args = argparse.Namespace(tiny=args.tiny, shallow=not args.tiny, shallow_layers=args.layers)
+    loaded = build_model(spec, build_args, torch.device("cpu"), getattr(torch, args.dtype))
     built_s = time.perf_counter() - started
     adapter_class = preloaded_adapter(spec, loaded)
     clock = TowerClock()
     time_the_tower(adapter_class, spec, loaded, clock)
-    one_run(spec, adapter_class, warm, work / "warm", "off", argparse.Namespace(**{**vars(args), "max_new_tokens": 2}),
+    one_run(spec, adapter_class, warm, work / "warm", "off", argparse.Namespace(**{**vars(args), "max_new_tokens": 1}),
             clock)  # fmt: skip
     off = one_run(spec, adapter_class, data, work / "off", "off", args, clock)
     on = one_run(spec, adapter_class, data, work / "on", "on", args, clock)
@@ -170,6 +177,7 @@ def bench_model(spec: ModelSpec, data: Path, warm: Path, work: Path, args: argpa
         "on": on,
         "identical_predictions": identical,
         "speedup": round(on["samples_per_s"] / off["samples_per_s"], 2) if off["samples_per_s"] else None,
+        "speedup_cpu_time": round(off["cpu_s"] / on["cpu_s"], 2) if on["cpu_s"] else None,
     }
     del loaded, adapter_class
     gc.collect()
@@ -179,9 +187,12 @@ def bench_model(spec: ModelSpec, data: Path, warm: Path, work: Path, args: argpa
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.image_reuse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=QUIC360_TEST, help="the QuIC-360 test split (url, query, ...)")
-    parser.add_argument("--images", type=int, default=4, help="panoramas taken from the split, with all their queries")
+    parser.add_argument("--images", type=int, default=2, help="panoramas taken from the split, with all their queries")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), help="models (catalogue names)")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="= min_new_tokens (16)")
+    parser.add_argument("--layers", type=int, default=1, help="layers per stack of the full-width models (1)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="model dtype (bfloat16)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny checkpoints instead (a quick check)")
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="= min_new_tokens (8)")
     parser.add_argument("--batch-size", type=int, default=8, help="runner batch size (8, what auto picks on CPU)")
     parser.add_argument("--work-dir", type=Path, help="images, data, predictions (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/image_reuse.json"), help="JSON results file")
@@ -200,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench.image_reuse", *(argv if argv is not None else sys.argv[1:])]),
         "device": f"{cpu_model_name()}, torch threads {torch.get_num_threads()}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load average before {os.getloadavg()[0]:.1f}",
-        "mode": "full widths and image geometry, 2 layers per stack (bench.gpu_bench --shallow), float32, CPU",
+        "mode": "tiny checkpoints"
+        if args.tiny
+        else f"full widths and image geometry, {args.layers} layer(s) per stack (bench.gpu_bench --shallow), "
+        f"{args.dtype}, CPU",
         "data": {
             "split_images": structure.images,
             "split_samples": structure.samples,
@@ -209,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
             "queries_per_image": [len(queries) for _, queries in structure.chosen],
             "panorama_size": list(PANORAMA_SIZE),
         },
-        "settings": {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size},
+        "settings": {
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size,
+            "layers": args.layers,
+            "dtype": args.dtype,
+            "tiny": args.tiny,
+        },
         "models": [],
     }
     started = time.perf_counter()
@@ -217,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work_dir or Path(temp)
         data = write_data(work / "data", structure)
         warm = work / "data" / "warm.csv"
-        warm.write_text("".join(data.read_text(encoding="utf-8").splitlines(keepends=True)[:3]), encoding="utf-8")
+        warm.write_text("".join(data.read_text(encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
         for spec in specs:
             print(f"[{time.perf_counter() - started:6.1f}s] {spec.name} ...", file=sys.stderr, flush=True)
             report["models"].append(bench_model(spec, data, warm, work / spec.name, args))
@@ -232,13 +252,15 @@ def print_table(report: dict[str, Any]) -> None:
     data = report["data"]
     print(f"{data['samples']} samples over {data['images']} panoramas (QuIC-360 test: {data['split_samples']} over "
           f"{data['split_images']}); {report['device']}")  # fmt: skip
-    print(f"{'model':<22} {'off s/s':>8} {'on s/s':>8} {'ratio':>6} {'tower runs off/on':>18} "
-          f"{'tower s off/on':>15} {'tower share off':>15} {'same':>5}")  # fmt: skip
+    print(f"{'model':<22} {'off s/s':>8} {'on s/s':>8} {'ratio':>6} {'CPU s off/on':>14} {'ratio':>6} "
+          f"{'tower runs off/on':>18} {'tower CPU s off/on':>19} {'tower share off':>15} {'same':>5}")  # fmt: skip
     for entry in report["models"]:
         off, on = entry["off"], entry["on"]
         print(f"{entry['model']:<22} {off['samples_per_s']:>8.3f} {on['samples_per_s']:>8.3f} {entry['speedup']:>6} "
-              f"{off['image_encodings']:>8}/{on['image_encodings']:<9} {off['vision_s']:>7}/{on['vision_s']:<7} "
-              f"{off['vision_share_of_generate']:>15} {str(entry['identical_predictions']):>5}")  # fmt: skip
+              f"{off['cpu_s']:>7}/{on['cpu_s']:<6} {entry['speedup_cpu_time']:>6} "
+              f"{off['image_encodings']:>8}/{on['image_encodings']:<9} "
+              f"{off['vision_cpu_s']:>9}/{on['vision_cpu_s']:<9} "
+              f"{off['vision_share_of_cpu']:>15} {str(entry['identical_predictions']):>5}")  # fmt: skip
     print(f"total {report.get('total_s')} s")
 
 

@@ -126,6 +126,30 @@ def vision_s_per_image(spec: ModelSpec, shape: dict[str, Any], args: argparse.Na
     return flops / (args.peak_flops * args.mfu), patches
 
 
+def stack_depths(name: str) -> tuple[int, int]:
+    """(vision tower layers, language model layers) of the published config."""
+    config = load_bench_config(name).build_config()
+    vision, text = config.vision_config, config.get_text_config(decoder=True)
+    return int(getattr(vision, "depth", None) or vision.num_hidden_layers), int(text.num_hidden_layers)
+
+
+def cpu_vision_shares(path: Path) -> dict[str, float]:
+    """Per model, the vision tower's share of the work at FULL depth, from a bench.image_reuse run (reuse off) on
+    the CPU, where every step runs at compute speed: the tower's CPU seconds x (its real layers / the run's) against
+    the rest x (the language model's real layers / the run's). An estimate: embeddings, heads and preprocessing are
+    scaled with the layers too."""
+    report = json.loads(path.read_text(encoding="utf-8"))
+    layers = int(report["settings"]["layers"])
+    shares = {}
+    for entry in report["models"]:
+        off = entry["off"]
+        vision_layers, text_layers = stack_depths(entry["model"])
+        vision = off["vision_cpu_s"] * vision_layers / layers
+        rest = (off["cpu_s"] - off["vision_cpu_s"]) * text_layers / layers
+        shares[entry["model"]] = vision / (vision + rest)
+    return shares
+
+
 def load_estimate_s(total_parameters: int, args: argparse.Namespace) -> float:
     """Estimated, not measured: bf16 checkpoint bytes / disk read rate + a fixed start-up cost per model."""
     return 2 * total_parameters / args.disk_bytes_per_s + args.startup_s
@@ -178,6 +202,7 @@ def project_model(
 def from_measured(measured: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     temp = tempfile.TemporaryDirectory(prefix="projection_") if args.reuse_images else None
+    shares = cpu_vision_shares(args.vision_share) if args.vision_share else {}
     for entry in measured["models"]:
         if "runner" not in entry:
             raise SystemExit(f"--measured: {entry['model']} has no runner figures ({entry.get('error', 'skipped')})")
@@ -205,6 +230,17 @@ def from_measured(measured: dict[str, Any], args: argparse.Namespace) -> list[di
                 "generate_with_reuse_s": round(generate_s - saved, 1),
                 "total_with_reuse_s": round(generate_s - saved + load_s, 1),
             })  # fmt: skip
+            if args.vision_share:
+                # The other estimate: the tower takes the share of the H200 time it takes of the CPU's compute.
+                share = shares.get(spec.name)
+                saved_share = (
+                    generate_s * share * (1 - min(args.images, args.samples) / args.samples) if share else saved
+                )
+                row.update({
+                    "vision_share_cpu_full_depth": round(share, 3) if share else None,
+                    "saved_by_reuse_cpu_share_s": round(saved_share, 1),
+                    "total_with_reuse_cpu_share_s": round(generate_s - saved_share + load_s, 1),
+                })  # fmt: skip
         rows.append(row)
     if temp is not None:
         temp.cleanup()
@@ -227,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse-images", action="store_true", help="the vision tower runs once per distinct image (--images)"
     )
     parser.add_argument("--images", type=int, default=QUIC360_TEST_IMAGES, help="distinct images (QuIC-360: 393)")
+    parser.add_argument(
+        "--vision-share", type=Path, help="a bench.image_reuse JSON: also project with its CPU vision shares"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out/projection.json"), help="JSON results file")
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.projection", *(argv if argv is not None else sys.argv[1:])])
@@ -255,6 +294,17 @@ def main(argv: list[str] | None = None) -> int:
             report.update(total_with_reuse_s=round(reused, 1), total_with_reuse_min=round(reused / 60, 1))
             print(f"with --reuse-images on ({args.images} images, vision at {args.mfu:.0%} of the peak, ESTIMATED): "
                   f"{round(reused, 1)} s = {round(reused / 60, 1)} min")  # fmt: skip
+        if args.reuse_images and args.vision_share:
+            reused = sum(row["total_with_reuse_cpu_share_s"] for row in rows)
+            report.update(
+                total_with_reuse_cpu_share_s=round(reused, 1), total_with_reuse_cpu_share_min=round(reused / 60, 1)
+            )
+            print(f"with --reuse-images on, the tower's H200 share = its CPU compute share ({args.vision_share}; "
+                  f"FLOPs for the models it lacks), ESTIMATED: {round(reused, 1)} s = "
+                  f"{round(reused / 60, 1)} min")  # fmt: skip
+            for row in rows:
+                print(f"  {row['model']:<24} share {row['vision_share_cpu_full_depth']} saved "
+                      f"{row['saved_by_reuse_cpu_share_s']} s")  # fmt: skip
         write_json_atomic(args.out, report)
         return 0
     if min(args.samples, args.new_tokens, args.batch_size) < 1 or not 0 < args.mfu <= 1:

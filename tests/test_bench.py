@@ -187,3 +187,38 @@ def test_reuse_skips_only_the_vit_for_the_blip_family() -> None:
         counts = count_parameters(load_bench_config(name))
         vit = reused_parameters(MODELS[name], counts)
         assert 0.9e9 < vit < counts.vision_side  # EVA ViT-g: about 1 B parameters
+
+
+QUIC360_TSV = REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv"
+
+
+@pytest.mark.skipif(not QUIC360_TSV.is_file(), reason=f"{QUIC360_TSV} (the QuIC-360 test split text) is not here")
+def test_image_reuse_bench_takes_the_split_structure_and_counts_the_tower_runs(tmp_path: Path) -> None:
+    from bench.image_reuse import quic360_structure
+
+    structure = quic360_structure(QUIC360_TSV, 393)
+    assert (structure.images, structure.samples) == (393, 1211)
+    assert sum(len(queries) for _, queries in structure.chosen) == 1211
+    out = tmp_path / "image_reuse.json"
+    done = run_module("bench.image_reuse", "--tiny", "--images", "2", "--families", "llava-1.5-7b", "--dtype",
+                      "float32", "--data", str(QUIC360_TSV), "--out", str(out),
+                      "--work-dir", str(tmp_path / "w"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["data"]["images"] == 2 and report["data"]["samples"] == sum(report["data"]["queries_per_image"])
+    (entry,) = report["models"]
+    assert entry["identical_predictions"] is True
+    assert entry["off"]["image_encodings"] == report["data"]["samples"]
+    assert entry["on"]["image_encodings"] == 2 == entry["on"]["distinct_images"]
+
+
+def test_cpu_vision_share_is_scaled_to_the_real_depths(tmp_path: Path) -> None:
+    from bench.projection import cpu_vision_shares, stack_depths
+
+    assert stack_depths("qwen2.5-vl-3b") == (32, 36) and stack_depths("gemma-3-4b") == (27, 34)
+    off = {"cpu_s": 30.0, "vision_cpu_s": 10.0}
+    run = {"settings": {"layers": 2}, "models": [{"model": "qwen2.5-vl-3b", "off": off}]}
+    path = tmp_path / "image_reuse.json"
+    path.write_text(json.dumps(run))
+    vision, rest = 10.0 * 32 / 2, 20.0 * 36 / 2
+    assert cpu_vision_shares(path) == {"qwen2.5-vl-3b": pytest.approx(vision / (vision + rest))}
