@@ -16,9 +16,10 @@ the images it has not encoded yet, splits that output per image, and returns wha
 every row: the same fields, per-row features in row order. Features stay in a small cache (keyed by the hash,
 bounded in bytes) for the next batches. Outside a `batch` context the wrapper is the original method.
 
-Nothing is approximated: a row's features are the ones its image gives on its own (vision towers treat each image
-or tile independently), so predictions equal those of a run without reuse (tests/test_image_reuse.py, every
-architecture, fp32 on the CPU). An input or output the layout does not explain turns reuse off for the rest of the
+Nothing is approximated: a row's features are the ones its image gives (vision towers treat each image or tile
+independently), so predictions equal those of a run without reuse (tests/test_image_reuse.py, every architecture,
+fp32 on the CPU; in bf16 on a GPU a tower run over fewer images may round differently in the last bits, as between
+batch sizes). An input or output the layout does not explain turns reuse off for the rest of the
 run with ONE reason (logged, in the manifest) and that call runs unchanged. Architectures not listed in
 `REUSE_RULES` run without reuse; `UNSUPPORTED` says why for those known to be unsafe or unverified.
 """
@@ -39,7 +40,7 @@ from PIL import Image
 from transformers.utils import ModelOutput
 
 # Cross-batch cache of per-image features. With a panorama's queries grouped, a batch shares at most its first
-# image with the previous one; 256 MiB holds ~10 LLaVA-NeXT panoramas (2,900 tokens x 4,096 x bf16) or ~50 of
+# image with the previous one; 256 MiB holds ~18 LLaVA-NeXT panoramas (~1,750 tokens x 4,096 x bf16) or ~50 of
 # Qwen2.5-VL. Within one batch every distinct image's features are held regardless (the batch needs them).
 FEATURE_CACHE_BYTES = 256 * 2**20
 
