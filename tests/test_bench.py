@@ -88,6 +88,8 @@ def test_gpu_bench_tiny_mode_runs_both_paths_and_writes_json(tmp_path: Path) -> 
     report = json.loads(out.read_text())
     assert report["mode"] == "tiny"
     assert report["settings"]["min_new_tokens"] == report["settings"]["max_new_tokens"] == 6
+    # As the measured runs: every sample encodes its own image; 3 queries per panorama (QuIC-360's usual).
+    assert (report["settings"]["reuse_images"], report["settings"]["queries_per_image"]) == ("off", 3)
     by_model = {entry["model"]: entry for entry in report["models"]}
     assert set(by_model) == {"llava-1.5-7b", "gemma-3-4b"}
     for name, old_batch in (("llava-1.5-7b", 2), ("gemma-3-4b", 1)):
