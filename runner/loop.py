@@ -571,12 +571,10 @@ def run(
 def image_reuse_record(config: RunConfig, stats: RunStats) -> dict[str, Any]:
     """`<model>_run.json` `image_reuse`: the setting, whether it was in effect (and why not), how many images the
     vision tower encoded, the distinct images and the samples generated in this run (a resume counts its own)."""
-    if stats.image_reuse is not None:
-        report = stats.image_reuse.report()
-    else:  # nothing was generated (every sample already written)
-        report = {
-            "requested": config.reuse_images, "active": False, "reason": None, "image_encodings": 0, "cache_hits": 0,
-        }  # fmt: skip
+    from runner.adapters.image_reuse import idle_report
+
+    # No model loaded: nothing was generated (every sample already written).
+    report = stats.image_reuse.report() if stats.image_reuse is not None else idle_report(config.reuse_images == "on")
     return {**report, "distinct_images": len(stats.images), "samples": stats.samples_generated}
 
 

@@ -116,6 +116,12 @@ def refusal_reason(model: Any) -> str | None:
     return None
 
 
+def idle_report(requested: bool) -> dict[str, Any]:
+    """ImageReuse.report() of a run that loaded no model (nothing left to caption)."""
+    return {"requested": "on" if requested else "off", "active": False, "reason": None, "image_encodings": 0,
+            "cache_hits": 0}  # fmt: skip
+
+
 def _hook_target(model: Any, rule: ReuseRule) -> tuple[Any, str] | None:
     """(object, attribute) whose callable is wrapped."""
     base = getattr(model, "base_model", model)
