@@ -209,6 +209,10 @@ class RunManifest(BaseModel):
     errors_by_kind: dict[str, int] = Field(default_factory=dict)
     started_at: str | None = None
     finished_at: str | None = None
+    # --reuse-images: {"requested": "on"|"off", "active": bool, "reason": why not active (or null),
+    # "image_encodings": images the vision tower encoded (null: not counted for this architecture), "cache_hits":
+    # images whose features came from an earlier batch, "distinct_images", "samples": generated in this run}.
+    image_reuse: dict[str, Any] | None = None
     # True when the checkpoint is a tiny random-weight one (RANDOM_WEIGHTS_MARKER in its folder): its numbers mean
     # nothing about the real model.
     random_weights: bool = False

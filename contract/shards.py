@@ -189,6 +189,7 @@ def merged_manifest(manifests: Sequence[RunManifest], num_samples: int) -> RunMa
                 "batch_size_used": m.batch_size_used,
                 "num_samples": m.num_samples,
                 "timings": m.timings,
+                "image_reuse": m.image_reuse,
             }
             for i, m in enumerate(manifests)
         ],
@@ -198,6 +199,19 @@ def merged_manifest(manifests: Sequence[RunManifest], num_samples: int) -> RunMa
         for kind, number in manifest.errors_by_kind.items():
             errors[kind] = errors.get(kind, 0) + number
     merged["errors_by_kind"] = errors
+    reuse = [m.image_reuse for m in manifests]
+    if all(isinstance(record, dict) for record in reuse):
+        # The shards' work added up: an image whose queries fall into two shards is encoded (and counted as one of
+        # the distinct images) in each of them.
+        counted = ("image_encodings", "distinct_images", "samples", "cache_hits")
+        merged["image_reuse"] = {
+            **reuse[0],
+            **{key: None if any(r.get(key) is None for r in reuse) else sum(r[key] for r in reuse) for key in counted},
+            "active": all(r.get("active") for r in reuse),
+            "reason": next((r["reason"] for r in reuse if r.get("reason")), None),
+        }
+    else:
+        merged.pop("image_reuse", None)
     merged.pop("shard", None)
     return RunManifest.model_validate(merged)
 

@@ -164,6 +164,8 @@ def runner_argv(
         argv += ["--limit", str(options.limit)]
     if options.decode:
         argv += ["--decode", options.decode]
+    if options.reuse_images:
+        argv += ["--reuse-images", options.reuse_images]
     if options.shards > 1 and shard is not None:
         argv += ["--shard", f"{shard}/{options.shards}"]
     return argv + ["--progress", "json"]  # rendered live by the console

@@ -15,7 +15,7 @@ from types import FrameType
 from orchestrator.engines import EngineError
 from orchestrator.plan import AblationOptions, PlanError, parse_models
 from runner.cli import batch_size, positive_int
-from runner.loop import AUTO
+from runner.loop import AUTO, REUSE_IMAGES
 from runner.registry import DECODE_KINDS
 
 MODELS_HELP = (
@@ -63,6 +63,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     parser.add_argument("--dtype", help="runner --dtype (default: the catalogue's on GPU, float32 on CPU)")
     parser.add_argument(
         "--decode", choices=DECODE_KINDS, help="eager or compiled decoding for every model (default: the catalogue's)"
+    )
+    parser.add_argument(
+        "--reuse-images",
+        choices=REUSE_IMAGES,
+        help="runner --reuse-images for every model: on (the default) encodes each image once for all its queries "
+        "where the architecture allows, off once per sample; predictions are the same",
     )
     parser.add_argument("--prompt-template", help="instruction with a {query} field (default: the runner's)")
     parser.add_argument(
@@ -222,6 +228,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         models_file=args.models_file,
         shards=args.shards,
         decode=args.decode,
+        reuse_images=args.reuse_images,
         slurm_args=list(args.slurm_arg),
         slurm_runner_args=list(args.slurm_runner_arg),
         slurm_scoring_args=list(args.slurm_scoring_arg),

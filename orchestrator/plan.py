@@ -89,6 +89,7 @@ class AblationOptions:
     models_file: Path | None = None  # the user's own catalogue entries (TOML, as runner/catalogue.toml)
     shards: int = 1  # each model's samples in this many shards, one runner process each (contract.shards)
     decode: str | None = None  # runner --decode for every model (None: each catalogue entry's default)
+    reuse_images: str | None = None  # runner --reuse-images on|off for every model (None: the runner's default, on)
     # The slurm engine (orchestrator/slurm_engine.py): sbatch options, setup file, runtime, GPUs per task, detach.
     slurm_args: list[str] = field(default_factory=list)
     slurm_runner_args: list[str] = field(default_factory=list)  # runner tasks only, over slurm_args

@@ -26,7 +26,7 @@ from contract import (
 )
 from contract.lifetime import follow_parent
 from contract.shards import Shard, ShardError
-from runner.loop import AUTO, DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
+from runner.loop import AUTO, DEFAULT_PROMPT_TEMPLATE, DTYPES, REUSE_IMAGES, RunConfig, RunnerError, run
 from runner.progress import PROGRESS_MODES
 from runner.registry import DECODE_KINDS, MODELS, UnknownModelError, get_model
 
@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="processor threads preparing the next batches, each with its own processor copy (default 2)",
     )
     parser.add_argument(
+        "--reuse-images",
+        choices=REUSE_IMAGES,
+        default="on",
+        help="on (default): the vision tower runs once per distinct image and its features serve every query of it, "
+        "where the architecture allows (the same predictions); off: once per sample",
+    )
+    parser.add_argument(
         "--progress",
         choices=PROGRESS_MODES,
         default="bar",
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         decode=args.decode,
         compile_cache=args.compile_cache,
         preprocess_workers=args.preprocess_workers,
+        reuse_images=args.reuse_images,
     )
     exit_code = 0
     try:

@@ -52,6 +52,7 @@ from runner.registry import CatalogueError, ModelSpec, get_model
 
 DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {query} in one or two sentences."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+REUSE_IMAGES = ("on", "off")
 # Manifest fields that change what a prediction is: a file made with other values is never extended.
 # The data file's sha256 too: another data set's samples must never be appended to this one's.
 COMPATIBILITY_KEYS = (
@@ -99,6 +100,7 @@ class RunConfig:
     decode: str | None = None  # eager | compiled; None: the catalogue entry's default (runner.decoding)
     compile_cache: Path | None = None  # torch.compile's caches, kept across runs; None: <output_dir>/.torch-compile
     preprocess_workers: int = 2  # processor threads, each with its own processor copy (runner.preprocess)
+    reuse_images: str = "on"  # on: one vision-tower run per distinct image where supported (adapters.image_reuse)
 
 
 @dataclass
@@ -109,12 +111,21 @@ class PendingSample:
 
 
 @dataclass
+class PreparedBatch:
+    inputs: dict[str, Any]  # adapter.preprocess output, on the CPU
+    image_keys: list[str] | None  # each row's image content hash (image reuse on), else None
+
+
+@dataclass
 class RunStats:
     written: int = 0
     oom_retries: int = 0
     batch_size_used: int = 0
     generate_s: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
+    images: set[str] = field(default_factory=set)  # distinct images of the samples generated in this run
+    samples_generated: int = 0  # samples whose image loaded and went to generate()
+    image_reuse: Any = None  # the loaded adapter's runner.adapters.image_reuse.ImageReuse
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -403,6 +414,8 @@ def run(
         )
     if config.dtype not in DTYPES:
         raise RunnerError(f"--dtype must be one of {DTYPES}, got {config.dtype!r}", 2)
+    if config.reuse_images not in REUSE_IMAGES:
+        raise RunnerError(f"--reuse-images must be one of {REUSE_IMAGES}, got {config.reuse_images!r}", 2)
     if config.model_path is not None and not config.model_path.is_dir():
         raise RunnerError(f"--model-path {config.model_path} is not a folder", 2)
     check_output_dir(config.output_dir)
@@ -553,6 +566,7 @@ def run(
                 manifest.finished_at = now()
                 if decoders:
                     manifest.decode = decoders[0].report()  # type: ignore[attr-defined]
+                manifest.image_reuse = image_reuse_record(config, stats)
                 try:
                     write_json_atomic(manifest_path, manifest)
                 except OSError as write_error:  # e.g. the same full disk: the first error is the one to report
@@ -561,6 +575,7 @@ def run(
         progress.close()
         if decoders:
             manifest.decode = decoders[0].report()  # type: ignore[attr-defined]  (path that ran, compilations)
+        manifest.image_reuse = image_reuse_record(config, stats)
 
         # --- outputs for people and for the orchestrator -------------------------------------------------------
         all_records = {record.sample_id: record for record in read_done(predictions_path)}
@@ -591,6 +606,16 @@ def run(
             samples_per_second=timings.get("samples_per_s"),
             message=None if missing == 0 else f"{missing} sample(s) have no prediction",
         )
+
+
+def image_reuse_record(config: RunConfig, stats: RunStats) -> dict[str, Any]:
+    """`<model>_run.json` `image_reuse`: the setting, whether it was in effect (and why not), how many images the
+    vision tower encoded, the distinct images and the samples generated in this run (a resume counts its own)."""
+    from runner.adapters.image_reuse import idle_report
+
+    # No model loaded: nothing was generated (every sample already written).
+    report = stats.image_reuse.report() if stats.image_reuse is not None else idle_report(config.reuse_images == "on")
+    return {**report, "distinct_images": len(stats.images), "samples": stats.samples_generated}
 
 
 def _previous_manifest(path: Path) -> dict[str, Any] | None:
@@ -641,6 +666,10 @@ def _generate_all(
     cache = config.compile_cache or config.output_dir / ".torch-compile"
     adapter.decoder = make_decoder(config.decode or spec.decode, cache_dir=cache, log=log)
     decoders.append(adapter.decoder)
+    adapter.image_reuse.enable(config.reuse_images == "on", log=log)
+    stats.image_reuse = adapter.image_reuse
+    if config.reuse_images == "on" and not adapter.image_reuse.active:
+        log(f"image reuse: off for {spec.name}: {adapter.image_reuse.reason}")
     manifest.resolved_revision = adapter.resolved_revision
     # What generate() is given besides GREEDY and the lengths, as the loaded model resolved it (pad id, stop ids).
     manifest.generate_kwargs_used = {"pad_token_id": adapter.pad_token_id, **adapter.generation_kwargs()}  # type: ignore[attr-defined]
@@ -664,9 +693,14 @@ def _generate_all(
         PendingSample(sample, adapter.build_prompt(config.prompt_template.format(query=sample.query)), order)
         for order, sample in todo_samples
     ]
-    # Similar image sizes and prompt lengths in one batch waste less padding; the order is deterministic.
+    # The queries of one image run together (in one batch or consecutive ones), so its vision features are
+    # computed once (adapter.image_reuse); images of similar size and, within an image, prompts of similar length
+    # waste less padding. The order is deterministic; the merged predictions file is in data order (contract.shards).
     sizes = {p.sample.image_path: header_pixels(p.sample.image_path) for p in pending}
-    pending.sort(key=lambda p: (sizes[p.sample.image_path], len(p.prompt), p.order))
+    first_seen: dict[str, int] = {}
+    for p in pending:
+        first_seen.setdefault(p.sample.image_path, p.order)
+    pending.sort(key=lambda p: (sizes[p.sample.image_path], first_seen[p.sample.image_path], len(p.prompt), p.order))
     limits = ImageLimits(max_side=max_side, max_pixels=config.max_image_pixels)
 
     def load(item: PendingSample) -> Any:
@@ -685,13 +719,16 @@ def _generate_all(
     )
     try:
         workers = max(1, config.preprocess_workers)
-        for batch, failed, ready, prepared in _preprocess_ahead(adapter, spec, image_batches, workers):
+        image_keys = adapter.image_reuse.active  # hash each image's pixels (in the workers) only when reusing
+        for batch, failed, ready, prepared in _preprocess_ahead(adapter, spec, image_batches, workers, image_keys):
             records = dict(failed)
             started = time.perf_counter()
             for item, prediction, error in _generate_with_oom_retry(adapter, ready, prepared, config, stats):
                 records[id(item)] = _record(spec, item, prediction, error)
             stats.generate_s += time.perf_counter() - started
             generated_count += len(ready)
+            stats.samples_generated += len(ready)
+            stats.images.update(item.sample.image_path for item, _ in ready)
             writer.write_batch([records[id(item)] for item in batch])
             stats.written += len(batch)
             progress.update(len(batch), sum(1 for item in batch if records[id(item)].error))
@@ -738,10 +775,12 @@ def _preprocess_ahead(
     spec: ModelSpec,
     image_batches: Iterator[tuple[list[PendingSample], list[Any]]],
     workers: int = 1,
+    image_keys: bool = False,
 ) -> Iterator[tuple[list[PendingSample], dict[int, PredictionRecord], list[tuple[PendingSample, Any]], Any]]:
-    """Yield (batch, records of failed images, ready (item, image) pairs, Future of the processor output) IN ORDER
+    """Yield (batch, records of failed images, ready (item, image) pairs, Future of its PreparedBatch) IN ORDER
     while `workers` threads already run the processor on the next batches, so tokenising and pixel preprocessing
-    overlap generation instead of leaving the GPU idle between batches.
+    overlap generation instead of leaving the GPU idle between batches. With `image_keys` the workers also hash
+    each image's pixels (the key image reuse caches its features under).
 
     Each worker holds its OWN processor copy: a fast tokenizer called with padding from two threads at once fails
     ("Already borrowed"), since padding settings live on the shared Rust object. Image decoding, resizing and the
@@ -757,12 +796,15 @@ def _preprocess_ahead(
     for _ in range(workers - 1):
         processors.put(copy.deepcopy(adapter.processor))
 
-    def preprocess(images: list[Any], prompts: list[str]) -> Any:
+    def preprocess(images: list[Any], prompts: list[str]) -> PreparedBatch:
+        from runner.adapters.image_reuse import image_content_key
+
         processor = processors.get()
         try:
-            return adapter.preprocess(images, prompts, processor)
+            inputs = adapter.preprocess(images, prompts, processor)
         finally:
             processors.put(processor)
+        return PreparedBatch(inputs, [image_content_key(image) for image in images] if image_keys else None)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess") as executor:
         ahead: deque[tuple[list[PendingSample], dict[int, PredictionRecord], list[tuple[PendingSample, Any]], Any]]
@@ -805,23 +847,29 @@ def _generate_with_oom_retry(
 ) -> list[tuple[PendingSample, str, str | None]]:
     """Generate for `ready` in chunks of the current batch size; on CUDA OOM halve it and retry, down to 1.
 
-    `prepared` (a Future of adapter.preprocess over all of `ready`) is used while the whole batch fits; smaller
+    `prepared` (a Future of the PreparedBatch of all of `ready`) is used while the whole batch fits; smaller
     chunks after an OOM are preprocessed here. The reduced size is kept for the rest of the run (the next batch
-    would run out of memory too).
+    would run out of memory too). Each generate call names its rows' images to the adapter's image reuse.
     """
     import torch
 
     results: list[tuple[PendingSample, str, str | None]] = []
+    whole: PreparedBatch | None = prepared.result() if prepared is not None else None
+    key_of = None
+    if whole is not None and whole.image_keys is not None:
+        key_of = {id(item): key for (item, _), key in zip(ready, whole.image_keys, strict=True)}
     queue = list(ready)
     while queue:
         chunk, queue = queue[: stats.batch_size_used], queue[stats.batch_size_used :]
         try:
-            if prepared is not None and len(chunk) == len(ready):
-                inputs = adapter.to_device(prepared.result())
+            if whole is not None and len(chunk) == len(ready):
+                inputs = adapter.to_device(whole.inputs)
             else:
                 inputs = adapter.build_inputs([image for _, image in chunk], [item.prompt for item, _ in chunk])
-            prepared = None
-            output = adapter.generate(inputs, config.max_new_tokens, config.min_new_tokens)
+            whole = None
+            keys = [key_of[id(item)] for item, _ in chunk] if key_of is not None else None
+            with adapter.image_reuse.batch(keys, inputs):
+                output = adapter.generate(inputs, config.max_new_tokens, config.min_new_tokens)
             predictions = adapter.decode(output, inputs)
         except torch.cuda.OutOfMemoryError:
             inputs = output = None  # free what the failed attempt held before retrying
