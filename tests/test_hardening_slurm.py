@@ -38,7 +38,9 @@ def test_every_log_the_console_points_at_exists_when_slurm_scoring_fails(
         timeout=600,
     )  # fmt: skip
     assert run.returncode == 1, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "  scoring   : FAILED (see logs/scoring.slurm.log)" in run.stdout
+    closing = run.stdout[run.stdout.rindex("Ablation finished") :]
+    scoring_line = next(line for line in closing.splitlines() if line.startswith("  scoring   : FAILED"))
+    assert scoring_line.endswith("(see logs/scoring.slurm.log)"), scoring_line
     printed = set(re.findall(r"logs/[\w.@#-]+\.log", run.stdout))
     assert printed and all((out / path).is_file() for path in printed), printed
     assert "no scoring today" in (out / "logs" / "scoring.slurm.log").read_text()

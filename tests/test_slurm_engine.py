@@ -171,7 +171,7 @@ def test_a_scoring_job_given_too_little_memory_is_reported_out_of_memory(
     assert recorded.slurm["requests"]["scoring"]["source"] == "option"  # type: ignore[attr-defined]
     status = run_orchestrator("status", "--output-dir", out, env=slurm_env(slurm_cluster), timeout=120)
     assert status.returncode == 1, status.stdout + status.stderr
-    assert f"scoring FAILED: {message}" in status.stdout
+    assert f"scoring: failed: {message}" in status.stdout
 
 
 def test_a_runner_given_too_little_memory_fails_out_of_memory(
