@@ -244,12 +244,20 @@ def test_the_model_reads_the_reused_features(name: str, tiny_checkpoint: Callabl
     assert adapter.image_reuse.image_encodings - before == 2 + 4  # images 1 and 2 (0 is cached); then 4 alone
 
 
+@pytest.mark.parametrize(
+    ("layout", "fields", "reason"),
+    [
+        ("rows", ("no_such_field",), "no_such_field"),  # the output lacks a field the rule reads
+        ("row_tiles", ("pooler_output",), "not (rows, tiles, C, H, W)"),  # LLaVA's pixels have no tiles dimension
+    ],
+)
 def test_a_call_the_layout_cannot_split_turns_reuse_off_with_its_reason(
-    tiny_checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+    layout: Any, fields: tuple[str, ...], reason: str, tiny_checkpoint: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     from runner.adapters import image_reuse
 
-    rule = image_reuse.ReuseRule("get_image_features", "rows", fields=("no_such_field",))
+    rule = image_reuse.ReuseRule("get_image_features", layout, fields=fields)
     monkeypatch.setitem(image_reuse.REUSE_RULES, "llava", rule)
     adapter = open_adapter(get_model("llava-1.5-7b"), str(tiny_checkpoint("llava-1.5-7b")),
                            device=torch.device("cpu"), dtype=torch.float32)  # fmt: skip
@@ -264,8 +272,20 @@ def test_a_call_the_layout_cannot_split_turns_reuse_off_with_its_reason(
     ]
     assert generate(adapter, images, queries, keys) == plain
     report = adapter.image_reuse.report()
-    assert report["active"] is False and "no_such_field" in report["reason"], report
+    assert report["active"] is False and reason in report["reason"], report
     assert len(lines) == 1 and "off for the rest of the run" in lines[0]
+
+
+def test_gemma_3n_reuses_the_vision_path_only(tiny_checkpoint: Callable[[str], Path]) -> None:
+    """Gemma 3n also has an audio tower: the wrapper sits on the image features alone, the audio path is untouched."""
+    adapter = open_adapter(get_model("gemma-3n-e2b"), str(tiny_checkpoint("gemma-3n-e2b")),
+                           device=torch.device("cpu"), dtype=torch.float32)  # fmt: skip
+    base = adapter.model.base_model
+    assert adapter.image_reuse.supported
+    assert hasattr(base.get_image_features, "_image_reuse_slot")
+    assert not hasattr(base.get_audio_features, "_image_reuse_slot")
+    assert not hasattr(base.audio_tower.forward, "_image_reuse_slot")
+    assert not hasattr(base.vision_tower.forward, "_image_reuse_slot")
 
 
 def test_the_cache_is_bounded_and_a_miss_only_costs_an_encoding(tiny_checkpoint: Callable[[str], Path]) -> None:

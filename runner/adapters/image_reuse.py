@@ -11,10 +11,11 @@ consecutive batches (runner/loop.py). Here the architecture's image-feature call
 
 During one `generate` call (`ImageReuse.batch`), the runner names each row's image by a hash of its pixels
 (`image_content_key`). The wrapper splits the call's pixel inputs per image (the architecture's layout: one entry
-per row, Qwen's flat patches with one grid per image, or InternVL's flat tiles), runs the ORIGINAL method once on
-the images it has not encoded yet, splits that output per image, and returns what the call would have returned for
-every row: the same fields, per-row features in row order. Features stay in a small cache (keyed by the hash,
-bounded in bytes) for the next batches. Outside a `batch` context the wrapper is the original method.
+per row, Qwen's flat patches with one grid per image, InternVL's flat tiles, or Perception LM's tiles per row),
+runs the ORIGINAL method once on the images it has not encoded yet, splits that output per image, and returns what
+the call would have returned for every row: the same fields, per-row features in row order. Features stay in a
+small cache (keyed by the hash, bounded in bytes) for the next batches. Outside a `batch` context the wrapper is
+the original method.
 
 Nothing is approximated: a row's features are the ones its image gives (vision towers treat each image or tile
 independently), so predictions equal those of a run without reuse (tests/test_image_reuse.py, every architecture,
@@ -26,6 +27,7 @@ run with ONE reason (logged, in the manifest) and that call runs unchanged. Arch
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -50,16 +52,17 @@ class ReuseRule:
     """How one architecture's image-feature call is split per image.
 
     hook: "get_image_features" (method of the base model) or "vision_model" (forward of the vision model module).
-    layout: "rows" (every image tensor has one entry per row), "grid" (flat patches, `image_grid_thw` gives each
-      image's patch grid: Qwen-VL), "tiles" (flat tiles, equal image tokens per tile: InternVL; each row's tile
-      count follows from its image-token count in input_ids).
+    layout: "rows" (every image tensor has one entry per row), "row_tiles" (as "rows", but pixel_values is
+      (rows, tiles, channels, height, width) and the output has one entry per tile, row after row: Perception LM),
+      "grid" (flat patches, `image_grid_thw` gives each image's patch grid: Qwen-VL), "tiles" (flat tiles, equal
+      image tokens per tile: InternVL; each row's tile count follows from its image-token count in input_ids).
     fields: output fields the model reads, each holding one entry per image or per unit (patch, tile), as a tensor
       (first dimension) or a list/tuple.
     layered_fields: output fields that are a list over layers, each per image (Qwen3-VL's DeepStack features).
     """
 
     hook: Literal["get_image_features", "vision_model"]
-    layout: Literal["rows", "grid", "tiles"]
+    layout: Literal["rows", "row_tiles", "grid", "tiles"]
     fields: tuple[str, ...] = ("pooler_output",)
     layered_fields: tuple[str, ...] = ()
 
@@ -74,12 +77,15 @@ REUSE_RULES: dict[str, ReuseRule] = {
     "gemma3": _FEATURES_ROWS,
     "paligemma": _FEATURES_ROWS,
     "idefics3": _FEATURES_ROWS,
+    "smolvlm": _FEATURES_ROWS,  # Idefics3's layout: (rows, tiles) pixels, all-zero padding tiles dropped; a list out
+    "gemma3n": _FEATURES_ROWS,  # the MobileNetV5 tower only; audio has its own get_audio_features, never wrapped
     "florence2": _FEATURES_ROWS,
     "qwen2_vl": ReuseRule("get_image_features", "grid"),
     "qwen2_5_vl": ReuseRule("get_image_features", "grid"),
     "qwen3_vl": ReuseRule("get_image_features", "grid", layered_fields=("deepstack_features",)),
     "internvl": ReuseRule("get_image_features", "tiles"),
     "aya_vision": ReuseRule("get_image_features", "tiles"),
+    "perception_lm": ReuseRule("get_image_features", "row_tiles"),
     "blip-2": _VISION_MODEL_ROWS,
     "instructblip": _VISION_MODEL_ROWS,
     "mllama": ReuseRule("vision_model", "rows", fields=("last_hidden_state",)),
@@ -174,6 +180,7 @@ class _Split:
 
     units: list[int]  # entries per image along the unit-aligned tensors' first dimension
     starts: list[int]
+    output_units: list[int]  # entries per image along the output fields' first dimension
     unit_aligned: set[str] = field(default_factory=set)  # argument names split by units
     row_aligned: set[str] = field(default_factory=set)  # argument names with one entry per image
 
@@ -315,8 +322,14 @@ class ImageReuse:
         if pixels is None:
             raise ReuseNotApplicable("the call has no pixel_values")
         images = batch.rows
-        if self.rule.layout == "rows":
+        output_units = None
+        if self.rule.layout in ("rows", "row_tiles"):
             units = [1] * images
+            if self.rule.layout == "row_tiles":
+                if pixels.ndim != 5:
+                    shape = tuple(pixels.shape)
+                    raise ReuseNotApplicable(f"pixel_values has shape {shape}, not (rows, tiles, C, H, W)")
+                output_units = [int(pixels.shape[1])] * images
         elif self.rule.layout == "grid":
             grid = tensors.get("image_grid_thw")
             if grid is None or grid.shape[0] != images:
@@ -325,7 +338,7 @@ class ImageReuse:
         else:
             units = self._tiles_per_row(int(pixels.shape[0]), batch)
         total = sum(units)
-        split = _Split(units=units, starts=[sum(units[:i]) for i in range(images)])
+        split = _Split(units=units, starts=[sum(units[:i]) for i in range(images)], output_units=output_units or units)
         for name, tensor in tensors.items():
             if tensor.ndim == 0:
                 continue
@@ -383,7 +396,7 @@ class ImageReuse:
         if not isinstance(output, ModelOutput):
             raise ReuseNotApplicable(f"the call returned {type(output).__name__}, not a model output")
         self._output_class = type(output)
-        units = [split.units[row] for row in rows]
+        units = [split.output_units[row] for row in rows]
         records: list[dict[str, Any]] = [{} for _ in rows]
         for name in self.rule.fields:
             value = getattr(output, name, None)
@@ -407,6 +420,9 @@ class ImageReuse:
         for name in self.rule.layered_fields:
             layers = len(records[0][name])
             values[name] = [_joined([r[name][layer] for r in records]) for layer in range(layers)]
+        for required in dataclasses.fields(self._output_class):  # e.g. timm's last_hidden_state, which is not read
+            if required.default is dataclasses.MISSING and required.default_factory is dataclasses.MISSING:
+                values.setdefault(required.name, None)
         return self._output_class(**values)
 
     def _remember(self, records: dict[str, dict[str, Any]]) -> None:
