@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scoring.meteor import meteor_from_stats
+from scoring.meteor import meteor_from_stats, summable_stats
 from scoring.ngram import coco_bleu_from_stats, sacrebleu_from_stats
 
 CI_LEVEL = 0.95
@@ -39,7 +39,7 @@ def corpus_metrics(matrix: SampleMatrix, weights: np.ndarray) -> dict[str, np.nd
     coco = np.array([coco_bleu_from_stats(row) for row in weights @ matrix.coco_bleu])
     result = {
         "bleu4": np.array([sacrebleu_from_stats(row) for row in sacre]),
-        "meteor": meteor_from_stats(weights @ matrix.meteor),
+        "meteor": meteor_from_stats(weights @ summable_stats(matrix.meteor)),
         "rougeL": (weights @ matrix.rouge) / counted,
         "cider": (weights @ matrix.cider) / counted,
     }
