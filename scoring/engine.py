@@ -17,7 +17,7 @@ from scoring.cleanup import clean_prediction, normalise_text
 from scoring.java import ScoringError, find_java, java_version
 from scoring.meteor import MeteorProcess, meteor_from_stats
 from scoring.ngram import ReferenceSet
-from scoring.ptb import ptb_tokenize
+from scoring.ptb import ptb_tokenize_documents
 from scoring.resample import SampleMatrix, bootstrap_weights, confidence_intervals, corpus_metrics
 from scoring.spice import SpiceItem, configured_jar_dir, run_spice, unavailable_reason
 
@@ -201,12 +201,18 @@ def _score_with(
     references = [
         [[normalise_text(ref) for ref in refs if normalise_text(ref)] for refs in m.references] for m in models
     ]
-    texts = [text for model_refs in references for refs in model_refs for text in refs]
-    texts += [text for model_predictions in predictions for text in model_predictions]
-    log(f"tokenizing {len(set(texts))} distinct texts (PTB, one JVM)")
-    tokens = ptb_tokenize(texts, java, work_dir)
-    tokenized_predictions = [[tokens[text] for text in model_predictions] for model_predictions in predictions]
-    tokenized_references = [[[tokens[ref] for ref in refs] for refs in model_refs] for model_refs in references]
+    # Each model's references and predictions are tokenized as the two documents COCOEvalCap.evaluate makes for it
+    # (the tokenizer looks across line ends, so a text's tokens depend on its neighbours): never mixed across models.
+    documents = []
+    for model_predictions, model_refs in zip(predictions, references, strict=True):
+        documents += [[text for refs in model_refs for text in refs], model_predictions]
+    log(f"tokenizing {len({tuple(d) for d in documents})} distinct documents (PTB, one JVM)")
+    tokenized = ptb_tokenize_documents(documents, java, work_dir)
+    tokenized_predictions = tokenized[1::2]
+    tokenized_references = []
+    for model_refs, flat in zip(references, tokenized[0::2], strict=True):
+        lines = iter(flat)
+        tokenized_references.append([[next(lines) for _ in refs] for refs in model_refs])
 
     meteor_job = _MeteorJob(meteor, list(zip(tokenized_predictions, tokenized_references, strict=True)))
     meteor_job.start()
