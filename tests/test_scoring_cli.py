@@ -20,11 +20,12 @@ from contract import (
     PredictionRecord,
     RunManifest,
     SampleScores,
+    Summary,
     load_dataset,
     read_json,
     read_jsonl,
 )
-from tests.conftest import REPO_ROOT, runner_env, write_quic_csv
+from tests.conftest import REPO_ROOT, WITHOUT_SPICE, runner_env, write_quic_csv
 
 ROWS = [
     ("pano_0.jpg", "location", "A sandy beach next to the blue sea."),
@@ -105,7 +106,7 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
     (tmp_path / "beta_run.json").write_text(manifest.model_dump_json())
     out = tmp_path / "results"
 
-    refused = scoring("score", "--predictions", alpha, beta, "--data", data_file, "--output-dir", out)
+    refused = scoring("score", "--predictions", alpha, beta, "--data", data_file, "--output-dir", out, *WITHOUT_SPICE)
     assert refused.returncode == 2
     assert "1 sample_ids not in the data" in refused.stderr and "1 data samples without a prediction" in refused.stderr
     assert "--intersection" in refused.stderr and str(alpha) in refused.stderr
@@ -113,7 +114,7 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
 
     completed = scoring(
         "score", "--predictions", alpha, beta, "--data", data_file, "--intersection",
-        "--model-id", "alpha=Org/Alpha-2B", "--output-dir", out, "--spice-jars", tmp_path / "none", "--report",
+        "--model-id", "alpha=Org/Alpha-2B", "--output-dir", out, *WITHOUT_SPICE, "--report",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     alpha_metrics = read_json(out / "alpha_metrics.json", MetricsFile)
@@ -135,6 +136,7 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
     assert empty.prediction == "" and empty.scores["meteor"] == 0.0 and empty.scores["bleu4"] == 0.0
     assert failed.prediction == "" and failed.error == "CUDA out of memory"
     assert first.scores["meteor"] > 0.2 and first.scores["spice"] is None
+    assert first.image == samples[0].image and [row.image for row in rows.values()].count("pano_0.jpg") == 2
 
     printed = completed.stdout
     assert "alpha (Org/Alpha-2B): n=4 (empty 1, failed 1, missing 1)" in printed
@@ -148,7 +150,7 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
 
 def test_human_baseline_scores_first_reference_against_the_rest(tmp_path: Path, data_file: Path) -> None:
     out = tmp_path / "results"
-    completed = scoring("human-baseline", "--data", data_file, "--output-dir", out, "--spice-jars", tmp_path / "none")
+    completed = scoring("human-baseline", "--data", data_file, "--output-dir", out, *WITHOUT_SPICE)
     assert completed.returncode == 0, completed.stderr
     metrics = read_json(out / "human-baseline_metrics.json", MetricsFile)
     assert metrics.num_samples == 5  # every sample here has >= 2 captions
@@ -166,7 +168,9 @@ def test_meteor_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, d
         tmp_path / "m_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)}
     )
     out = tmp_path / "results"
-    completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--meteor-heap", "8m")
+    completed = scoring(
+        "score", "--predictions", predictions, "--output-dir", out, "--meteor-heap", "8m", *WITHOUT_SPICE
+    )
     assert completed.returncode == 2
     assert "METEOR (meteor-1.5.jar) died" in completed.stderr
     assert "OutOfMemoryError" in completed.stderr  # the JVM's own stderr tail
@@ -197,7 +201,9 @@ def test_java_missing_names_the_package(tmp_path: Path, data_file: Path) -> None
     env = runner_env()
     env["PATH"] = str(tmp_path / "empty-bin")
     env.pop("SCORING_JAVA", None)
-    completed = scoring("score", "--predictions", predictions, "--output-dir", tmp_path / "results", env=env)
+    completed = scoring(
+        "score", "--predictions", predictions, "--output-dir", tmp_path / "results", *WITHOUT_SPICE, env=env
+    )
     assert completed.returncode == 2
     assert "default-jre-headless" in completed.stderr
     assert not (tmp_path / "results").exists()
@@ -209,26 +215,63 @@ def test_bad_prediction_files_are_refused_before_any_work(tmp_path: Path, data_f
     no_refs.write_text(
         PredictionRecord(sample_id="a", image="i", query="q", prediction="p", references=[]).model_dump_json() + "\n"
     )
-    completed = scoring("score", "--predictions", no_refs, "--output-dir", out)
+    completed = scoring("score", "--predictions", no_refs, "--output-dir", out, *WITHOUT_SPICE)
     assert completed.returncode == 2 and "has no references; pass --data FILE" in completed.stderr
 
     broken = tmp_path / "b_predictions.jsonl"
     broken.write_text('{"sample_id": "a"}\n')
-    completed = scoring("score", "--predictions", broken, "--output-dir", out)
+    completed = scoring("score", "--predictions", broken, "--output-dir", out, *WITHOUT_SPICE)
     assert completed.returncode == 2 and f"{broken}:1: not a valid PredictionRecord" in completed.stderr
 
-    completed = scoring("score", "--predictions", tmp_path / "absent.jsonl", "--output-dir", out)
+    completed = scoring("score", "--predictions", tmp_path / "absent.jsonl", "--output-dir", out, *WITHOUT_SPICE)
     assert completed.returncode == 2 and "predictions file not found" in completed.stderr
 
     good = write_predictions(tmp_path / "g_predictions.jsonl", data_file, {0: ("x", None)})
     completed = scoring("score", "--predictions", good, "--data", data_file, "--annotation-column", "caption",
-                        "--output-dir", out)  # fmt: skip
+                        "--output-dir", out, *WITHOUT_SPICE)  # fmt: skip
     assert completed.returncode == 2
     assert "missing column(s) ['caption']; columns found: ['url', 'query', 'annotation']" in completed.stderr
 
-    completed = scoring("score", "--predictions", good, "--output-dir", out, "--bootstrap", "100")
+    completed = scoring("score", "--predictions", good, "--output-dir", out, "--bootstrap", "100", *WITHOUT_SPICE)
     assert completed.returncode == 2 and "at least 1000" in completed.stderr
     assert not out.exists()
+
+
+def test_spice_is_required_unless_left_out(tmp_path: Path, data_file: Path) -> None:
+    """Without its jars, a run that should compute SPICE stops before reading anything, with the reason and both fixes;
+    it never writes a null SPICE silently."""
+    predictions = write_predictions(
+        tmp_path / "p_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)}
+    )
+    out = tmp_path / "results"
+    no_jars = tmp_path / "no-jars"
+    completed = scoring(
+        "score", "--predictions", tmp_path / "absent.jsonl", "--output-dir", out, "--spice-jars", no_jars
+    )
+    assert completed.returncode == 2
+    assert "cannot compute SPICE: SPICE needs Stanford CoreNLP 3.6.0 jars" in completed.stderr
+    assert f"python -m scoring fetch-spice --dest {no_jars}" in completed.stderr
+    assert "leave it out deliberately: --metrics all,-spice" in completed.stderr
+    assert "predictions file not found" not in completed.stderr  # refused before reading any input
+    completed = scoring("human-baseline", "--data", data_file, "--output-dir", out, "--spice-jars", no_jars)
+    assert completed.returncode == 2 and "cannot compute SPICE" in completed.stderr
+    assert not out.exists()
+
+    completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--metrics", "ciderD")
+    assert completed.returncode == 2 and "unknown metric 'ciderD'; known: bleu4, coco_bleu1" in completed.stderr
+
+    # Only what is asked for is computed (no METEOR JVM here); the rest is null with the reason.
+    completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--metrics", "cider,bleu4")
+    assert completed.returncode == 0, completed.stderr
+    metrics = read_json(out / "p_metrics.json", MetricsFile)
+    assert {key for key, value in metrics.metrics.items() if value is not None} == {"bleu4", "cider"}
+    assert set(metrics.unavailable) == set(metrics.metrics) - {"bleu4", "cider"}
+    assert set(metrics.unavailable.values()) == {"left out by --metrics"}
+    assert metrics.signature["metrics"] == "bleu4,cider"
+    assert "left out by --metrics (null in the files): coco_bleu1, coco_bleu2" in completed.stdout
+    assert "meteor=left out" in completed.stdout and "METEOR" not in completed.stdout
+    summary = read_json(out / SUMMARY_JSON, Summary)
+    assert summary.models[0].metrics["meteor"] is None
 
 
 def test_java_is_not_needed_to_summarise(tmp_path: Path) -> None:

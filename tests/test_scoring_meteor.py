@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from contract import MetricsFile, PredictionRecord, SampleScores, read_json, read_jsonl
-from tests.conftest import REPO_ROOT, runner_env
+from tests.conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 
 # (query, prediction, references): exact copies of a reference, a copy differing in case and punctuation, copies that
 # differ only by a stem or a synonym METEOR matches (all "perfect"), and ordinary imperfect segments.
@@ -68,7 +68,7 @@ def test_perfect_segments_give_the_jars_corpus_per_query_and_interval(tmp_path: 
     predictions = write_predictions(tmp_path / "exact_predictions.jsonl")
     out = tmp_path / "results"
     command = [sys.executable, "-m", "scoring", "score", "--predictions", str(predictions), "--output-dir", str(out)]
-    command += ["--spice-jars", str(tmp_path / "no-jars")]
+    command += WITHOUT_SPICE
     completed = subprocess.run(command, capture_output=True, text=True, env=runner_env(), cwd=REPO_ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from contract import MetricsFile, PredictionRecord, read_json
-from tests.conftest import REPO_ROOT, runner_env
+from tests.conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 from tests.scoring_reference import Corpus, coco_eval
 
 REFERENCES = [
@@ -39,7 +39,7 @@ def score(folder: Path, *corpora: Corpus) -> Path:
     out = folder / "results"
     paths = [str(write(corpus, folder)) for corpus in corpora]
     command = [sys.executable, "-m", "scoring", "score", "--predictions", *paths, "--output-dir", str(out)]
-    command += ["--spice-jars", str(folder / "no-jars")]
+    command += WITHOUT_SPICE
     completed = subprocess.run(command, capture_output=True, text=True, env=runner_env(), cwd=REPO_ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return out
