@@ -24,6 +24,21 @@ MODELS_HELP = (
 )
 
 
+def metrics_list(value: str) -> str:
+    """--metrics, checked against the scoring step's metric registry when it is installed here (scoring may run in
+    its own image), so a typo fails before any model runs."""
+    try:
+        from scoring.java import ScoringError
+        from scoring.metrics import select_metrics
+    except ImportError:
+        return value
+    try:
+        select_metrics(value)
+    except ScoringError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--models", required=required, help=MODELS_HELP)
     parser.add_argument(
@@ -77,6 +92,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     )
     parser.add_argument("--memory", help="docker: memory limit of each inference container, e.g. 64g (default: none)")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument(
+        "--metrics",
+        type=metrics_list,
+        metavar="LIST",
+        help="scoring: metrics to compute (python -m scoring score --metrics), e.g. all,-spice; default all",
+    )
     slurm = parser.add_argument_group("slurm engine (--engine slurm)")
     slurm.add_argument(
         "--container-runtime",
@@ -190,6 +211,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         slurm_gpu_type=args.slurm_gpu_type,
         sif_dir=args.sif_dir,
         detach=args.detach,
+        metrics=args.metrics,
     )
 
 

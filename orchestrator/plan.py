@@ -88,6 +88,7 @@ class AblationOptions:
     sif_dir: Path | None = None
     detach: bool = False
     memory: str | None = None  # docker: memory limit of each inference container (e.g. 64g); None: no limit
+    metrics: str | None = None  # scoring --metrics (which metrics to compute); None: all
 
     def as_arguments(self) -> dict[str, Any]:
         """JSON-friendly copy for the manifest (never holds a token: tokens are never options)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from _orchestrator_helpers import (
     REPO_ROOT,
+    WITHOUT_SPICE,
     break_checkpoint,
     manifest,
     model_root,
@@ -400,7 +401,7 @@ def test_a_model_only_in_a_users_models_file_runs_through_make_ablation_and_repr
     ablation = subprocess.run(
         [*make, "ablation", "MODELS=my-llava", f"MODELS_FILE={models_file}", f"DATA_CSV={data.data_file}",
          f"OUTPUT_DIR={out}", "ENGINE=local", "GPUS=none", "BATCH_SIZE=2", "MAX_NEW_TOKENS=4",
-         f"EXTRA_ARGS=--model-path-root {root} --no-report"],
+         f"EXTRA_ARGS=--model-path-root {root} --no-report {' '.join(WITHOUT_SPICE)}"],
         capture_output=True, text=True, env=orchestrator_env(), timeout=600,
     )  # fmt: skip
     assert ablation.returncode == 0, ablation.stdout[-3000:] + ablation.stderr[-2000:]
