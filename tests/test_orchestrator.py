@@ -172,6 +172,9 @@ def test_both_engines_get_the_same_arguments_but_for_paths(tmp_path: Path, panor
         "score", "--predictions", "/results/a_predictions.jsonl", "/results/b_predictions.jsonl",
         "--output-dir", "/results", "--data", "/data/data.csv", "--limit", "5", "--report",
     ]  # fmt: skip
+    # --metrics reaches the scoring step as given (the scoring CLI checks it; the orchestrator's CLI does too).
+    options.metrics = "all,-spice"
+    assert scoring_argv(build_plan(options), container, ["a"])[-3:] == ["--metrics", "all,-spice", "--report"]
 
 
 # --- whole ablations on the local engine ----------------------------------------------------------------------
