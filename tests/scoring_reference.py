@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -113,6 +114,54 @@ def sacrebleu_bleu4(corpus: Corpus) -> float:
     width = max(len(refs) for refs in corpus.references)
     streams = [[refs[i] if i < len(refs) else None for refs in corpus.references] for i in range(width)]
     return sacrebleu.corpus_bleu(corpus.predictions, streams, tokenize="13a", smooth_method="exp").score / 100
+
+
+# -- this project's side ------------------------------------------------------------------------------------------
+
+
+def write_corpus(corpus: Corpus, folder: Path) -> Path:
+    """The corpus as `<name>_predictions.jsonl` (references in the records, so no data file is needed)."""
+    from contract import PredictionRecord
+
+    path = folder / f"{corpus.name}_predictions.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for index, (prediction, refs) in enumerate(zip(corpus.predictions, corpus.references, strict=True)):
+            record = PredictionRecord(
+                sample_id=f"{corpus.name}-{index}",
+                image=corpus.images[index] if corpus.images else f"{corpus.name}-{index}.jpg",
+                query=corpus.queries[index] if corpus.queries else "q",
+                prediction=prediction,
+                references=refs,
+            )
+            handle.write(record.model_dump_json() + "\n")
+    return path
+
+
+@dataclass
+class ScoringRun:
+    """`python -m scoring score` over many corpora (each one a model), running in the background."""
+
+    out: Path
+    process: subprocess.Popen
+    log: Path
+
+    def wait(self, timeout: float = 3600) -> Path:
+        self.process.wait(timeout=timeout)
+        assert self.process.returncode == 0, self.log.read_text(encoding="utf-8")[-4000:]
+        return self.out
+
+
+def start_scoring(corpora: Sequence[Corpus], folder: Path, *options: str) -> ScoringRun:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [str(write_corpus(corpus, folder)) for corpus in corpora]
+    out = folder / "results"
+    command = [sys.executable, "-m", "scoring", "score", "--predictions", *paths, "--output-dir", str(out), *options]
+    log = folder / "scoring.log"
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)}
+    with open(log, "w", encoding="utf-8") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=repo)
+    return ScoringRun(out, process, log)
 
 
 # -- SPICE --------------------------------------------------------------------------------------------------------
