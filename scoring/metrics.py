@@ -404,7 +404,7 @@ METRICS: tuple[Metric, ...] = (
         _mean_of_first,
         sentence=_first,
         description="pycocoevalcap ROUGE-L (beta 1.2), mean over samples",
-    ),  # fmt: skip
+    ),
     Metric(
         "cider",
         "CIDEr",
@@ -412,7 +412,7 @@ METRICS: tuple[Metric, ...] = (
         _mean_of_first,
         sentence=_first,
         description="pycocoevalcap CIDEr-D, mean over samples",
-    ),  # fmt: skip
+    ),
     Metric(
         "spice",
         "SPICE",
@@ -420,7 +420,7 @@ METRICS: tuple[Metric, ...] = (
         _mean_of_first,
         sentence=_first,
         description="SPICE 1.0 F-score ('All' tuples), mean over samples",
-    ),  # fmt: skip
+    ),
 )
 BY_KEY: dict[str, Metric] = {metric.key: metric for metric in METRICS}
 # The file's own order for comparison.csv: the contract's keys (users' scripts rely on them), then any newer ones.

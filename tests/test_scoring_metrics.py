@@ -280,3 +280,39 @@ def test_paired_p_value_separates_equal_and_different_models() -> None:
     shifted = corpus_metrics(rouge, SampleMatrix(better_stats, matrix.groups, matrix.unit), weights)["rougeL"]
     p = paired_p_value(observed + 0.2, observed, shifted, same)
     assert p == pytest.approx(1 / 1001)
+
+
+def test_the_worked_example_in_the_docs_adds_a_working_metric() -> None:
+    """docs/SCORING.md's "Adding a metric" example (chrF), run as written: its tool, statistics and record give
+    sacreBLEU's own chrF, on the corpus and on a subset, through the registry's corpus function."""
+    import re
+    from pathlib import Path
+
+    import scoring.metrics as registry
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "SCORING.md"
+    section = docs.read_text(encoding="utf-8").split("### Adding a metric", 1)[1].split("\n## ", 1)[0]
+    definitions, record = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    namespace = dict(vars(registry))
+    exec(definitions, namespace)  # noqa: S102  (the page's own code, as a user would paste it)
+    chrf = eval(record.strip(), namespace)  # noqa: S307
+    assert isinstance(chrf, registry.Metric) and chrf.key == "chrf" and namespace["ChrfTool"] in namespace["TOOLS"]
+
+    hypotheses = ["A man riding a horse on a beach.", "", "Dogs, dogs and more dogs!", "A red car.", "Market"]
+    references = [["A man rides a horse on the beach.", "A person riding a horse."], ["The sky is blue."],
+                  ["Two dogs play in the snow.", "Dogs running in snow.", "Dogs."], ["A red car parked."],
+                  ["People walk in a busy market.", "A crowded market street."]]  # fmt: skip
+    texts = registry.ModelTexts("m", hypotheses, references, hypotheses, references)
+    context = registry.ToolContext(java="", work_dir=None, options=None, log=lambda line: None)  # type: ignore[arg-type]
+    output = chrf.tool().compute([texts], {"chrf"}, context)[0]
+
+    def direct(indices: list[int]) -> float:
+        width = max(len(references[i]) for i in indices)
+        streams = [[references[i][k] if k < len(references[i]) else None for i in indices] for k in range(width)]
+        return sacrebleu.corpus_chrf([hypotheses[i] for i in indices], streams).score / 100
+
+    assert output.corpus["chrf"] == pytest.approx(direct([0, 1, 2, 3, 4]), abs=1e-12, rel=0)
+    full = corpus_scores([chrf], output.stats, np.ones((1, 5)))["chrf"][0]
+    assert full == pytest.approx(direct([0, 1, 2, 3, 4]), abs=1e-12, rel=0)
+    subset = corpus_scores([chrf], output.stats, np.array([[1.0, 0.0, 1.0, 1.0, 0.0]]))["chrf"][0]
+    assert subset == pytest.approx(direct([0, 2, 3]), abs=1e-12, rel=0)
