@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contract import MetricsFile, PredictionRecord, SampleScores, read_json, read_jsonl
 from tests.conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
@@ -87,3 +90,49 @@ def test_perfect_segments_give_the_jars_corpus_per_query_and_interval(tmp_path: 
     for row, segment in zip(rows, segments, strict=True):
         assert row.scores["meteor"] == pytest.approx(segment, abs=1e-12, rel=0)
     assert rows[0].scores["meteor"] == 1.0  # the exact copy
+
+
+@pytest.fixture(scope="module")
+def jar_segments():
+    """The jar's statistics for a pool of segments with several perfect ones, and the running jar to EVAL with."""
+    from scoring.java import find_java
+    from scoring.meteor import MeteorProcess
+
+    hypotheses = [
+        "a dog runs on the grass",  # exact copy: perfect
+        "a dog running on the grass",  # stem match, one chunk: perfect, score below 1
+        "a red automobile parked on the street",  # synonym: perfect
+        "two cats sleep on a sofa",
+        "the grass a dog runs on",  # every word matched, two chunks: not perfect
+        "a red car",
+        "",
+        "dogs dogs dogs",
+    ]
+    references = [
+        ["a dog runs on the grass", "a brown dog"],
+        ["a dog runs on the grass"],
+        ["a red car parked on the street"],
+        ["two cats are sleeping on a couch", "cats on a sofa"],
+        ["a dog runs on the grass"],
+        ["a red car parked on the street", "a car on a road"],
+        ["a man stands near a wall"],
+        ["two dogs play in the snow"],
+    ]
+    with MeteorProcess(find_java()) as meteor:
+        lines = meteor.segment_stats(hypotheses, references)
+        yield meteor, lines
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(counts=st.lists(st.integers(min_value=0, max_value=3), min_size=8, max_size=8).filter(any))
+def test_any_multiset_of_segments_gives_the_jars_eval(jar_segments, counts: list[int]) -> None:
+    """The registry's METEOR of any weighted set of segments (a subset, a bootstrap resample with repeats) equals what
+    the jar's EVAL computes for that multiset of segments."""
+    from scoring.metrics import BY_KEY, corpus_scores
+
+    meteor, lines = jar_segments
+    stats = np.array([[float(x) for x in line.split()] for line in lines])
+    ours = corpus_scores([BY_KEY["meteor"]], {"meteor": stats}, np.array([counts], dtype=float))["meteor"][0]
+    multiset = [line for line, count in zip(lines, counts, strict=True) for _ in range(count)]
+    _, jar = meteor.evaluate(multiset)
+    assert ours == pytest.approx(jar, abs=1e-12, rel=0)
