@@ -107,6 +107,16 @@ def coco_eval(corpus: Corpus, meteor) -> CocoResult:  # noqa: ANN001  (pycocoeva
     )
 
 
+def cocoevalcap_tokenized(corpus: Corpus) -> tuple[list[str], list[list[str]]]:
+    """The corpus's predictions and references as COCOEvalCap.evaluate tokenizes them: pycocoevalcap's PTBTokenizer
+    on all references (one call), then on all predictions (another)."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    gts = PTBTokenizer().tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(corpus.references)})
+    res = PTBTokenizer().tokenize({i: [{"caption": p}] for i, p in enumerate(corpus.predictions)})
+    return [res[i][0] for i in range(len(corpus))], [list(gts[i]) for i in range(len(corpus))]
+
+
 def sacrebleu_bleu4(corpus: Corpus) -> float:
     """sacreBLEU corpus BLEU (13a, exp smoothing), references as None-padded streams, on a 0-1 scale."""
     import sacrebleu
@@ -223,17 +233,16 @@ def pycocoevalcap_spice_copy(jar_dir: Path, folder: Path) -> Iterator[type]:
 
 
 def pycocoevalcap_spice(
-    corpora: Sequence[Corpus], tokenized: Sequence[CocoResult], jar_dir: Path, folder: Path
+    corpora: Sequence[Corpus], tokenized: Sequence[tuple[list[str], list[list[str]]]], jar_dir: Path, folder: Path
 ) -> list[tuple[float, list[float]]]:
-    """pycocoevalcap's `Spice().compute_score` on COCOEvalCap's tokenized texts of every corpus in ONE run: per corpus,
-    the mean it reports (np.mean of the F-scores, NaN when one is NaN) and the per-sample F-scores."""
+    """pycocoevalcap's `Spice().compute_score` on COCOEvalCap's tokenized texts (predictions, references) of every
+    corpus in ONE run: per corpus, the mean it reports (np.mean of the F-scores, NaN when one is NaN) and the
+    per-sample F-scores."""
     import numpy as np
 
     gts, res = {}, {}
-    for index, coco in enumerate(tokenized):
-        for sample, (hypothesis, refs) in enumerate(
-            zip(coco.tokenized_predictions, coco.tokenized_references, strict=True)
-        ):
+    for index, (predictions, references) in enumerate(tokenized):
+        for sample, (hypothesis, refs) in enumerate(zip(predictions, references, strict=True)):
             gts[f"{index}/{sample}"] = refs
             res[f"{index}/{sample}"] = [hypothesis]
     with pycocoevalcap_spice_copy(jar_dir, folder) as spice_class:

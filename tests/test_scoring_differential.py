@@ -21,12 +21,13 @@ import pytest
 
 from contract import MetricsFile, SampleScores, read_json, read_jsonl
 from tests.conftest import WITHOUT_SPICE
-from tests.scoring_corpora import make_corpus
+from tests.scoring_corpora import make_corpus, shortened
 from tests.scoring_reference import (
     CocoResult,
     Corpus,
     ScoringRun,
     coco_eval,
+    cocoevalcap_tokenized,
     pycocoevalcap_spice,
     sacrebleu_bleu4,
     start_scoring,
@@ -123,13 +124,24 @@ def spice_jar_dir() -> Path:
     return jar_dir
 
 
+SPICE_MAX_WORDS = 50  # longer predictions are cut for SPICE: its parser takes minutes per caption of 100+ words
+
+
 def test_spice_equals_pycocoevalcaps_spice_on_generated_corpora(
     tmp_path: Path, reference: list[CocoResult], corpora: list[Corpus]
 ) -> None:
     """pycocoevalcap's `Spice` over COCOEvalCap's tokenized texts of every corpus (one run) against the SPICE of one
     scoring run over all corpora: per sample and corpus. Where SPICE gives no F-score (pycocoevalcap's mean is then
-    NaN), scoring counts 0.0 and says so."""
+    NaN), scoring counts 0.0 and says so. The corpora are the ones above with predictions cut to SPICE_MAX_WORDS."""
     jar_dir = spice_jar_dir()
+    cut = [shortened(corpus, SPICE_MAX_WORDS) for corpus in corpora]
+    tokenized = [
+        (coco.tokenized_predictions, coco.tokenized_references)
+        if short.predictions == corpus.predictions
+        else cocoevalcap_tokenized(short)
+        for corpus, short, coco in zip(corpora, cut, reference, strict=True)
+    ]
+    corpora = cut
     # One SPICE JVM at a time (each takes several GB).
     run = start_scoring(corpora, tmp_path / "project", "--metrics", "spice", "--spice-jars", str(jar_dir))
     run.process.wait(timeout=1800)
@@ -138,7 +150,7 @@ def test_spice_equals_pycocoevalcaps_spice_on_generated_corpora(
         pytest.skip("SPICE 1.0 writes its output through a JavaScript engine that Java 15+ lacks; scoring.spice "
                     "does not provide one on this branch yet")  # fmt: skip
     out = run.wait()
-    expected = pycocoevalcap_spice(corpora, reference, jar_dir, tmp_path / "reference")
+    expected = pycocoevalcap_spice(corpora, tokenized, jar_dir, tmp_path / "reference")
     failures = []
     for seed, corpus, (mean, values) in zip(SEEDS, corpora, expected, strict=True):
         metrics = read_json(out / f"{corpus.name}_metrics.json", MetricsFile)
