@@ -146,6 +146,12 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
     assert summary["significance"] == {}  # different sample sets: no paired test
     # --report hands the folder to scoring.report.build_report after the metrics are written.
     assert f"report: {out / 'report.html'}" in printed and (out / "report.html").is_file()
+    # Two panoramas carry two samples each: intervals resample panoramas, and every file and the page say so.
+    assert alpha_metrics.signature["bootstrap_unit"] == beta_metrics.signature["bootstrap_unit"] == "image"
+    assert beta_metrics.signature["bootstrap"].startswith("1000 resamples of images (3 images carrying 5 samples)")
+    assert [m["bootstrap_unit"] for m in summary["models"]] == ["image", "image"]
+    assert "The bootstrap resamples images" in (out / "report.html").read_text(encoding="utf-8")
+    assert "resampling images" in (out / "comparison.md").read_text(encoding="utf-8")
 
 
 def test_human_baseline_scores_first_reference_against_the_rest(tmp_path: Path, data_file: Path) -> None:
@@ -272,6 +278,22 @@ def test_spice_is_required_unless_left_out(tmp_path: Path, data_file: Path) -> N
     assert "meteor=left out" in completed.stdout and "METEOR" not in completed.stdout
     summary = read_json(out / SUMMARY_JSON, Summary)
     assert summary.models[0].metrics["meteor"] is None
+
+
+def test_summarise_refuses_sample_scores_written_before_images_were_recorded(tmp_path: Path) -> None:
+    """Intervals resample images; a sample-scores file without them cannot be summarised again: a clear error."""
+    from contract import SampleCounts, write_json_atomic, write_jsonl_atomic
+
+    write_json_atomic(tmp_path / "old_metrics.json", MetricsFile(model_name="old", model_id="old", num_samples=1,
+                      metrics={"rougeL": 0.5}, counts=SampleCounts(scored=1, empty=0, failed=0)))  # fmt: skip
+    row = SampleScores(sample_id="a", query="q", prediction="p", raw_prediction="p", scores={"rougeL": 0.5})
+    write_jsonl_atomic(tmp_path / "old_sample_scores.jsonl", [row])
+    completed = scoring("summarize", tmp_path)
+    assert completed.returncode == 2
+    assert f"{tmp_path / 'old_sample_scores.jsonl'}: written by an older version of `python -m scoring`" in (
+        completed.stderr
+    )
+    assert "score these predictions again" in completed.stderr
 
 
 def test_java_is_not_needed_to_summarise(tmp_path: Path) -> None:
