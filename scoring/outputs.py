@@ -54,15 +54,15 @@ def write_model_outputs(result: ModelResult, out_dir: Path) -> Path:
 
 
 def metric_line(metrics: MetricsFile) -> str:
-    """One readable line per model for the terminal, on each metric's display scale (x100) with 95% intervals."""
+    """One readable line per model for the terminal, on each metric's display scale (x100) with 95% intervals; the
+    metrics left out with --metrics are not repeated on every line."""
     parts = []
     for metric in TABLE_METRICS:
         value = metrics.metrics.get(metric.key)
         interval = metrics.ci.get(metric.key)
-        if value is None:
-            text = "left out" if metrics.unavailable.get(metric.key) == LEFT_OUT else "n/a"
-        else:
-            text = f"{value * metric.scale:.2f}"
+        if value is None and metrics.unavailable.get(metric.key) == LEFT_OUT:
+            continue  # said once for all models, after their lines
+        text = "n/a" if value is None else f"{value * metric.scale:.2f}"
         if interval is not None and value is not None:
             text += f" [{interval[0] * metric.scale:.2f}, {interval[1] * metric.scale:.2f}]"
         parts.append(f"{metric.key}={text}")
