@@ -40,7 +40,7 @@ __all__ = [
     "RunnerProgress",
     "HEADLINE_METRICS",
     "COCO_BLEU_METRICS",
-    "SAMPLE_SCORE_KEYS",
+    "METRIC_KEYS",
     "results_file",
     "sample_id",
     "file_sha256",
@@ -91,12 +91,12 @@ RUNNER_RESULT_PREFIX = "RUNNER_RESULT "
 # With `--progress json`, the runner's progress on stderr: RUNNER_PROGRESS_PREFIX + RunnerProgress JSON.
 RUNNER_PROGRESS_PREFIX = "RUNNER_PROGRESS "
 
-# The corpus metrics users read, in report order; all on a 0-1 scale. None means "not computed" (e.g. SPICE
-# without its CoreNLP jars) and is never replaced by 0.0.
+# Keys of `metrics` in <model>_metrics.json that users' scripts read (0-1 scale), in comparison.csv's column order.
+# Every one is always present; None means "not computed" (left out with --metrics) and is never replaced by 0.0.
+# What each one is, and any further metric, is defined once in scoring/metrics.py (the metric registry).
 HEADLINE_METRICS = ("bleu4", "meteor", "rougeL", "cider", "spice")
 COCO_BLEU_METRICS = ("coco_bleu1", "coco_bleu2", "coco_bleu3", "coco_bleu4")
-# Keys of SampleScores.scores (sentence-level versions of the headline metrics).
-SAMPLE_SCORE_KEYS = HEADLINE_METRICS
+METRIC_KEYS = (*HEADLINE_METRICS, *COCO_BLEU_METRICS)
 
 
 def results_file(out_dir: str | Path, pattern: str, model: str | None = None) -> Path:
@@ -258,13 +258,16 @@ class SampleScores(_Record):
     sufficient statistics from which corpus metrics (and their bootstrap) are recomputed without Java."""
 
     sample_id: str
+    # The image as written in the data file: the unit the bootstrap resamples when an image has several samples.
+    # None only in files written before it was recorded (they cannot be summarised again; score them again).
+    image: str | None = None
     query: str
     prediction: str  # after cleanup, as scored
     raw_prediction: str
     error: str | None = None
     references: list[str] = Field(default_factory=list)  # as scored (separator-normalised)
-    scores: dict[str, float | None]  # sentence-level scores
-    stats: dict[str, list[float]] = Field(default_factory=dict)
+    scores: dict[str, float | None]  # sentence-level scores of the metrics that have one; None: not computed
+    stats: dict[str, list[float]] = Field(default_factory=dict)  # statistics block (scoring/metrics.py) -> numbers
 
 
 class SummaryEntry(BaseModel):
@@ -277,6 +280,7 @@ class SummaryEntry(BaseModel):
     ci: dict[str, tuple[float, float] | None] = Field(default_factory=dict)
     status: Literal["scored", "failed"] = "scored"
     message: str | None = None
+    bootstrap_unit: str | None = None  # what its intervals resampled: "image" or "sample"
 
 
 class PairDifference(_Record):

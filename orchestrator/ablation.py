@@ -178,6 +178,8 @@ def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
         argv += ["--limit", str(plan.options.limit)]  # score exactly the subset the runners captioned
     if plan.options.shards > 1:
         argv += ["--merge-shards", str(plan.options.shards)]
+    if plan.options.metrics:
+        argv += ["--metrics", plan.options.metrics]
     return argv + (["--report"] if plan.options.report else [])
 
 

@@ -24,6 +24,21 @@ MODELS_HELP = (
 )
 
 
+def metrics_list(value: str) -> str:
+    """--metrics, checked against the scoring step's metric registry when it is installed here (scoring may run in
+    its own image), so a typo fails before any model runs."""
+    try:
+        from scoring.java import ScoringError
+        from scoring.metrics import select_metrics
+    except ImportError:
+        return value
+    try:
+        select_metrics(value)
+    except ScoringError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--models", required=required, help=MODELS_HELP)
     parser.add_argument(
@@ -93,6 +108,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         action="store_true",
         help="move these models' earlier results in --output-dir aside (into replaced-<time>/, never deleted) "
         "instead of refusing predictions made from another data file",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=metrics_list,
+        metavar="LIST",
+        help="scoring: metrics to compute (python -m scoring score --metrics), e.g. all,-spice; default all",
     )
     slurm = parser.add_argument_group("slurm engine (--engine slurm)")
     slurm.add_argument(
@@ -239,6 +260,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         sif_dir=args.sif_dir,
         detach=args.detach,
         overwrite=args.overwrite,
+        metrics=args.metrics,
     )
 
 

@@ -102,6 +102,7 @@ class AblationOptions:
     detach: bool = False
     memory: str | None = None  # docker: each container's memory limit (e.g. 64g, or auto: each step's figure)
     overwrite: bool = False  # move the planned models' earlier results aside (never deleted) instead of refusing
+    metrics: str | None = None  # scoring --metrics (which metrics to compute); None: all
 
     def as_arguments(self) -> dict[str, Any]:
         """JSON-friendly copy for the manifest (never holds a token: tokens are never options)."""

@@ -53,8 +53,12 @@ class StepResources:
 
 
 def scoring_resources(plan: Plan, num_models: int) -> StepResources:
-    """The scoring step over `num_models` models of the plan's samples (every metric: SPICE's JVM included)."""
-    needs = scoring_requirements(num_models=max(1, num_models), num_samples=max(1, plan.num_samples))
+    """The scoring step over `num_models` models of the plan's samples, for the metrics it computes (`--metrics`;
+    all by default, SPICE's JVM included)."""
+    from scoring.metrics import select_metrics
+
+    metrics = [metric.key for metric in select_metrics(plan.options.metrics)]
+    needs = scoring_requirements(num_models=max(1, num_models), num_samples=max(1, plan.num_samples), metrics=metrics)
     return StepResources(needs.memory_bytes, needs.cpus, needs.describe())
 
 

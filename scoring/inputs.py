@@ -124,6 +124,7 @@ def load_model_predictions(
         known.sort(key=lambda record: order[record.sample_id])
         references = [list(samples[record.sample_id].references) for record in known]
         queries = [samples[record.sample_id].query for record in known]
+        images = [samples[record.sample_id].image for record in known]
         records = known
     else:
         for number, record in enumerate(records, start=1):
@@ -133,6 +134,7 @@ def load_model_predictions(
                 )
         references = [list(record.references) for record in records]
         queries = [record.query for record in records]
+        images = [record.image for record in records]
     return ModelPredictions(
         model_name=name,
         model_id=model_id,
@@ -141,6 +143,7 @@ def load_model_predictions(
         raw_predictions=[record.prediction for record in records],  # a failed sample is scored as "" anyway
         references=references,
         errors=[record.error for record in records],
+        images=images,
         missing=missing,
         unknown=unknown,
         warnings=warnings,
@@ -167,6 +170,7 @@ def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> Model
         raw_predictions=[sample.references[0] for sample in samples],
         references=[list(sample.references[1:]) for sample in samples],
         errors=[None] * len(samples),
+        images=[sample.image for sample in samples],
         warnings=[f"{len(dataset.samples) - len(samples)} samples with fewer than 2 references left out"],
         source=str(dataset.path),
         apply_cleanup=False,

@@ -16,7 +16,7 @@ import pytest
 from orchestrator.plan import AblationOptions, PlanError, build_plan
 from orchestrator.slurm import SlurmArg, SlurmBackend, SlurmJobSpec, TaskState, parse_slurm_args, step_args
 from scoring import spice
-from scoring.resources import METEOR_HEAP, MIB, jvm_bytes, scoring_requirements, size_bytes
+from scoring.resources import METEOR_HEAP, MIB, jvm_bytes, scoring_requirements, size_bytes, spice_workers
 
 GIB = 1 << 30
 QUIC360 = Path("/work/shared/data/quic360/test.tsv")
@@ -276,3 +276,18 @@ def test_docker_memory_auto_gives_each_container_its_steps_figure(tiny_checkpoin
     )
     with pytest.raises(PlanError, match="--memory 'lots': a size such as 64g"):
         _docker_engine("lots", plan)
+
+
+def test_the_scoring_step_asks_only_for_the_jvms_of_the_metrics_it_computes() -> None:
+    """`--metrics all,-spice` leaves SPICE's JVM out of the scoring job's request; the default asks for it."""
+    from types import SimpleNamespace
+
+    from orchestrator.resources import scoring_resources
+
+    def plan(metrics: str | None) -> SimpleNamespace:
+        return SimpleNamespace(num_samples=1211, options=SimpleNamespace(metrics=metrics))
+
+    everything = scoring_resources(plan(None), 8)  # type: ignore[arg-type]
+    without_spice = scoring_resources(plan("all,-spice"), 8)  # type: ignore[arg-type]
+    assert everything.memory_bytes - without_spice.memory_bytes == spice_workers() * jvm_bytes(spice.SPICE_HEAP)
+    assert "SPICE" in everything.basis and "SPICE" not in without_spice.basis
