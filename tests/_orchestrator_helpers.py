@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import WITHOUT_SPICE
 
 from contract import (
     ABLATION_MANIFEST,
@@ -24,7 +25,6 @@ from contract import (
     read_jsonl,
     results_file,
 )
-from tests.conftest import WITHOUT_SPICE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_DOCKER = os.environ.get("VLM_ABLATION_REQUIRE_DOCKER") == "1"

@@ -24,7 +24,7 @@ from _orchestrator_helpers import (
     processes_mentioning,
     run_orchestrator,
 )
-from conftest import CAPTION_WORDS, write_quic_csv
+from conftest import CAPTION_WORDS, WITHOUT_SPICE, write_quic_csv
 
 from contract import (
     ABLATION_MANIFEST,
@@ -41,13 +41,10 @@ from contract import (
 )
 
 FAST_MODEL = "blip2-opt-2.7b"
-# SPICE is not what these tests are about: without its CoreNLP jars it is null (and CoreNLP's JVM, the largest, never
-# starts on this shared 2-core machine).
-NO_SPICE = "/nonexistent/corenlp-jars"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return orchestrator_env(SCORING_SPICE_JARS=NO_SPICE, **extra)
+    return orchestrator_env(**extra)
 
 
 def _orchestrate(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 600):  # noqa: ANN202
@@ -71,6 +68,9 @@ def _record(index: int, model: str = "m", **fields: object) -> PredictionRecord:
 
 
 def _score(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    # SPICE is not what these tests are about (ablations leave it out through run_orchestrator, scoring here).
+    scoring = args and args[0] in ("score", "human-baseline") and "--metrics" not in args
+    args = (*args, *WITHOUT_SPICE) if scoring else args
     return subprocess.run(
         [sys.executable, "-m", "scoring", *(str(a) for a in args)], capture_output=True, text=True,
         env=env or _env(), cwd=REPO_ROOT, timeout=timeout,

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import WITHOUT_SPICE
 
 from bench.bench_report import SPICE_UNAVAILABLE_REASON, write_synthetic_results
 from contract import (
@@ -48,7 +49,6 @@ from scoring.report import (
     build_report,
     holm_adjusted,
 )
-from tests.conftest import WITHOUT_SPICE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["blip2-opt-2.7b", "qwen2.5-vl-3b", "llava-1.5-7b", "gemma-3-4b"]
@@ -689,7 +689,8 @@ def test_build_report_shows_only_the_models_it_is_given(tmp_path: Path, request)
 def test_scoring_score_report_reads_only_the_models_it_scored(tmp_path: Path) -> None:
     """Regression: `score --predictions A B --report` read every *_predictions.jsonl in the output folder, so an
     unrelated unreadable file there crashed it after the metrics were written."""
-    from tests.conftest import write_quic_csv
+    from conftest import write_quic_csv
+
     from tests.test_scoring_cli import ROWS, scoring, write_predictions
 
     data_file = write_quic_csv(tmp_path / "data.csv", ROWS)

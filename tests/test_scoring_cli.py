@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env, write_quic_csv
 
 from contract import (
     SUMMARY_JSON,
@@ -25,7 +26,6 @@ from contract import (
     read_json,
     read_jsonl,
 )
-from tests.conftest import REPO_ROOT, WITHOUT_SPICE, runner_env, write_quic_csv
 
 ROWS = [
     ("pano_0.jpg", "location", "A sandy beach next to the blue sea."),

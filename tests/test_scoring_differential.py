@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import WITHOUT_SPICE
 
 from contract import MetricsFile, SampleScores, read_json, read_jsonl
-from tests.conftest import WITHOUT_SPICE
 from tests.scoring_corpora import make_corpus, shortened
 from tests.scoring_reference import (
     CocoResult,

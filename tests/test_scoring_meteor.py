@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract import MetricsFile, PredictionRecord, SampleScores, read_json, read_jsonl
-from tests.conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 
 # (query, prediction, references): exact copies of a reference, a copy differing in case and punctuation, copies that
 # differ only by a stem or a synonym METEOR matches (all "perfect"), and ordinary imperfect segments.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 
 from contract import (
     COMPARISON_CSV,
@@ -27,7 +28,6 @@ from contract import (
     read_jsonl,
     sample_id,
 )
-from tests.conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 
 # The shared data folder next to the checkout; QUIC360_TEST_TSV points elsewhere (a checkout kept somewhere else).
 QUIC_TEST = Path(os.environ.get("QUIC360_TEST_TSV") or REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv")

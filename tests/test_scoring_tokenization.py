@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 
 from contract import MetricsFile, PredictionRecord, read_json
-from tests.conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 from tests.scoring_reference import Corpus, coco_eval
 
 REFERENCES = [
