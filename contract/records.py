@@ -37,7 +37,12 @@ __all__ = [
     "RANDOM_WEIGHTS_MARKER",
     "RUNNER_RESULT_PREFIX",
     "RUNNER_PROGRESS_PREFIX",
+    "SCORING_RESULT_PREFIX",
     "RunnerProgress",
+    "HUMAN_BASELINE",
+    "is_human_baseline",
+    "ScoringInputs",
+    "ScoringResult",
     "HEADLINE_METRICS",
     "COCO_BLEU_METRICS",
     "METRIC_KEYS",
@@ -90,6 +95,15 @@ RANDOM_WEIGHTS_MARKER = "vlm-ablation-random-weights.json"
 RUNNER_RESULT_PREFIX = "RUNNER_RESULT "
 # With `--progress json`, the runner's progress on stderr: RUNNER_PROGRESS_PREFIX + RunnerProgress JSON.
 RUNNER_PROGRESS_PREFIX = "RUNNER_PROGRESS "
+# `python -m scoring score`'s last stdout line, for the orchestrator: SCORING_RESULT_PREFIX + ScoringResult JSON.
+SCORING_RESULT_PREFIX = "SCORING_RESULT "
+
+# The leave-one-out human agreement ("human ceiling"): each sample's first reference scored against the others,
+# written like a model's results (`human-baseline_metrics.json`, ...) with `human_baseline: true`, and shown as a
+# reference row, never ranked among the models nor tested against them. Files written before that flag existed are
+# recognised by their model_id, which always started with "human (".
+HUMAN_BASELINE = "human-baseline"
+_HUMAN_BASELINE_ID_PREFIX = "human ("
 
 # Keys of `metrics` in <model>_metrics.json that users' scripts read (0-1 scale), in comparison.csv's column order.
 # Every one is always present; None means "not computed" (left out with --metrics) and is never replaced by 0.0.
@@ -203,7 +217,10 @@ class RunManifest(BaseModel):
     batch_size_requested: int | Literal["auto"]  # auto: chosen from free GPU memory after the model loaded
     batch_size_used: int  # what the run used (the auto choice, then halved on CUDA OOM)
     oom_retries: int = 0
-    timings: dict[str, float] = Field(default_factory=dict)  # load_s, generate_s, samples_per_s
+    # load_s: loading the model; generate_s: time inside generate() calls; samples_per_s: samples / generate_s (the
+    # model's own speed); wall_s: from the model load to the last sample written; wall_samples_per_s: samples /
+    # wall_s, what the console's progress line shows (load, image decoding and preprocessing included).
+    timings: dict[str, float] = Field(default_factory=dict)
     peak_gpu_memory_bytes: int | None = None
     num_errors: int = 0
     errors_by_kind: dict[str, int] = Field(default_factory=dict)
@@ -234,6 +251,18 @@ class SubsetInfo(_Record):
     limit: int | None = None  # the --limit that chose them
 
 
+class ScoringInputs(_Record):
+    """Everything a model's scores are computed from, recorded in its metrics file: scoring the same inputs again gives
+    the same files, so a rerun whose inputs all match skips it ("scores up to date")."""
+
+    predictions_sha256: str | None  # the predictions file's content; None for the human baseline (the data file's)
+    data_sha256: str | None  # None: scored without --data
+    model_id: str
+    random_weights: bool
+    options: dict[str, Any]  # metrics, bootstrap resamples and seed, --limit, --intersection, data columns, ...
+    versions: dict[str, str]  # Java, sacreBLEU, pycocoevalcap, SPICE's jars, the scoring code itself
+
+
 class MetricsFile(BaseModel):
     """`<model>_metrics.json`. The first four keys are what users' scripts already read."""
 
@@ -251,6 +280,8 @@ class MetricsFile(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     subset: SubsetInfo | None = None  # None: every sample of the data file was scored
     random_weights: bool = False  # copied from `<model>_run.json`: a tiny random-weight checkpoint
+    human_baseline: bool = False  # the leave-one-out human agreement (HUMAN_BASELINE), not a model
+    inputs: ScoringInputs | None = None  # None: written before inputs were recorded (always rescored)
 
 
 class SampleScores(_Record):
@@ -281,6 +312,20 @@ class SummaryEntry(BaseModel):
     status: Literal["scored", "failed"] = "scored"
     message: str | None = None
     bootstrap_unit: str | None = None  # what its intervals resampled: "image" or "sample"
+    human_baseline: bool = False  # the leave-one-out human agreement: a reference row, in no paired test
+
+
+def is_human_baseline(entry: MetricsFile | SummaryEntry) -> bool:
+    """The leave-one-out human agreement row (flagged, or by the model_id of files written before the flag)."""
+    return entry.human_baseline or entry.model_id.startswith(_HUMAN_BASELINE_ID_PREFIX)
+
+
+class ScoringResult(_Record):
+    """What one `python -m scoring score` run did, for the orchestrator's console and manifest."""
+
+    scored: list[str]  # models (and the human baseline) scored in this run
+    up_to_date: list[str]  # left as they were: their recorded inputs match
+    human_baseline: str | None = None  # the name of the human baseline's files, when there is one
 
 
 class PairDifference(_Record):
@@ -315,8 +360,10 @@ class ModelRunRecord(BaseModel):
     resolved_revision: str | None = None
     status: Literal["pending", "completed", "failed"] = "pending"
     message: str | None = None
-    started_at: str | None = None
+    started_at: str | None = None  # when its predictions were made (an earlier run's, when skipped)
     finished_at: str | None = None
+    # A rerun found its predictions complete and made with the same arguments: nothing was generated this time.
+    skipped: bool = False
 
 
 class ScoringRecord(_Record):
@@ -325,6 +372,8 @@ class ScoringRecord(_Record):
     status: Literal["running", "completed", "failed", "not run"]
     message: str | None = None  # why it failed, or why it did not run
     finished_at: str | None = None
+    scored: list[str] | None = None  # what it scored (None: not known, e.g. a Slurm job)
+    up_to_date: list[str] | None = None  # what it left as it was: inputs unchanged
 
 
 class AblationManifest(BaseModel):

@@ -176,6 +176,8 @@ def merged_manifest(manifests: Sequence[RunManifest], num_samples: int) -> RunMa
             "generate_s": round(generate_s, 3),
             # Shards run side by side: their speeds add up.
             "samples_per_s": round(sum(r for r in rates if r), 3),
+            "wall_s": max(m.timings.get("wall_s", 0.0) for m in manifests),
+            "wall_samples_per_s": round(sum(m.timings.get("wall_samples_per_s") or 0.0 for m in manifests), 3),
         },
         started_at=min((m.started_at for m in manifests if m.started_at), default=None),
         finished_at=max((m.finished_at for m in manifests if m.finished_at), default=None),

@@ -24,6 +24,7 @@ from contract import (
     COMPARISON_CSV,
     COMPARISON_MD,
     COMPARISON_TEX,
+    HUMAN_BASELINE,
     METRICS_JSON,
     PREDICTIONS_CSV,
     PREDICTIONS_JSONL,
@@ -31,6 +32,7 @@ from contract import (
     RUN_MANIFEST,
     RUNNER_RESULT_PREFIX,
     SAMPLE_SCORES_JSONL,
+    SCORING_RESULT_PREFIX,
     STALE_SUFFIX,
     SUMMARY_JSON,
     AblationManifest,
@@ -40,6 +42,7 @@ from contract import (
     RunManifest,
     RunnerResult,
     ScoringRecord,
+    ScoringResult,
     read_json,
     read_jsonl,
     results_file,
@@ -54,6 +57,8 @@ from runner.registry import BUILTIN_CATALOGUE, HUB_PREFIX, ModelSpec
 
 SCORING_IMAGE = "vlm-ablation/scoring:latest"
 LOGS_DIR = "logs"
+HUMAN_ROW_LABEL = "human (reference)"  # the human baseline's line under the ranked ones
+PREVIOUS_MANIFEST = "run_manifest.previous.json"  # the folder's one earlier manifest
 
 
 def now() -> datetime:
@@ -180,6 +185,8 @@ def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
         argv += ["--merge-shards", str(plan.options.shards)]
     if plan.options.metrics:
         argv += ["--metrics", plan.options.metrics]
+    if not plan.options.human_baseline:
+        argv += ["--no-human-baseline"]
     return argv + (["--report"] if plan.options.report else [])
 
 
@@ -227,6 +234,7 @@ class Ablation:
         self._lock = threading.Lock()  # tasks of one model may end on several worker threads
         self.slurm_record: dict[str, Any] | None = None  # the slurm engine's run id and scoring job
         self.scoring_state: ScoringRecord | None = None  # how the scoring step ended (None: not reached yet)
+        self.human_baseline: str | None = None  # the human reference row's name, when scoring made one
 
     # --- manifest ------------------------------------------------------------------------------------------
 
@@ -255,10 +263,17 @@ class Ablation:
             engine_settings=self.options.engine_settings(self.engine.name),
         )
 
-    def record_scoring(self, status: str, message: str | None = None) -> None:
-        """The scoring step's state in the manifest: running, then how it ended (every engine)."""
+    def record_scoring(self, status: str, message: str | None = None, result: ScoringResult | None = None) -> None:
+        """The scoring step's state in the manifest: running, then how it ended (every engine), and what it scored
+        or found up to date when it said so."""
         finished = None if status == "running" else iso(now())
-        self.scoring_state = ScoringRecord(status=status, message=message, finished_at=finished)  # type: ignore[arg-type]
+        self.scoring_state = ScoringRecord(
+            status=status,  # type: ignore[arg-type]
+            message=message,
+            finished_at=finished,
+            scored=result.scored if result else None,
+            up_to_date=result.up_to_date if result else None,
+        )
         self.write_manifest()
 
     def scoring_log_hint(self) -> str:
@@ -299,13 +314,13 @@ class Ablation:
         self.console.line(f"--overwrite: moved {len(present)} earlier result file(s) to {target}/")
 
     def _keep_previous_manifest(self) -> None:
-        """A results folder reused for a second ablation keeps the first one's manifest under a dated name."""
+        """The folder's earlier manifest (a finished ablation, or the run this one resumes) is kept as ONE previous
+        manifest, replacing an older one: reruns never pile up dated copies."""
         assert self.plan is not None
         path = results_file(self.plan.output_dir, ABLATION_MANIFEST)
         if path.exists():
-            stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y%m%dT%H%M%SZ")
-            kept = path.with_name(f"run_manifest.{stamp}.json")
-            path.rename(kept)
+            kept = path.with_name(PREVIOUS_MANIFEST)
+            os.replace(path, kept)
             self.console.line(f"previous {ABLATION_MANIFEST} kept as {kept.name}")
 
     # --- steps ---------------------------------------------------------------------------------------------
@@ -498,9 +513,45 @@ class Ablation:
         for key, value in extra.items():
             setattr(record, key, value)
 
+    def already_complete(self, outcome: ModelOutcome) -> RunManifest | None:
+        """The runner's own check (runner.loop.finished_run) of the task it would be started with: its predictions
+        are complete and were made with the same arguments. Asked with this host's paths, before any process starts;
+        where it cannot tell (another engine's paths, a GPU device it cannot see), the runner starts and decides."""
+        from runner.cli import run_config
+        from runner.loop import finished_run
+
+        assert self.plan is not None
+        record = outcome.record
+        argv = runner_argv(self.plan, outcome.spec, RunPaths.on_host(self.plan), self.gpus,
+                           record.resolved_revision or record.revision)  # fmt: skip
+        device = "cpu" if self.gpus.mode == "none" else "cuda"
+        return finished_run(run_config(argv), device)
+
+    def skip_complete(self, outcome: ModelOutcome, finished: RunManifest) -> None:
+        """A model with nothing left to do: recorded as completed when its predictions were made, not started."""
+        assert self.plan is not None
+        record = outcome.record
+        record.status, record.message, record.skipped = "completed", None, True
+        record.started_at, record.finished_at = finished.started_at, finished.finished_at
+        outcome.written = self.plan.num_samples
+        self._read_run_manifest(outcome)
+        made = f"made {finished.finished_at}" if finished.finished_at else "made earlier"
+        self.console.line(
+            f"[{outcome.index}/{len(self.outcomes)}] {record.model_name} already complete: "
+            f"{self.plan.num_samples}/{self.plan.num_samples}, skipped (predictions {made})"
+        )
+        self.write_manifest()
+
     def run_models(self) -> None:
-        """Every (model, shard) task: one at a time, or one per listed GPU at a time (--parallel, or --shards)."""
-        runnable = [o for o in self.outcomes if o.record.status != "failed"]
+        """Every (model, shard) task: one at a time, or one per listed GPU at a time (--parallel, or --shards). A model
+        whose predictions are already complete is not started."""
+        runnable = []
+        for outcome in (o for o in self.outcomes if o.record.status != "failed"):
+            finished = self.already_complete(outcome)
+            if finished is None:
+                runnable.append(outcome)
+            else:
+                self.skip_complete(outcome, finished)
         tasks = [(outcome, shard) for outcome in runnable for shard in range(self.options.shards)]
         spread = self.gpus.mode == "ids" and (self.options.parallel or self.options.shards > 1)
         if not spread:
@@ -567,9 +618,16 @@ class Ablation:
             result = self.engine.run(task, sink)
         finally:
             sink.close()
-        self.record_scoring("completed" if result.ok else "failed", result.message)
+        payload = last_prefixed(result.lines, SCORING_RESULT_PREFIX)
+        outcome = ScoringResult.model_validate_json(payload) if payload and result.ok else None
+        self.record_scoring("completed" if result.ok else "failed", result.message, outcome)
         if not result.ok:
             self.console.line(f"scoring FAILED: {result.message}")
+        elif outcome is not None:
+            self.human_baseline = outcome.human_baseline
+            if outcome.up_to_date:
+                what = "every model" if not outcome.scored else ", ".join(outcome.up_to_date)
+                self.console.line(f"scores up to date ({what}): inputs unchanged, not rescored")
         return result.ok
 
     def banner_lines(self) -> list[tuple[str, str]]:
@@ -619,7 +677,9 @@ class Ablation:
         )
 
     def print_metrics(self) -> None:
-        """One line per scored model, best CIDEr first, x100 (the files keep 0-1)."""
+        """One line per scored model, best CIDEr first, x100 (the files keep 0-1), then the human reference row."""
+        from scoring.metrics import LEFT_OUT
+
         assert self.plan is not None
         scored: list[tuple[ModelOutcome, MetricsFile]] = []
         for outcome in self.outcomes:
@@ -636,9 +696,20 @@ class Ablation:
         note = f"; subset: first {subset.num_samples} of {subset.data_samples} samples" if subset else ""
         self.console.line(f"scores x100 (the JSON files keep 0-1), ranked by CIDEr{note}:")
         scored.sort(key=lambda pair: -(pair[1].metrics.get("cider") or -1.0))
-        width = max(len(outcome.record.model_name) for outcome, _ in scored)
+        human_path = results_file(self.plan.output_dir, METRICS_JSON, self.human_baseline or HUMAN_BASELINE)
+        human = read_json(human_path, MetricsFile) if self.human_baseline and human_path.is_file() else None
+        width = max([len(outcome.record.model_name) for outcome, _ in scored] + [len(HUMAN_ROW_LABEL)] * bool(human))
         for rank, (outcome, metrics) in enumerate(scored, start=1):
-            self.console.line(f"  {rank}. {outcome.record.model_name:<{width}}  {metric_line(metrics.metrics)}")
+            self.console.line(f"  {rank}. {outcome.record.model_name:<{width}}  {metric_line(metrics)}")
+        if human is not None:
+            self.console.line(f"     {HUMAN_ROW_LABEL:<{width}}  {metric_line(human)}")
+            self.console.line(
+                f"     (not ranked: each sample's first reference scored against the others, {human.num_samples} "
+                "samples with two or more references, one reference fewer than the models had)"
+            )
+        left_out = sorted({key for _, m in scored for key, why in m.unavailable.items() if why == LEFT_OUT})
+        if left_out:
+            self.console.line(f"  {LEFT_OUT} (null in the files): {', '.join(left_out)}")
 
     def result_files(self) -> list[Path]:
         assert self.plan is not None

@@ -115,6 +115,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         metavar="LIST",
         help="scoring: metrics to compute (python -m scoring score --metrics), e.g. all,-spice; default all",
     )
+    parser.add_argument(
+        "--no-human-baseline",
+        action="store_true",
+        help="scoring: leave out the human reference row (each sample's first reference scored against the others, "
+        "wherever samples have two or more references)",
+    )
     slurm = parser.add_argument_group("slurm engine (--engine slurm)")
     slurm.add_argument(
         "--container-runtime",
@@ -261,6 +267,7 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         detach=args.detach,
         overwrite=args.overwrite,
         metrics=args.metrics,
+        human_baseline=not args.no_human_baseline,
     )
 
 
@@ -304,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return models_command(args)
         if args.command == "tiny":
+            from orchestrator.plan import resolve_models
             from orchestrator.tiny import build_tiny_checkpoints
 
-            build_tiny_checkpoints(parse_models(args.models), args.out)
+            specs = resolve_models(parse_models(args.models))  # every name checked before anything is built
+            build_tiny_checkpoints([spec.name for spec in specs], args.out)
             return 0
     except (PlanError, EngineError) as error:
         print(f"error: {error}", file=sys.stderr)

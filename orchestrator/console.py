@@ -19,17 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from contract import RUNNER_PROGRESS_PREFIX, RUNNER_RESULT_PREFIX, RunnerProgress
+from contract import RUNNER_PROGRESS_PREFIX, RUNNER_RESULT_PREFIX, MetricsFile, RunnerProgress
 
-METRIC_LABELS = {
-    "cider": "CIDEr",
-    "bleu4": "sacreBLEU BLEU-4",
-    "coco_bleu4": "COCO BLEU-4",
-    "meteor": "METEOR",
-    "rougeL": "ROUGE-L",
-    "spice": "SPICE",
-}
-SCALE = 100.0  # what a person reads is x100 (the captioning papers' convention); the JSON files keep 0-1
 DEMO_NOTICE = "DEMO: random-weight models; these numbers mean nothing"
 PLAIN_PROGRESS_INTERVAL_S = 30.0
 SHOWN_PREFIXES = ("warning", "error", "traceback")  # task output lines that reach the console (all reach the log)
@@ -46,12 +37,17 @@ def duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def metric_line(metrics: dict[str, float | None]) -> str:
-    """One model's scores for people: x100, labelled."""
+def metric_line(metrics: MetricsFile) -> str:
+    """One model's scores for people: each metric of the report's tables on its display scale (x100), labelled as in
+    the report (scoring.metrics, the registry); metrics left out with --metrics are not repeated on every line."""
+    from scoring.metrics import LEFT_OUT, TABLE_METRICS
+
     parts = []
-    for key, label in METRIC_LABELS.items():
-        value = metrics.get(key)
-        parts.append(f"{label} {value * SCALE:.2f}" if isinstance(value, int | float) else f"{label} n/a")
+    for metric in TABLE_METRICS:
+        value = metrics.metrics.get(metric.key)
+        if value is None and metrics.unavailable.get(metric.key) == LEFT_OUT:
+            continue
+        parts.append(f"{metric.label} {value * metric.scale:.2f}" if value is not None else f"{metric.label} n/a")
     return "  ".join(parts)
 
 

@@ -50,6 +50,18 @@ class RunPaths:
     models_file: str | None = None
 
     @classmethod
+    def on_host(cls, plan: Plan) -> RunPaths:
+        """The plan's files where this host sees them (the local engine; the orchestrator's own checks)."""
+        return cls(
+            data_file=str(plan.data_file),
+            output_dir=str(plan.output_dir),
+            model_root=str(plan.model_path_root) if plan.model_path_root else None,
+            image_root=str(plan.image_root) if plan.image_root else None,
+            hf_cache=str(plan.hf_cache) if plan.hf_cache else None,
+            models_file=str(plan.models_file) if plan.models_file else None,
+        )
+
+    @classmethod
     def in_container(cls, plan: Plan) -> RunPaths:
         """Where the containers' mounts put the plan's files (docker engine; Slurm's apptainer and pyxis runtimes)."""
         return cls(
@@ -169,14 +181,7 @@ class LocalEngine(Engine):
         self._lock = threading.Lock()
 
     def paths(self, plan: Plan) -> RunPaths:
-        return RunPaths(
-            data_file=str(plan.data_file),
-            output_dir=str(plan.output_dir),
-            model_root=str(plan.model_path_root) if plan.model_path_root else None,
-            image_root=str(plan.image_root) if plan.image_root else None,
-            hf_cache=str(plan.hf_cache) if plan.hf_cache else None,
-            models_file=str(plan.models_file) if plan.models_file else None,
-        )
+        return RunPaths.on_host(plan)
 
     def resolve_gpus(self, requested: GpuSelection | None) -> GpuSelection:
         """`auto`: every NVIDIA GPU this host has (the driver lists them), else the CPU."""

@@ -103,6 +103,7 @@ class AblationOptions:
     memory: str | None = None  # docker: each container's memory limit (e.g. 64g, or auto: each step's figure)
     overwrite: bool = False  # move the planned models' earlier results aside (never deleted) instead of refusing
     metrics: str | None = None  # scoring --metrics (which metrics to compute); None: all
+    human_baseline: bool = True  # scoring adds the leave-one-out human row (off: scoring --no-human-baseline)
 
     def as_arguments(self) -> dict[str, Any]:
         """JSON-friendly copy for the manifest (never holds a token: tokens are never options)."""
@@ -214,16 +215,21 @@ def predictions_from_other_data(output_dir: Path, specs: list[ModelSpec], data_s
     return found
 
 
-def build_plan(options: AblationOptions) -> Plan:
-    """Every check that needs no engine, cheapest first. Raises PlanError; touches nothing but the results folder."""
-    models_file = options.models_file.expanduser().resolve() if options.models_file else None
+def resolve_models(names: list[str], models_file: Path | None = None) -> list[ModelSpec]:
+    """The catalogue entries of the names a user typed: every bad name reported at once, with suggestions (the ablation,
+    and `make demo` before it builds any checkpoint)."""
     if models_file is not None and not models_file.is_file():
         raise PlanError(f"--models-file {models_file}: file not found")
     try:
-        catalogue = Catalogue([models_file] if models_file else [])
-        specs = catalogue.resolve(options.models)  # every bad name at once, with suggestions
+        return Catalogue([models_file] if models_file else []).resolve(names)
     except (UnknownModelError, CatalogueError) as error:
         raise PlanError(str(error)) from None
+
+
+def build_plan(options: AblationOptions) -> Plan:
+    """Every check that needs no engine, cheapest first. Raises PlanError; touches nothing but the results folder."""
+    models_file = options.models_file.expanduser().resolve() if options.models_file else None
+    specs = resolve_models(options.models, models_file)
     if not is_batch_size(options.batch_size):
         raise PlanError(f"--batch-size must be `auto` or at least 1, got {options.batch_size!r}")
     for name, size in options.batch_sizes.items():

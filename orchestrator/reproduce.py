@@ -32,7 +32,7 @@ REPRODUCE_REPORT = "reproduce_report.json"
 # Arguments that are copied from the original run as they were.
 _COPIED = (
     "batch_size", "max_new_tokens", "timeout", "parallel", "limit", "dtype", "prompt_template", "shm_size", "shards",
-    "decode", "reuse_images", "metrics",
+    "decode", "reuse_images", "metrics", "human_baseline",
 )  # fmt: skip
 
 
@@ -183,9 +183,19 @@ def engine_settings(manifest: AblationManifest, args: argparse.Namespace) -> dic
     return settings
 
 
+def _other_manifests_hint(missing: Path) -> str:
+    """Runs one folder further down (`make demo` writes results/demo/, `make reproduce` looks in results/ by default)."""
+    folder = missing.parent
+    found = sorted(folder.glob(f"*/{missing.name}")) if folder.is_dir() else []
+    if not found:
+        return ""
+    shown = ", ".join(str(path) for path in found[:5])
+    return f"; runs found one folder down: {shown} (e.g. make reproduce MANIFEST={found[0]})"
+
+
 def reproduce_command(args: argparse.Namespace) -> int:
     if not args.manifest.is_file():
-        raise PlanError(f"manifest {args.manifest} not found")
+        raise PlanError(f"manifest {args.manifest} not found" + _other_manifests_hint(args.manifest))
     manifest = read_json(args.manifest, AblationManifest)
     settings = engine_settings(manifest, args)
     engine_options = AblationOptions(models=[], data_file=Path(), output_dir=Path(), **settings)

@@ -47,7 +47,7 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"  {record.model_name:<28} {record.status}{message}")
         metrics = results_file(out, METRICS_JSON, record.model_name)
         if metrics.is_file() and not running:
-            print(f"    {metric_line(read_json(metrics, MetricsFile).metrics)}  (x100)")
+            print(f"    {metric_line(read_json(metrics, MetricsFile))}  (x100)")
     if running:
         print("still running: rerun this command to follow it; Ctrl-C of the original command is not needed")
         return STILL_RUNNING

@@ -127,10 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    follow_parent()  # started by an orchestrator: die with it
-    args = build_parser().parse_args(argv)
-    config = RunConfig(
+def run_config(argv: list[str]) -> RunConfig:
+    """The RunConfig a runner started with `argv` works with (the orchestrator asks `runner.loop.finished_run` with it
+    whether that run has anything left to do)."""
+    return _config(build_parser().parse_args(argv))
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
         model_name=args.model,
         data_file=args.data,
         output_dir=args.output_dir,
@@ -156,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         preprocess_workers=args.preprocess_workers,
         reuse_images=args.reuse_images,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    follow_parent()  # started by an orchestrator: die with it
+    args = build_parser().parse_args(argv)
+    config = _config(args)
     exit_code = 0
     try:
         result = run(config)

@@ -48,7 +48,7 @@ from contract.shards import (
     write_predictions_csv,
 )
 from runner.progress import Progress
-from runner.registry import CatalogueError, ModelSpec, get_model
+from runner.registry import GREEDY, CatalogueError, ModelSpec, get_model
 
 DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {query} in one or two sentences."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -385,6 +385,69 @@ def now() -> str:
 # The run.
 
 
+def planned_manifest(config: RunConfig, spec: ModelSpec, device: str, num_samples: int) -> RunManifest:
+    """The `<model>_run.json` a run of `config` on `device` starts with: what it will give the model and how it decodes
+    (the resume check compares its COMPATIBILITY_KEYS with the previous run's). Needs no torch."""
+    max_side = config.max_image_side if config.max_image_side is not None else spec.max_image_side
+    return RunManifest(
+        model_name=spec.name,
+        model_id=spec.hub_id,
+        model_path=str(config.model_path.resolve()) if config.model_path else None,
+        # A local folder has no Hub revision (its path is recorded instead).
+        revision=None if config.model_path else (config.revision or spec.revision),
+        family=spec.family,
+        adapter=spec.adapter,
+        dtype=resolve_dtype(config.dtype, device, spec),
+        device=device,
+        prompt_template=config.prompt_template,
+        decoding={
+            **GREEDY,
+            "max_new_tokens": config.max_new_tokens,
+            "min_new_tokens": config.min_new_tokens,
+            "max_image_side": max_side,
+            "max_image_pixels": config.max_image_pixels,
+            # Requested path: compiled kernels round differently in the last bits, so runs do not mix them.
+            "decode": config.decode or spec.decode,
+            **entry_settings(spec),
+        },
+        data_file=str(Path(config.data_file).resolve()),
+        data_sha256=file_sha256(config.data_file),
+        num_samples=num_samples,
+        batch_size_requested=config.batch_size,
+        batch_size_used=config.batch_size if isinstance(config.batch_size, int) else 0,  # 0: chosen after loading
+        started_at=now(),
+        status="running",
+        versions=library_versions(),
+        random_weights=bool(config.model_path and (config.model_path / RANDOM_WEIGHTS_MARKER).is_file()),
+    )
+
+
+def finished_run(config: RunConfig, device: str, samples: list[Sample] | None = None) -> RunManifest | None:
+    """The run `config` asks for is already done: `<model>_run.json` says completed, was made with the same arguments
+    (the resume check's COMPATIBILITY_KEYS) and `<model>_predictions.jsonl` holds every sample (merged, with shards).
+    Then nothing needs loading and nothing is rewritten. Returns that manifest; None when anything is left to do or
+    cannot be checked (the run then starts and decides). `samples`: the data file's (first --limit) samples, when the
+    caller has them. Cheap: no torch, no model (the orchestrator calls it before starting a runner)."""
+    if config.overwrite:
+        return None
+    try:
+        spec = get_model(config.model_name, [config.models_file] if config.models_file else [])
+        if samples is None:
+            dataset = load_dataset(config.data_file, image_root=config.image_root)
+            samples = dataset.samples[: config.limit] if config.limit is not None else dataset.samples
+        previous = _previous_manifest(results_file(config.output_dir, RUN_MANIFEST, spec.name))
+        if previous is None or previous.get("status") != "completed":
+            return None
+        planned = planned_manifest(config, spec, device, len(samples))
+        if compatibility(previous) != compatibility(planned.model_dump()):
+            return None
+        if not merged_is_complete(config.output_dir, spec.name, samples):
+            return None
+        return RunManifest.model_validate(previous)
+    except (CatalogueError, RunnerError, OSError, ValueError):
+        return None
+
+
 def batched(items: list[PendingSample], size: int) -> Iterator[list[PendingSample]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -431,6 +494,19 @@ def run(
         log(f"WARNING: {warning}")
     shard = config.shard if config.shard is not None and config.shard.count > 1 else None
     check_shard_layout(config.output_dir, spec.name, samples, shard)
+    if shard is None and (finished := finished_run(config, resolve_device(config.device), samples)) is not None:
+        # Nothing to caption: the earlier run's files stay exactly as they are (its timings included).
+        predictions_path = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
+        log(f"{predictions_path} already complete: {len(samples)}/{len(samples)} samples, nothing to do")
+        return RunnerResult(
+            model_name=spec.name,
+            status="completed",
+            predictions_file=str(predictions_path),
+            manifest_file=str(results_file(config.output_dir, RUN_MANIFEST, spec.name)),
+            num_samples=len(samples),
+            num_written=len(samples),
+            num_errors=finished.num_errors,
+        )
     if shard is not None:
         # Samples an earlier merge already holds (all of them, maybe with another shard count; or a smaller --limit
         # of these shards) are not captioned again: the next merge takes them from the shard files they are in.
@@ -465,42 +541,11 @@ def run(
         device = resolve_device(config.device)
         dtype_name = resolve_dtype(config.dtype, device, spec)
         from runner.adapters import adapter_for
-        from runner.adapters.base import GREEDY
 
         adapter_class = adapter_class or adapter_for(spec.adapter)
         max_side = config.max_image_side if config.max_image_side is not None else spec.max_image_side
 
-        manifest = RunManifest(
-            model_name=spec.name,
-            model_id=spec.hub_id,
-            model_path=str(config.model_path.resolve()) if config.model_path else None,
-            # A local folder has no Hub revision (its path is recorded instead).
-            revision=None if config.model_path else (config.revision or spec.revision),
-            family=spec.family,
-            adapter=spec.adapter,
-            dtype=dtype_name,
-            device=device,
-            prompt_template=config.prompt_template,
-            decoding={
-                **GREEDY,
-                "max_new_tokens": config.max_new_tokens,
-                "min_new_tokens": config.min_new_tokens,
-                "max_image_side": max_side,
-                "max_image_pixels": config.max_image_pixels,
-                # Requested path: compiled kernels round differently in the last bits, so runs do not mix them.
-                "decode": config.decode or spec.decode,
-                **entry_settings(spec),
-            },
-            data_file=str(Path(config.data_file).resolve()),
-            data_sha256=file_sha256(config.data_file),
-            num_samples=len(samples),
-            batch_size_requested=config.batch_size,
-            batch_size_used=fixed_batch_size,
-            started_at=now(),
-            status="running",
-            versions=library_versions(),
-            random_weights=bool(config.model_path and (config.model_path / RANDOM_WEIGHTS_MARKER).is_file()),
-        )
+        manifest = planned_manifest(config, spec, device, len(samples))
         if shard is not None:
             manifest.shard = {"index": shard.index, "count": shard.count}  # type: ignore[attr-defined]
 
@@ -573,6 +618,12 @@ def run(
                     log(f"WARNING: could not record the failure in {manifest_path}: {write_error}")
                 raise
         progress.close()
+        if todo_samples:
+            # What the console showed: samples over wall-clock time from the model load on (timings.samples_per_s is
+            # the time inside generate() only, so it is higher).
+            wall_s, wall_rate = progress.wall()
+            timings["wall_s"] = round(wall_s, 3)
+            timings["wall_samples_per_s"] = wall_rate or 0.0
         if decoders:
             manifest.decode = decoders[0].report()  # type: ignore[attr-defined]  (path that ran, compilations)
         manifest.image_reuse = image_reuse_record(config, stats)

@@ -42,6 +42,12 @@ class Progress:
             self._bar.close()
         self._emit("done", force=True)
 
+    def wall(self) -> tuple[float, float | None]:
+        """Seconds since the run started loading the model, and the samples/s the console shows: samples captioned
+        in this run over that wall-clock time (model load, image decoding and preprocessing included)."""
+        elapsed = time.monotonic() - self.started
+        return elapsed, (round(self.generated / elapsed, 3) if self.generated and elapsed > 0 else None)
+
     def _emit(self, phase: str, force: bool) -> None:
         if self.mode != "json":
             return
@@ -49,7 +55,6 @@ class Progress:
         if not force and now - self._last_line < JSON_INTERVAL_S:
             return
         self._last_line = now
-        elapsed = now - self.started
-        rate = round(self.generated / elapsed, 3) if self.generated and elapsed > 0 else None
+        _, rate = self.wall()
         line = RunnerProgress(phase=phase, done=self.done, total=self.total, errors=self.errors, samples_per_s=rate)  # type: ignore[arg-type]
         print(RUNNER_PROGRESS_PREFIX + line.model_dump_json(), file=sys.stderr, flush=True)

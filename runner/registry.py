@@ -27,6 +27,17 @@ ADAPTERS = ("auto", "internvl2")
 # How batched greedy generation runs (runner.decoding): plain HF generate, or a static cache + compiled decode step.
 DECODE_KINDS = ("eager", "compiled")
 HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# Plain greedy decoding, whatever the checkpoint's generation_config says; recorded in the run manifest (and so part
+# of the runner's resume check, which reads it here without loading torch).
+GREEDY: dict[str, Any] = {
+    "do_sample": False,
+    "num_beams": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "temperature": None,
+    "top_p": None,
+    "top_k": None,
+}
 # What a catalogue entry's `generate_kwargs` may set, and what each takes. Recorded in `<model>_run.json` and part of
 # what must match for a run to resume (runner.loop).
 GENERATE_KWARGS = {
@@ -107,7 +118,7 @@ class ModelSpec(BaseModel):
     @field_validator("generate_kwargs")
     @classmethod
     def _allowed_generate_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # Every model decodes greedily with the same settings (runner.adapters.base.GREEDY); an entry may only say
+        # Every model decodes greedily with the same settings (GREEDY); an entry may only say
         # where an answer stops and which ids pad or start it: an allow-list, so nothing new slips through.
         unknown = sorted(set(value) - set(GENERATE_KWARGS))
         if unknown:

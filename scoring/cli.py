@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract import COMPARISON_CSV, SUMMARY_JSON
 from contract.lifetime import follow_parent
 from scoring.engine import MIN_BOOTSTRAP, ScoringOptions, check_options, score_models
 from scoring.java import ScoringError
@@ -76,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--model-id", action="append", default=[], metavar="NAME=ID", help="model id without manifest")
     score.add_argument("--report", action="store_true", help="build the HTML report afterwards")
+    score.add_argument(
+        "--no-human-baseline",
+        action="store_true",
+        help="do not score the leave-one-out human agreement (each sample's first reference against the others), "
+        "which --data otherwise adds as a reference row wherever samples have two or more references",
+    )
+    score.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score every model again even when its recorded inputs (predictions, data, options, tool versions) "
+        "are unchanged",
+    )
     _add_data_columns(score)
     _add_scoring_options(score)
 
@@ -134,12 +147,58 @@ def _score_and_write(models: list, args: argparse.Namespace) -> list[str]:
     left_out = [m.key for m in METRICS if results and results[0].unavailable.get(m.key) == LEFT_OUT]
     if left_out:
         print(f"{LEFT_OUT} (null in the files): {', '.join(left_out)}", flush=True)
+    models_only = [r for r in results if not r.model.human_baseline]
     for warning, names in warned.items():
-        scope = "every model" if len(names) == len(results) > 1 else ", ".join(names)
+        scope = "every model" if len(names) == len(models_only) > 1 else ", ".join(names)
         print(f"WARNING ({scope}): {warning}", flush=True)
     write_summary(args.output_dir, args.bootstrap, args.seed)
     print(f"scored {len(results)} model(s) in {time.perf_counter() - started:.1f} s; summary in {args.output_dir}")
     return [result.model.model_name for result in results]
+
+
+def _numbers_options(args: argparse.Namespace, computed: tuple) -> dict[str, object]:
+    """The options that change a model's numbers (scoring.freshness): recorded with them, compared on a rerun."""
+    options: dict[str, object] = {
+        "metrics": [m.key for m in computed],
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "limit": getattr(args, "limit", None),
+        "intersection": bool(getattr(args, "intersection", False)),
+    }
+    options.update(_columns(args))
+    return options
+
+
+def _score_what_changed(models: list, args: argparse.Namespace, data_sha256: str | None, computed: tuple) -> list[str]:
+    """Record each model's scoring inputs; score the models whose inputs differ from what their files record (all
+    of them with --rescore). Prints what it left as it was; returns the names scored."""
+    from scoring.freshness import is_up_to_date, model_inputs, tool_versions
+    from scoring.outputs import write_summary
+
+    versions = tool_versions(computed, args.spice_jars)
+    options = _numbers_options(args, computed)
+    for model in models:
+        model.inputs = model_inputs(
+            predictions=None if model.human_baseline else Path(model.source),
+            data_sha256=data_sha256,
+            model_id=model.model_id,
+            random_weights=model.random_weights,
+            options=options,
+            versions=versions,
+        )
+    stale = [m for m in models if args.rescore or not is_up_to_date(args.output_dir, m.model_name, m.inputs)]
+    fresh = [m.model_name for m in models if m not in stale]
+    if fresh:
+        print(
+            f"scores up to date: {', '.join(fresh)} (predictions, data, options and tool versions unchanged; "
+            "not rescored; --rescore scores them again)",
+            flush=True,
+        )
+    if stale:
+        return _score_and_write(stale, args)
+    if not (args.output_dir / SUMMARY_JSON).is_file() or not (args.output_dir / COMPARISON_CSV).is_file():
+        write_summary(args.output_dir, args.bootstrap, args.seed)
+    return []
 
 
 def _merge_shards(args: argparse.Namespace, dataset) -> list[Path]:  # noqa: ANN001  (contract.Dataset)
@@ -171,28 +230,54 @@ def _merge_shards(args: argparse.Namespace, dataset) -> list[Path]:  # noqa: ANN
     return kept
 
 
+def _score_command(args: argparse.Namespace) -> None:
+    from contract import HUMAN_BASELINE, SCORING_RESULT_PREFIX, ScoringResult, file_sha256
+    from scoring.inputs import human_baseline_for, limit_samples, load_data, load_model_predictions
+
+    computed = check_options(_options(args))
+    if args.limit is not None and not args.data:
+        raise ScoringError("--limit needs --data (the first N samples of which file?)")
+    dataset = load_data(args.data, **_columns(args)) if args.data else None
+    subset = limit_samples(dataset, args.limit) if dataset is not None else None
+    if subset is not None:
+        print(f"scoring a subset: the first {subset.num_samples} of {subset.data_samples} samples (--limit)")
+    ids = _model_ids(args.model_id)
+    merging = args.merge_shards > 1 or args.skip_incomplete
+    paths = _merge_shards(args, dataset) if merging else list(args.predictions)
+    if not paths:
+        raise ScoringError("no model has complete predictions to score")
+    models = [load_model_predictions(path, dataset, args.intersection, ids, subset) for path in paths]
+    human = None
+    if dataset is not None and not args.no_human_baseline:
+        if HUMAN_BASELINE in {model.model_name for model in models}:
+            raise ScoringError(
+                f"a model is named {HUMAN_BASELINE!r}, the name of the human baseline's files; rename its "
+                "predictions file, or pass --no-human-baseline"
+            )
+        human = human_baseline_for(dataset)
+        if human is None:
+            print("no sample has two or more references: no human baseline")
+        else:
+            human.subset = subset
+            models.append(human)
+    data_sha256 = file_sha256(args.data) if args.data else None
+    scored = _score_what_changed(models, args, data_sha256, computed)
+    if args.report:  # only the models of this run: other files in the folder may be unrelated or unreadable
+        print(f"report: {_build_report(args.output_dir, [m.model_name for m in models])}")
+    result = ScoringResult(
+        scored=scored,
+        up_to_date=[m.model_name for m in models if m.model_name not in scored],
+        human_baseline=human.model_name if human is not None else None,
+    )
+    print(SCORING_RESULT_PREFIX + result.model_dump_json(), flush=True)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("score", "human-baseline"):
         check_options(_options(args))  # a metric that cannot be computed fails here, before any input is read
     if args.command == "score":
-        from scoring.inputs import limit_samples, load_data, load_model_predictions
-
-        if args.limit is not None and not args.data:
-            raise ScoringError("--limit needs --data (the first N samples of which file?)")
-        dataset = load_data(args.data, **_columns(args)) if args.data else None
-        subset = limit_samples(dataset, args.limit) if dataset is not None else None
-        if subset is not None:
-            print(f"scoring a subset: the first {subset.num_samples} of {subset.data_samples} samples (--limit)")
-        ids = _model_ids(args.model_id)
-        merging = args.merge_shards > 1 or args.skip_incomplete
-        paths = _merge_shards(args, dataset) if merging else list(args.predictions)
-        if not paths:
-            raise ScoringError("no model has complete predictions to score")
-        models = [load_model_predictions(path, dataset, args.intersection, ids, subset) for path in paths]
-        scored = _score_and_write(models, args)
-        if args.report:  # only the models just scored: other files in the folder may be unrelated or unreadable
-            print(f"report: {_build_report(args.output_dir, scored)}")
+        _score_command(args)
     elif args.command == "human-baseline":
         from scoring.inputs import leave_one_out, load_data
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract import MetricsFile, SampleCounts, SampleScores, SubsetInfo
+from contract import MetricsFile, SampleCounts, SampleScores, ScoringInputs, SubsetInfo
 from scoring.cleanup import clean_prediction, normalise_text
 from scoring.java import ScoringError, find_java, java_version
 from scoring.metrics import (
@@ -69,6 +69,8 @@ class ModelPredictions:
     apply_cleanup: bool = True
     random_weights: bool = False  # a tiny random-weight checkpoint (from `<model>_run.json`)
     subset: SubsetInfo | None = None  # only the data file's first N samples were scored (--limit)
+    human_baseline: bool = False  # the leave-one-out human agreement (scoring.inputs.leave_one_out), not a model
+    inputs: ScoringInputs | None = None  # what its scores are computed from (scoring.freshness), recorded with them
 
 
 @dataclass
@@ -112,6 +114,8 @@ class ModelResult:
             warnings=self.warnings,
             random_weights=self.model.random_weights,
             subset=self.model.subset,
+            human_baseline=self.model.human_baseline,
+            inputs=self.model.inputs,
         )
 
     def sample_scores(self) -> list[SampleScores]:

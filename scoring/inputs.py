@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from contract import (
+    HUMAN_BASELINE,
     PREDICTIONS_JSONL,
     RUN_MANIFEST,
     Dataset,
@@ -153,27 +154,41 @@ def load_model_predictions(
     )
 
 
-def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> ModelPredictions:
+HUMAN_BASELINE_ID = "human (leave-one-out: first reference vs the rest)"
+
+
+def leave_one_out(dataset: Dataset, model_name: str = HUMAN_BASELINE) -> ModelPredictions:
     """Human agreement: each sample's first reference scored against the others (samples with >= 2)."""
+    human = human_baseline_for(dataset, model_name)
+    if human is None:
+        raise ScoringError(f"{dataset.path}: no sample has two or more references")
+    return human
+
+
+def human_baseline_for(dataset: Dataset, model_name: str = HUMAN_BASELINE) -> ModelPredictions | None:
+    """The leave-one-out human agreement over the samples with at least two references; None when there are none.
+    Humans are scored against one reference fewer than the models: a rough ceiling, said wherever it is shown."""
     try:
         check_file_name(model_name, "--name")
     except FileNameError as error:
         raise ScoringError(str(error)) from None
     samples = [sample for sample in dataset.samples if len(sample.references) >= 2]
     if not samples:
-        raise ScoringError(f"{dataset.path}: no sample has two or more references")
+        return None
+    fewer = len(dataset.samples) - len(samples)
     return ModelPredictions(
         model_name=model_name,
-        model_id="human (leave-one-out: first reference vs the rest)",
+        model_id=HUMAN_BASELINE_ID,
         sample_ids=[sample.sample_id for sample in samples],
         queries=[sample.query for sample in samples],
         raw_predictions=[sample.references[0] for sample in samples],
         references=[list(sample.references[1:]) for sample in samples],
         errors=[None] * len(samples),
         images=[sample.image for sample in samples],
-        warnings=[f"{len(dataset.samples) - len(samples)} samples with fewer than 2 references left out"],
+        warnings=[f"{fewer} samples with fewer than 2 references left out"] if fewer else [],
         source=str(dataset.path),
         apply_cleanup=False,
+        human_baseline=True,
     )
 
 

@@ -381,7 +381,7 @@ METRICS: tuple[Metric, ...] = (
     *(
         Metric(
             f"coco_bleu{order}",
-            f"COCO BLEU-{order}",
+            f"BLEU-{order} (COCO)",
             COCO_BLEU_STATS,
             _coco_bleu(order),
             in_tables=order == 4,

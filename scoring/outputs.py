@@ -22,6 +22,7 @@ from contract import (
     SampleScores,
     Summary,
     SummaryEntry,
+    is_human_baseline,
     read_json,
     read_jsonl,
     results_file,
@@ -43,6 +44,8 @@ from scoring.resample import (
 )
 
 _METRICS_SUFFIX = METRICS_JSON.replace("{model}", "")
+# How the human baseline's row is marked wherever it is printed or tabulated (console, comparison.csv).
+HUMAN_ROW_NOTE = "human reference, not ranked: each sample's first reference vs the others (one reference fewer)"
 
 
 def write_model_outputs(result: ModelResult, out_dir: Path) -> Path:
@@ -66,8 +69,10 @@ def metric_line(metrics: MetricsFile) -> str:
         text = "n/a" if value is None else f"{value * metric.scale:.2f}"
         if interval is not None and value is not None:
             text += f" [{interval[0] * metric.scale:.2f}, {interval[1] * metric.scale:.2f}]"
-        parts.append(f"{metric.key}={text}")
+        parts.append(f"{metric.label} {text}")
     counts = metrics.counts
+    if is_human_baseline(metrics):  # a reference row: humans scored against one reference fewer, never ranked
+        return f"{metrics.model_name} [{HUMAN_ROW_NOTE}]: n={metrics.num_samples} " + "  ".join(parts)
     return (
         f"{metrics.model_name} ({metrics.model_id}): n={metrics.num_samples} "
         f"(empty {counts.empty}, failed {counts.failed}, missing {counts.missing}) " + "  ".join(parts)
@@ -107,7 +112,8 @@ def _read_models(results_dir: Path) -> list[tuple[MetricsFile, Path, list[Sample
         scores_path = results_file(results_dir, SAMPLE_SCORES_JSONL, metrics.model_name)
         rows = list(read_jsonl(scores_path, SampleScores)) if scores_path.is_file() else None
         models.append((metrics, scores_path, rows))
-    return sorted(models, key=lambda model: model[0].model_name)
+    # Models by name, then the human reference row(s).
+    return sorted(models, key=lambda model: (is_human_baseline(model[0]), model[0].model_name))
 
 
 @dataclass
@@ -136,6 +142,7 @@ def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int =
             counts=metrics.counts.model_dump(),
             unavailable=metrics.unavailable,
             bootstrap_unit=metrics.signature.get("bootstrap_unit"),
+            human_baseline=is_human_baseline(metrics),
         )
         for metrics, _, _ in models
     ]
@@ -143,8 +150,8 @@ def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int =
     differences: dict[str, dict[str, PairDifference]] = {}
     bootstrapped: dict[str, _Bootstrapped] = {}
     for metrics, path, rows in models:
-        if rows is None:
-            continue
+        if rows is None or is_human_baseline(metrics):
+            continue  # the human row is a reference, never tested against the models
         rows = sorted(rows, key=lambda row: row.sample_id)
         computed = computed_metrics(metrics)
         matrix = matrix_from_sample_scores(path, rows, computed)
@@ -179,11 +186,13 @@ def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int =
 def comparison_csv(summary: Summary) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model_name", "model_id", "num_samples", *FILE_ORDER])
+    # The last column marks the human reference row, so a script can leave it out: `row` is "model" or "human".
+    writer.writerow(["model_name", "model_id", "num_samples", *FILE_ORDER, "row"])
     for entry in summary.models:
         values = [entry.metrics.get(key) for key in FILE_ORDER]
         names = [spreadsheet_safe(entry.model_name), spreadsheet_safe(entry.model_id)]  # never a formula
-        writer.writerow([*names, entry.num_samples, *("" if v is None else repr(v) for v in values)])
+        row = "human" if entry.human_baseline else "model"
+        writer.writerow([*names, entry.num_samples, *("" if v is None else repr(v) for v in values), row])
     return buffer.getvalue()
 
 

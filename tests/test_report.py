@@ -320,7 +320,7 @@ def test_build_report_writes_the_three_files_and_shows_every_model(tmp_path: Pat
             assert cell in row, (model, metric)
     header = page.split('<table id="leaderboard">', 1)[1].split("</thead>", 1)[0]
     labels = re.findall(r'data-metric="[^"]+">([^<]+)</th>', header)
-    assert labels == ["sacreBLEU BLEU-4", "COCO BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"]
+    assert labels == ["sacreBLEU BLEU-4", "BLEU-4 (COCO)", "METEOR", "ROUGE-L", "CIDEr", "SPICE"]
     # One chart per metric, as SVG data URIs; the scale said once, near the leaderboard.
     assert len(re.findall(r'<img src="data:image/svg\+xml;base64,', page)) == len(REPORT_METRICS)
     assert visible_text(page).count("scores x100; files keep 0-1") == 1
@@ -517,7 +517,7 @@ def test_comparison_tables_bold_the_best_and_show_ci_half_widths(tmp_path: Path,
     tex = (folder.results / COMPARISON_TEX).read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "booktabs" in tex
     assert "Scores x100 (files keep 0-1)" in md and "ranked by CIDEr" in md and "ranked by CIDEr" in tex
-    assert "| Model | sacreBLEU BLEU-4 | COCO BLEU-4 | METEOR | ROUGE-L | CIDEr | SPICE |" in md
+    assert "| Model | sacreBLEU BLEU-4 | BLEU-4 (COCO) | METEOR | ROUGE-L | CIDEr | SPICE |" in md
     metrics = {m: folder.metrics(m) for m in folder.scored_models}
     for metric in REPORT_METRICS:
         best = max(folder.scored_models, key=lambda m: metrics[m].metrics[metric])

@@ -160,7 +160,7 @@ def test_spice_left_out_is_null_with_the_reason_said_once(scored) -> None:
     assert metrics.unavailable == {"spice": "left out by --metrics"}
     assert not any("spice" in warning.lower() for warning in metrics.warnings)  # deliberate: not a warning
     assert "left out by --metrics (null in the files): spice" in completed.stdout.splitlines()
-    assert all("spice=" not in line for line in completed.stdout.splitlines() if line.startswith("loo"))
+    assert all("SPICE" not in line for line in completed.stdout.splitlines() if line.startswith("loo"))
     rows = list(read_jsonl(out / "loo_sample_scores.jsonl", SampleScores))
     assert all(row.scores["spice"] is None and "spice" not in row.stats for row in rows)
 
@@ -213,7 +213,7 @@ def test_summary_and_comparison_with_paired_significance(scored) -> None:
     row = next(csv.DictReader(lines))
     assert row["model_name"] == "loo" and float(row["meteor"]) == loo.metrics["meteor"] and row["spice"] == ""
     # A person reads one line per model.
-    assert any(line.startswith("loo (loo): n=1169") and "meteor=" in line for line in completed.stdout.splitlines())
+    assert any(line.startswith("loo (loo): n=1169") and "METEOR " in line for line in completed.stdout.splitlines())
     # summarize rebuilds the same summary from the files (no Java).
     before = json.loads((out / SUMMARY_JSON).read_text())
     subprocess.run(

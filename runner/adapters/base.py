@@ -20,18 +20,7 @@ import transformers
 from PIL import Image
 
 from runner.adapters.image_reuse import ImageReuse
-from runner.registry import ModelSpec
-
-# Plain greedy decoding, whatever the checkpoint's generation_config says; recorded in the run manifest.
-GREEDY: dict[str, Any] = {
-    "do_sample": False,
-    "num_beams": 1,
-    "repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-    "temperature": None,
-    "top_p": None,
-    "top_k": None,
-}
+from runner.registry import GREEDY, ModelSpec
 
 
 @dataclass
