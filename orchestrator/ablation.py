@@ -603,7 +603,7 @@ class Ablation:
             self.record_scoring("not run", "no model completed")
             return None
         paths = self.engine.paths(self.plan)
-        self.console.line(f"scoring {len(completed)} model(s) at {clock()}")
+        self.console.line(f"scoring step for {len(completed)} model(s) at {clock()}")
         task = Task(
             name="scoring",
             kind="scoring",

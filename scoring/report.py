@@ -30,6 +30,7 @@ from markupsafe import Markup
 
 from contract import (
     ABLATION_MANIFEST,
+    HUMAN_BASELINE,
     METRICS_JSON,
     PREDICTIONS_JSONL,
     REPORT_HTML,
@@ -45,6 +46,7 @@ from contract import (
     SubsetInfo,
     Summary,
     file_sha256,
+    is_human_baseline,
     load_dataset,
     read_json,
     read_jsonl,
@@ -58,10 +60,8 @@ COMPARISON_MD = "comparison.md"
 COMPARISON_TEX = "comparison.tex"
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = (256, 128)  # 2:1 like the equirectangular panoramas
-# `python -m scoring human-baseline` writes leave-one-out human agreement as if it were a model, by default named
-# "human-baseline" (its --name can change that; its model_id always starts with "human (").
-HUMAN_BASELINE_NAME = "human-baseline"
-HUMAN_BASELINE_ID_PREFIX = "human ("
+# Scoring writes the leave-one-out human agreement as if it were a model (contract.HUMAN_BASELINE, flagged
+# `human_baseline`; `python -m scoring human-baseline --name` can name it otherwise): a reference row, never ranked.
 # Report columns and labels come from the metric registry (scoring/metrics.py): sacreBLEU's BLEU-4 (the tool's own
 # signature) beside pycocoevalcap's, which papers report, then METEOR, ROUGE-L, CIDEr, SPICE.
 REPORT_METRICS = tuple(metric.key for metric in TABLE_METRICS)
@@ -70,6 +70,13 @@ SCALES = {metric.key: metric.scale for metric in METRICS}  # shown x scale (file
 # Per-sample scores shown in the sample browser: the metrics with a score of their own per sample.
 SAMPLE_METRICS = tuple(metric.key for metric in METRICS if metric.sentence is not None)
 DEFAULT_RANK_METRIC = "cider"
+# One colour per model in every chart (and its swatch in the leaderboard), by its place in the default ranking:
+# Tableau 10, then Tableau 20's light tones for an 11th-20th model, then again.
+MODEL_COLOURS = (
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#c7c7c7",
+)  # fmt: skip
+CHART_DIGITS = 2  # bars and whiskers are drawn at the precision the tables show: 1e-14 is 0.00, drawn as zero
 ALPHA = 0.05  # family-wise error rate of the Holm-Bonferroni correction, per metric
 DEMO_SENTENCE = "DEMO: random-weight models; these numbers mean nothing"
 MAX_FAILED_SAMPLES_LISTED = 50  # per model in the page; the predictions file has them all
@@ -142,6 +149,7 @@ class ReportInputs:
     summary: Summary | None = None
     ablation: AblationManifest | None = None
     human: MetricsFile | None = None
+    human_view: ModelView | None = None  # the human row's files (its held-out references, for caption lengths)
     skipped: list[str] = field(default_factory=list)  # unreadable files left out, one line each
     image_note: str = ""
 
@@ -186,10 +194,8 @@ def load_inputs(
     if models is not None:
         names = [*models, *(r.model_name for r in records if r.status != "completed")]
         # The human-agreement row belongs to every report of the folder.
-        names += [HUMAN_BASELINE_NAME] if results_file(results_dir, METRICS_JSON, HUMAN_BASELINE_NAME).is_file() else []
-        names += (
-            [e.model_name for e in summary.models if e.model_id.startswith(HUMAN_BASELINE_ID_PREFIX)] if summary else []
-        )
+        names += [HUMAN_BASELINE] if results_file(results_dir, METRICS_JSON, HUMAN_BASELINE).is_file() else []
+        names += [e.model_name for e in summary.models if is_human_baseline(e)] if summary else []
     else:  # the summary's order, then the orchestrator's, then whatever files exist (sorted)
         names = [e.model_name for e in summary.models] if summary else []
         names += [r.model_name for r in records]
@@ -197,7 +203,7 @@ def load_inputs(
             suffix = _suffix(pattern)
             names += sorted(p.name[: -len(suffix)] for p in results_dir.glob("*" + suffix))
     loaded = [_load_model(results_dir, name, summary, ablation, skipped) for name in dict.fromkeys(names)]
-    humans = [m for m in loaded if m.name == HUMAN_BASELINE_NAME or m.model_id.startswith(HUMAN_BASELINE_ID_PREFIX)]
+    humans = [m for m in loaded if m.name == HUMAN_BASELINE or (m.metrics is not None and is_human_baseline(m.metrics))]
     human_names = {m.name for m in humans}
     shown = [
         m for m in loaded if m.name not in human_names and (m.metrics or m.run or m.record or m.has_outputs or models)
@@ -209,8 +215,17 @@ def load_inputs(
             + (f" ({'; '.join(skipped)})" if skipped else "")
         )
     samples = _load_samples(shown, ablation, data_file, image_root)
-    human = next((m.metrics for m in humans if m.metrics is not None), None)
-    return ReportInputs(results_dir, shown, samples, summary=summary, ablation=ablation, human=human, skipped=skipped)
+    human = next((m for m in humans if m.metrics is not None), None)
+    return ReportInputs(
+        results_dir,
+        shown,
+        samples,
+        summary=summary,
+        ablation=ablation,
+        human=human.metrics if human else None,
+        human_view=human,
+        skipped=skipped,
+    )
 
 
 def _load_model(
@@ -458,11 +473,13 @@ def pair_tests(inputs: ReportInputs, metric: str) -> dict[tuple[str, str], PairT
 class RankCells:
     """What the leaderboard shows for one model when ranked by one metric (display strings)."""
 
-    rank: str
+    rank: str  # "3", or "=3" when tied with another model (the same value shares a rank)
     gap: str
     ci: str
     significant: bool
     title: str
+    value: str = ""  # the metric's value as shown, beside the model's name on a narrow screen
+    rank_title: str = ""  # why a rank is shared
 
 
 @dataclass
@@ -487,31 +504,38 @@ def rank(inputs: ReportInputs, metric: str) -> Ranking:
     cells: dict[str, RankCells] = {}
     for name, value in valued:
         position = str(1 + sum(1 for _, other in valued if other > value))  # ties share a rank
+        tied = [other_name for other_name, other in valued if other == value and other_name != name]
+        rank_text = f"={position}" if tied else position
+        rank_title = f"tied with {', '.join(tied)}: the same {label} ({fmt(value, metric=metric)})" if tied else ""
+        shown = fmt(value, metric=metric)
         best_name, best_value = valued[0]
         if name == best_name:
-            cells[name] = RankCells(position, "best", "", False, f"highest {label}")
+            cells[name] = RankCells(rank_text, "best", "", False, f"highest {label}", shown, rank_title)
             continue
         test = tests.get((name, best_name))
         gap = fmt(value - best_value, sign=True, metric=metric)
         if test is None:
-            cells[name] = RankCells(position, gap, "", False, f"no paired test with {best_name} (other samples)")
+            title = f"no paired test with {best_name} (other samples)"
+            cells[name] = RankCells(rank_text, gap, "", False, title, shown, rank_title)
             continue
         verdict = "significant" if test.significant else "not significant"
         title = (
             f"{name} \u2212 {best_name}: p = {test.p:.4f}, Holm-adjusted p = {test.p_holm:.4f} "
             f"({verdict} at {ALPHA} after the correction over {len(tests) // 2} pairs)"
         )
-        cells[name] = RankCells(position, gap, fmt_ci(test.ci, metric=metric), test.significant, title)
+        cells[name] = RankCells(
+            rank_text, gap, fmt_ci(test.ci, metric=metric), test.significant, title, shown, rank_title
+        )
     return Ranking(metric, [name for name, _ in valued], cells, tests)
 
 
 def best_values(models: list[ModelView], digits: int) -> dict[str, float]:
     """metric -> the best value rounded as displayed, so ties at the shown precision are all bold. Nothing is
-    bold with fewer than two models to compare."""
+    bold with fewer than two models to compare, nor when every model shows the same value."""
     best: dict[str, float] = {}
     for metric in REPORT_METRICS:
         values = [round(v * SCALES[metric], digits) for m in models if (v := m.metric(metric)) is not None]
-        if len(models) >= 2 and values:
+        if len(models) >= 2 and len(set(values)) > 1:  # every model alike (all 0.00): none is best
             best[metric] = max(values)
     return best
 
@@ -580,24 +604,41 @@ def unavailable_metrics(inputs: ReportInputs) -> list[str]:
 # Charts (matplotlib, SVG data URIs).
 
 
-def metric_charts(inputs: ReportInputs) -> dict[str, str]:
-    """metric -> data URI of a horizontal bar chart with 95% CI error bars (only metrics with values)."""
+def model_colours(order: Sequence[str]) -> dict[str, str]:
+    """One colour per model, by its place in `order` (the ranking): the same in every chart and the leaderboard."""
+    return {name: MODEL_COLOURS[index % len(MODEL_COLOURS)] for index, name in enumerate(order)}
+
+
+def _shown(value: float, metric: str) -> float:
+    """A value on the display scale at the tables' precision (1e-14 is 0.0: no bar, no 1e-10 axis)."""
+    return round(value * SCALES[metric], CHART_DIGITS) + 0.0  # + 0.0: -0.0 becomes 0.0
+
+
+def metric_charts(inputs: ReportInputs, order: Sequence[str] | None = None) -> dict[str, str]:
+    """metric -> data URI of a horizontal bar chart with 95% CI error bars (only metrics with values). Every chart lists
+    the models in `order` (the leaderboard's ranking), best at the top, each in its own colour (model_colours)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    order = list(order or [m.name for m in inputs.scored])
+    colours = model_colours(order)
+    by_name = {m.name: m for m in inputs.scored}
     charts: dict[str, str] = {}
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "vlm-ablation", "font.size": 9}):
         for metric in REPORT_METRICS:
-            rows = [(m.name, v, m.ci(metric)) for m in inputs.scored if (v := m.metric(metric)) is not None]
+            rows = [
+                (name, _shown(v, metric), by_name[name].ci(metric))
+                for name in order
+                if name in by_name and (v := by_name[name].metric(metric)) is not None
+            ]
             if not rows:
                 continue
-            rows.sort(key=lambda row: row[1])
-            scale = SCALES[metric]
-            values = [v * scale for _, v, _ in rows]
-            low = [max(0.0, (v - ci[0]) * scale) if ci else 0.0 for _, v, ci in rows]
-            high = [max(0.0, (ci[1] - v) * scale) if ci else 0.0 for _, v, ci in rows]
+            rows.reverse()  # barh draws from the bottom: the first of `order` ends up on top
+            values = [v for _, v, _ in rows]
+            lows = [max(0.0, v - _shown(ci[0], metric)) if ci else 0.0 for _, v, ci in rows]
+            highs = [max(0.0, _shown(ci[1], metric) - v) if ci else 0.0 for _, v, ci in rows]
             width, height = 4.6, 0.32 * len(rows) + 0.9
             figure, axes = plt.subplots(figsize=(width, height))
             # Fixed margins sized from the longest name instead of tight_layout, which draws every figure twice.
@@ -605,14 +646,29 @@ def metric_charts(inputs: ReportInputs) -> dict[str, str]:
             figure.subplots_adjust(
                 left=min(0.55, label_inches / width), right=0.97, top=1 - 0.1 / height, bottom=0.55 / height
             )
-            positions = range(len(rows))
-            axes.barh(positions, values, xerr=[low, high], color="#4c78a8", ecolor="#222", capsize=3, height=0.6)
-            axes.set_yticks(list(positions), [name for name, _, _ in rows])
+            positions = list(range(len(rows)))
+            axes.barh(positions, values, color=[colours[name] for name, _, _ in rows], height=0.6)
+            # Whiskers only where the interval has a width at the shown precision (no caps drawn on a zero).
+            spread = [i for i in positions if lows[i] > 0 or highs[i] > 0]
+            if spread:
+                axes.errorbar(
+                    [values[i] for i in spread],
+                    spread,
+                    xerr=[[lows[i] for i in spread], [highs[i] for i in spread]],
+                    fmt="none",
+                    ecolor="#222",
+                    capsize=3,
+                    linewidth=1,
+                )
+            axes.set_yticks(positions, [name for name, _, _ in rows])
             human = inputs.human.metrics.get(metric) if inputs.human else None
-            if human is not None:  # the figure caption in the page names the line
-                axes.axvline(human * scale, color="#e45756", linestyle="--", linewidth=1)
-            reach = max([v + h for v, h in zip(values, high, strict=True)] + [human * scale if human else 0.0])
+            shown_human = _shown(human, metric) if human is not None and math.isfinite(human) else None
+            if shown_human is not None:  # the figure caption in the page names the line
+                axes.axvline(shown_human, color="#e45756", linestyle="--", linewidth=1)
+            reach = max([v + h for v, h in zip(values, highs, strict=True)] + [shown_human or 0.0])
             axes.set_xlim(0, reach * 1.05 if reach > 0 else 1)  # bars start at 0; an all-zero chart still has a scale
+            # Plain tick labels: never a "1e-10" multiplier or an offset drawn over the axis title.
+            axes.ticklabel_format(axis="x", style="plain", useOffset=False)
             axes.set_xlabel(f"{METRIC_LABELS[metric]}, error bars: 95% CI")
             axes.spines[["top", "right"]].set_visible(False)
             buffer = io.StringIO()
@@ -692,6 +748,39 @@ def _error_kinds(failures: list[tuple[str, str, str]]) -> str:
     return "; ".join(f"{count} x {_clip(kind, 160)}" for kind, count in kinds.most_common(5))
 
 
+@dataclass
+class CaptionStats:
+    """How long a model's captions are and how many came out empty (after cleanup, as scored)."""
+
+    mean_words: float | None  # words per non-empty caption; None: no sample scores to count from
+    empty: int
+    failed: int
+    scored: int
+
+    @property
+    def empty_text(self) -> str:
+        return f"{100 * self.empty / self.scored:.1f}%" if self.scored else "—"
+
+    @property
+    def words_text(self) -> str:
+        return "—" if self.mean_words is None else f"{self.mean_words:.1f}"
+
+
+def caption_stats(model: ModelView) -> CaptionStats | None:
+    if model.metrics is None:
+        return None
+    counts = model.metrics.counts
+    words = [len(score.prediction.split()) for score in model.scores.values() if score.prediction.strip()]
+    mean = sum(words) / len(words) if words else None
+    return CaptionStats(mean, counts.empty, counts.failed, counts.scored)
+
+
+def reference_words(inputs: ReportInputs) -> str:
+    """Mean words per reference caption of the shown samples: what a caption's length compares with."""
+    words = [len(ref.split()) for sample in inputs.samples for ref in sample.references if ref.strip()]
+    return f"{sum(words) / len(words):.1f}" if words else "—"
+
+
 def paper_cells(model: ModelView, best: dict[str, float], style: str) -> list[str]:
     """One Markdown ("md") or LaTeX ("tex") cell per metric: x100 with one decimal, bold when best, ± the CI's
     half-width (the interval may be asymmetric; the page and the metrics files have its bounds)."""
@@ -765,6 +854,7 @@ _ENV.globals.update(
     paper_cells=paper_cells,
     human_cells=_human_cells,
     not_shown=_not_shown,
+    caption_stats=caption_stats,
     MAX_FAILED_SAMPLES_LISTED=MAX_FAILED_SAMPLES_LISTED,
     PREDICTIONS_JSONL=PREDICTIONS_JSONL,
     ABLATION_MANIFEST=ABLATION_MANIFEST,
@@ -776,7 +866,7 @@ _ENV.globals.update(
 # The page and the paper tables.
 
 
-def page_data(inputs: ReportInputs, rankings: dict[str, Ranking], ranked: list[str]) -> dict[str, Any]:
+def page_data(inputs: ReportInputs, rankings: dict[str, Ranking], ranked: list[str], rank_by: str) -> dict[str, Any]:
     """The JSON the page's JS renders from: embedded once, arrays aligned with `models` and `sampleMetrics`."""
     shown = [m for m in inputs.models if m.has_outputs]
     queries = list(dict.fromkeys(s.query for s in inputs.samples))
@@ -812,6 +902,8 @@ def page_data(inputs: ReportInputs, rankings: dict[str, Ranking], ranked: list[s
         "sampleMetrics": list(SAMPLE_METRICS),
         "models": [m.name for m in shown],
         "scoredModels": ranked,  # best first, as in the leaderboard
+        "colours": model_colours(ranked),
+        "rankBy": rank_by,
         "queries": queries,
         "samples": samples,
         "perQuery": _finite({m.name: m.metrics.per_query for m in inputs.scored if m.metrics}),
@@ -853,7 +945,11 @@ def _context(inputs: ReportInputs, rank_by: str) -> dict[str, Any]:
         rank_by = with_values[0] if with_values else rank_by
     order = rankings[rank_by].order
     ranked = sorted(inputs.scored, key=lambda m: order.index(m.name) if m.name in order else len(order))
+    tied = any(cells.rank.startswith("=") for ranking in rankings.values() for cells in ranking.cells.values())
     return {
+        "colours": model_colours([m.name for m in ranked]),
+        "ties": tied,
+        "reference_words": reference_words(inputs),
         "inputs": inputs,
         "rank_by": rank_by,
         "ranking": rankings[rank_by],
@@ -883,7 +979,7 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
         best=best_values(inputs.scored, 2),
         per_query_metrics=per_query or list(context["with_values"]),
         sample_metrics=[m for m in SAMPLE_METRICS if m in context["with_values"]] or list(SAMPLE_METRICS),
-        data=page_data(inputs, context["rankings"], [m.name for m in context["ranked"]]),
+        data=page_data(inputs, context["rankings"], [m.name for m in context["ranked"]], context["rank_by"]),
         css=Markup((_ASSETS / "report.css").read_text(encoding="utf-8")),
         js=Markup((_ASSETS / "report.js").read_text(encoding="utf-8")),
     )
@@ -922,7 +1018,7 @@ def build_report(
     for line in inputs.skipped:
         print(f"warning: {line}", file=sys.stderr)
     make_thumbnails(inputs)
-    charts = metric_charts(inputs)
+    charts = metric_charts(inputs, [m.name for m in _context(inputs, rank_by)["ranked"]])
     write_text_atomic(results_dir / COMPARISON_MD, comparison_markdown(inputs, rank_by))
     write_text_atomic(results_dir / COMPARISON_TEX, comparison_latex(inputs, rank_by))
     report = results_dir / REPORT_HTML

@@ -43,7 +43,15 @@ function rankBy(metric) {
   for (const row of body.rows) {
     const cells = ranking.cells[row.dataset.model];
     const gap = row.querySelector("td.gap");
-    row.querySelector("td.rank").textContent = cells ? cells.rank : "—";
+    const rank = row.querySelector("td.rank");
+    rank.textContent = cells ? cells.rank : "—";
+    if (cells && cells.rank_title) rank.title = cells.rank_title;
+    else rank.removeAttribute("title");
+    const score = row.querySelector(".rank-score");
+    if (score) {
+      score.textContent = cells ? cells.value : "";
+      score.title = DATA.labels[metric];
+    }
     gap.querySelector(".v").textContent = cells ? cells.gap : "—";
     gap.querySelector(".ci").textContent = cells ? cells.ci : "";
     gap.title = cells ? cells.title : "";
@@ -51,6 +59,25 @@ function rankBy(metric) {
   }
   for (const cell of table.querySelectorAll("[data-metric]")) cell.classList.toggle("ranked", cell.dataset.metric === metric);
   for (const label of document.querySelectorAll(".rank-label")) label.textContent = DATA.labels[metric];
+}
+
+function follow(selectId, metric) {
+  // The per-query, significance and sample views show the ranking metric when they have it.
+  const select = document.getElementById(selectId);
+  if (!select || !Array.from(select.options).some((option) => option.value === metric)) return false;
+  select.value = metric;
+  select.dispatchEvent(new Event("change"));
+  return true;
+}
+
+function onRankChange(metric) {
+  rankBy(metric);
+  follow("heatmap-metric", metric);
+  follow("significance-metric", metric);
+  const followed = follow("score-metric", metric);
+  const note = document.getElementById("score-note");
+  note.hidden = followed;
+  note.textContent = `${DATA.labels[metric]} has no per-sample score (a corpus statistic only)`;
 }
 
 // ---------------------------------------------------------------------------------------------- heat map
@@ -269,7 +296,7 @@ function setUpBrowser() {
 
 function main() {
   const rankSelect = document.getElementById("rank-metric");
-  rankSelect.addEventListener("change", () => rankBy(rankSelect.value));
+  rankSelect.addEventListener("change", () => onRankChange(rankSelect.value));
   const heatmapSelect = document.getElementById("heatmap-metric");
   heatmapSelect.addEventListener("change", () => renderHeatmap(heatmapSelect.value));
   renderHeatmap(heatmapSelect.value);
