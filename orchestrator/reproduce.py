@@ -184,7 +184,7 @@ def engine_settings(manifest: AblationManifest, args: argparse.Namespace) -> dic
 
 
 def _other_manifests_hint(missing: Path) -> str:
-    """Runs one folder further down (`make demo` writes results/demo/, `make reproduce` looks in results/ by default)."""
+    """Runs one folder further down (`make demo` writes results/demo/; `make reproduce` looks in results/)."""
     folder = missing.parent
     found = sorted(folder.glob(f"*/{missing.name}")) if folder.is_dir() else []
     if not found:

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -510,3 +511,174 @@ def test_report_with_missing_pieces_has_no_page_errors(page: Page, tmp_path: Pat
         assert state["predictions"] == [] and state["pageInfo"] == "0 of 0"
     else:
         assert len(state["predictions"]) >= 1 and all(visible for _, _, visible in state["predictions"])
+
+
+# Each chart's SVG, laid out by the browser as a person sees it: y tick labels top to bottom, the bar of each label
+# (its fill colour and drawn width), the x tick labels, and every pair of text boxes that overlap.
+CHARTS_JS = """(() => {
+  const host = document.createElement('div');
+  host.style.cssText = 'position:absolute; left:0; top:0; width:600px;';
+  document.body.appendChild(host);
+  const charts = {};
+  for (const figure of document.querySelectorAll('.charts figure')) {
+    const img = figure.querySelector('img');
+    if (!img) continue;
+    const metric = figure.dataset.metric;
+    const svg = new DOMParser().parseFromString(atob(img.src.split(',')[1]), 'image/svg+xml').documentElement;
+    host.replaceChildren(svg);
+    const middle = (r) => r.top + r.height / 2;
+    const bars = Array.from(svg.querySelectorAll('g[id^="patch_"] path')).map((p) => ({
+      fill: ((p.getAttribute('style') || '').match(/fill: (#[0-9a-f]{6})/) || [])[1], r: p.getBoundingClientRect()}))
+      .filter((b) => b.fill && b.fill !== '#ffffff' && b.r.height > 0)
+      .map((b) => ({fill: b.fill, width: b.r.width, middle: middle(b.r)}));
+    const labels = Array.from(svg.querySelectorAll('g[id^="ytick_"] text')).map((t) => [t.textContent,
+      middle(t.getBoundingClientRect())]).sort((a, b) => a[1] - b[1]);
+    const texts = Array.from(svg.querySelectorAll('text')).filter((t) => t.textContent.trim())
+      .map((t) => [t.textContent, t.getBoundingClientRect()]);
+    const overlaps = [];
+    texts.forEach(([a, ra], i) => texts.slice(i + 1).forEach(([b, rb]) => {
+      const x = Math.min(ra.right, rb.right) - Math.max(ra.left, rb.left);
+      const y = Math.min(ra.bottom, rb.bottom) - Math.max(ra.top, rb.top);
+      if (x > 0.5 && y > 0.5) overlaps.push([a, b]);
+    }));
+    charts[metric] = {
+      order: labels.map(([name]) => name),
+      bars: Object.fromEntries(labels.map(([name, y]) => {
+        const bar = bars.reduce((best, b) => Math.abs(b.middle - y) < Math.abs(best.middle - y) ? b : best);
+        return [name, {fill: bar.fill, width: bar.width}];
+      })),
+      xticks: Array.from(svg.querySelectorAll('g[id^="xtick_"] text')).map((t) => t.textContent),
+      overlaps,
+    };
+  }
+  host.remove();
+  const swatches = Object.fromEntries(Array.from(document.querySelectorAll('#leaderboard tbody tr')).map((r) => {
+    const s = r.querySelector('.swatch');
+    return [r.dataset.model, s ? getComputedStyle(s).backgroundColor : null];
+  }));
+  return {charts, swatches};
+})()"""
+
+
+def rgb(hex_colour: str) -> str:
+    red, green, blue = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({red}, {green}, {blue})"
+
+
+def test_every_chart_shows_the_ranking_order_in_one_colour_per_model(page: Page, tmp_path: Path, request) -> None:
+    """1400 px: each chart lists the models best-first by the leaderboard's metric (CIDEr), not by its own; a model
+    has one colour in every chart, the colour of its swatch in the leaderboard; no two labels overlap; a metric whose
+    values are ~1e-14 is drawn as zero bars on a plain axis (no 1e-10 multiplier or offset)."""
+    folder = synthetic_folder(tmp_path, request)
+    order = folder.ranked("cider")
+    # METEOR in the reverse order of CIDEr: its chart must still follow the ranking.
+    for value, model in enumerate(order, start=1):
+        folder.patch_metrics(model, metrics=folder.metrics(model).metrics | {"meteor": value / 10})
+    # COCO BLEU-4 zero to within rounding, as tiny random-weight models score it.
+    for index, model in enumerate(order):
+        metrics = folder.metrics(model)
+        folder.patch_metrics(
+            model,
+            metrics=metrics.metrics | {"coco_bleu4": (index + 1) * 1e-14},
+            ci=metrics.ci | {"coco_bleu4": [0.0, (index + 2) * 1e-14]},
+        )
+    page.open(build_report(folder.results, data_file=folder.data_file))
+    seen = page.evaluate(CHARTS_JS)
+    charts, swatches = seen["charts"], seen["swatches"]
+    assert set(charts) >= {"cider", "meteor", "bleu4", "coco_bleu4", "rougeL"}, sorted(charts)
+    colours: dict[str, set[str]] = {}
+    for metric, chart in charts.items():
+        assert chart["order"] == order, metric
+        assert chart["overlaps"] == [], (metric, chart["overlaps"])
+        assert chart["xticks"] and all(re.fullmatch(r"\d+(\.\d+)?", tick) for tick in chart["xticks"]), chart
+        for model, bar in chart["bars"].items():
+            colours.setdefault(model, set()).add(bar["fill"])
+    assert all(len(found) == 1 for found in colours.values()), colours
+    assert len({next(iter(found)) for found in colours.values()}) == len(order)  # one colour per model
+    assert {model: rgb(next(iter(colours[model]))) for model in order} == {m: swatches[m] for m in order}
+    assert all(bar["width"] < 0.5 for bar in charts["coco_bleu4"]["bars"].values()), charts["coco_bleu4"]
+    assert all(bar["width"] > 1 for bar in charts["cider"]["bars"].values())
+    assert page.errors() == []
+    page.screenshot(tmp_path / "report-charts-1400.png", full_page=True)
+
+
+SCORE_BESIDE_NAME_JS = """(() => Array.from(document.querySelectorAll('#leaderboard tbody tr')).map((r) => {
+  const score = r.querySelector('.rank-score'), name = r.querySelector('td.model').getBoundingClientRect();
+  const box = score.getBoundingClientRect();
+  return {model: r.dataset.model, text: score.textContent, visible: score.checkVisibility() && box.width > 0,
+    right: box.right, sameLine: Math.abs(box.top - name.top) < name.height};
+}))()"""
+
+
+def test_on_a_phone_the_ranking_score_stays_beside_the_model_name(page: Page, tmp_path: Path, request) -> None:
+    """390 px: without scrolling the leaderboard sideways, each ranked row shows the ranking metric's score next to
+    the model's name, and it follows a change of ranking metric; at 1400 px the metric column shows it instead."""
+    folder = synthetic_folder(tmp_path, request)
+    report = build_report(folder.results, data_file=folder.data_file)
+    page.set_viewport(390, 844, mobile=True)
+    page.open(report)
+    for metric in ("cider", "meteor"):
+        if metric != "cider":
+            choose(page, "rank-metric", metric)
+        rows = {row["model"]: row for row in page.evaluate(SCORE_BESIDE_NAME_JS)}
+        for model in folder.ranked(metric):
+            row = rows[model]
+            assert row["visible"] and row["sameLine"] and row["right"] <= 390, row
+            assert row["text"] == x100(folder.metrics(model).metrics[metric]), (metric, row)
+        assert rows[FAILED]["text"] == ""
+        page.screenshot(tmp_path / f"report-390-{metric}.png")
+    assert page.errors() == []
+    page.set_viewport(1400, 1000)
+    page.open(report)
+    assert not any(row["visible"] for row in page.evaluate(SCORE_BESIDE_NAME_JS))
+
+
+def test_per_query_and_samples_follow_the_ranking_metric(page: Page, tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request)
+    page.open(build_report(folder.results, data_file=folder.data_file))
+    selects = "['heatmap-metric', 'score-metric', 'significance-metric'].map((i) => document.getElementById(i).value)"
+    note = (
+        "(() => { const n = document.getElementById('score-note');"
+        " return n.checkVisibility() ? n.textContent : null; })()"
+    )
+    # CIDEr ranks by default; CIDEr has a per-sample score, so the samples show it too.
+    assert page.evaluate(selects) == ["cider", "cider", "cider"]
+    assert page.evaluate(note) is None
+    choose(page, "rank-metric", "meteor")
+    assert page.evaluate(selects) == ["meteor", "meteor", "meteor"]
+    choose(page, "rank-metric", "coco_bleu4")  # a corpus statistic only: the samples keep their score and say why
+    shown = page.evaluate(selects)
+    assert shown[0] == "coco_bleu4" and shown[1] == "meteor", shown
+    assert page.evaluate(note) == "BLEU-4 (COCO) has no per-sample score (a corpus statistic only)"
+    assert page.errors() == []
+
+
+def test_shared_ranks_are_marked_and_explained(page: Page, tmp_path: Path, request) -> None:
+    folder = synthetic_folder(tmp_path, request)
+    best, second, third = folder.ranked("cider")
+    tied_value = folder.metrics(second).metrics["cider"]
+    folder.patch_metrics(third, metrics=folder.metrics(third).metrics | {"cider": tied_value})
+    page.open(build_report(folder.results, data_file=folder.data_file))
+    rows = page.evaluate(
+        "Array.from(document.querySelectorAll('#leaderboard tbody tr')).map((r) => [r.dataset.model,"
+        " r.querySelector('td.rank').textContent, r.querySelector('td.rank').title])"
+    )
+    ranks = {model: (rank, title) for model, rank, title in rows}
+    assert ranks[best] == ("1", "")
+    assert ranks[second][0] == ranks[third][0] == "=2"
+    assert third in ranks[second][1] and second in ranks[third][1] and x100(tied_value) in ranks[second][1]
+    note = page.evaluate(
+        "(() => { const n = document.querySelector('#leaderboard-section li.ties');"
+        " return n && n.checkVisibility() ? n.textContent : null; })()"
+    )
+    assert note is not None and "=N" in note and "shared" in note
+    # Ranked by a metric without ties, the ranks are plain again and the explanation still applies to CIDEr.
+    choose(page, "rank-metric", "bleu4")
+    assert all(
+        not rank.startswith("=")
+        for _, rank, _ in page.evaluate(
+            "Array.from(document.querySelectorAll('#leaderboard tbody tr')).map((r) => [r.dataset.model,"
+            " r.querySelector('td.rank').textContent, ''])"
+        )
+    )
+    assert page.errors() == []
