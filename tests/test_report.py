@@ -815,3 +815,28 @@ def test_single_model_has_nothing_bold(tmp_path: Path, request) -> None:
     assert " best" not in re.sub(r'<span class="v">best</span>', "", leaderboard_row(page, MODELS[0]))
     assert '<td class="rank">1</td>' in leaderboard_row(page, MODELS[0])
     assert f"| {MODELS[0]} |" in (folder.results / COMPARISON_MD).read_text()
+
+
+def test_caption_length_empty_share_and_both_speeds_per_model(tmp_path: Path, request) -> None:
+    """The leaderboard's words / empty / failed columns count from the sample scores and the metrics files; the Run
+    table shows generate()'s samples/s and the end-to-end one the console showed, each from `<model>_run.json`."""
+    folder = synthetic_folder(tmp_path, request)
+    model = folder.scored_models[0]
+    folder.plant_prediction(model, 0, "")
+    folder.plant_prediction(model, 1, "one two three four five six seven")
+    run_path = folder.results / f"{model}_run.json"
+    run = json.loads(run_path.read_text())
+    run["timings"] |= {"samples_per_s": 63.25, "wall_s": 1.86, "wall_samples_per_s": 6.46}
+    run_path.write_text(json.dumps(run))
+    page = build_report(folder.results, data_file=folder.data_file).read_text(encoding="utf-8")
+    row = leaderboard_row(page, model)
+    words = [len(s.prediction.split()) for s in folder.scores(model).values() if s.prediction.strip()]
+    counts = folder.metrics(model).counts
+    assert re.search(rf'<td class="num words">{sum(words) / len(words):.1f}</td>', row), row
+    assert re.search(rf'<td class="num empty"[^>]*>{100 * counts.empty / counts.scored:.1f}%</td>', row), row
+    assert re.search(rf'<td class="num failed">{counts.failed}</td>', row), row
+    run_row = page.split('<table class="manifest">', 1)[1].split(f"<td>{model}</td>", 1)[1].split("</tr>", 1)[0]
+    assert ["63.25", "1.86", "6.46"] == [
+        v for v in re.findall(r">([0-9.]+)</td>", run_row) if v in {"63.25", "1.86", "6.46"}
+    ]
+    assert "samples/s end to end" in page and "what the console's progress line showed" in page
