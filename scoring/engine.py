@@ -268,7 +268,7 @@ def _run_tools(
     for tool in tools:
         if tool.background:
             thread = background[id(tool)]
-            context.log(f"waiting for {tool.name}")
+            context.log(f"waiting for {tool.label or tool.name}")
             thread.join()
             if thread.error is not None:
                 raise thread.error

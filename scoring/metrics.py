@@ -75,6 +75,7 @@ class Tool(ABC):
     """Computes statistics blocks for all models of a run in one go (one JVM for all, shared reference caches)."""
 
     name: str = ""
+    label: str = ""  # what the console calls it
     background: bool = False  # runs in a thread while the other tools work (a JVM that answers slowly)
     needs_tokens: bool = True  # works on PTB-tokenized text
 
@@ -263,6 +264,7 @@ class MeteorTool(Tool):
     """METEOR 1.5, one JVM for all models, started before tokenization and run in a thread."""
 
     name = "meteor"
+    label = "METEOR"
     background = True
 
     def __init__(self) -> None:
@@ -302,6 +304,7 @@ class SpiceTool(Tool):
     """SPICE 1.0 over every model's candidates in one run (scoring.spice)."""
 
     name = "spice"
+    label = "SPICE"
 
     def unavailable(self, options: ScoringOptions) -> str | None:
         from scoring.spice import configured_jar_dir, unavailable_reason
