@@ -19,7 +19,7 @@ from scoring.meteor import MeteorProcess, meteor_from_stats
 from scoring.ngram import ReferenceSet
 from scoring.ptb import ptb_tokenize
 from scoring.resample import SampleMatrix, bootstrap_weights, confidence_intervals, corpus_metrics
-from scoring.spice import SpiceItem, configured_jar_dir, run_spice, unavailable_reason
+from scoring.spice import SpiceItem, SpiceJvmError, configured_jar_dir, run_spice, unavailable_reason
 
 ALL_METRICS = (*HEADLINE_METRICS, *COCO_BLEU_METRICS)
 MIN_BOOTSTRAP = 1000
@@ -57,6 +57,9 @@ class ScoringOptions:
     seed: int = 0
     meteor_heap: str = "2G"
     work_dir: Path | None = None
+    spice_workers: int | None = None  # parsing JVMs (default 1, with a thread per CPU)
+    spice_heap_mb: int | None = None  # default: sized from the longest caption (scoring.spice.spice_heap_mb)
+    spice_timeout: float | None = None
 
 
 @dataclass
@@ -232,17 +235,8 @@ def _score_with(
 
     spice_scores: list[np.ndarray | None] = [None] * len(models)
     if spice_reason is None:
-        log(f"SPICE over {sum(len(m.sample_ids) for m in models)} candidates (one JVM)")
-        items = [
-            SpiceItem(f"{m_index}/{s_index}", hyp, refs)
-            for m_index in range(len(models))
-            for s_index, (hyp, refs) in enumerate(
-                zip(tokenized_predictions[m_index], tokenized_references[m_index], strict=True)
-            )
-        ]
-        by_key = run_spice(items, java, jar_dir, work_dir, options.spice_cache)
-        for m_index, model in enumerate(models):
-            spice_scores[m_index] = np.array([by_key[f"{m_index}/{s}"] for s in range(len(model.sample_ids))])
+        spice_inputs = (tokenized_predictions, tokenized_references)
+        spice_scores = _spice(models, *spice_inputs, java, jar_dir, work_dir, options, log)
 
     log("waiting for METEOR 1.5 (one JVM for all models)")
     meteor_job.join()
@@ -262,10 +256,6 @@ def _score_with(
             unavailable["spice"] = spice_reason or "SPICE was not run"
             warnings.append(f"spice is null: {unavailable['spice']}")
         else:
-            nan = int(np.isnan(spice).sum())
-            if nan:
-                warnings.append(f"SPICE gave no F-score for {nan} samples; counted as 0.0 in the mean")
-                spice = np.nan_to_num(spice, nan=0.0)
             spice_corpus = float(np.mean(spice))
         matrix = SampleMatrix(
             sacrebleu=sacre.stats,
@@ -322,6 +312,35 @@ def _score_with(
         add_uncertainty(result, options.bootstrap, options.seed)
         results.append(result)
     return results
+
+
+def _spice(
+    models: Sequence[ModelPredictions],
+    hypotheses: list[list[str]],
+    references: list[list[list[str]]],
+    java: str,
+    jar_dir: Path,
+    work_dir: Path,
+    options: ScoringOptions,
+    log: Callable[[str], None],
+) -> list[np.ndarray | None]:
+    """Per-sample SPICE of every model, from one run over all models (each distinct caption parsed once)."""
+    items = [
+        SpiceItem(f"{m}/{s}", hypothesis, refs)
+        for m in range(len(models))
+        for s, (hypothesis, refs) in enumerate(zip(hypotheses[m], references[m], strict=True))
+    ]
+    by_key = run_spice(
+        items, java, jar_dir, work_dir, options.spice_cache,
+        workers=options.spice_workers, heap_mb=options.spice_heap_mb, timeout=options.spice_timeout, log=log,
+    )  # fmt: skip
+    scores: list[np.ndarray | None] = []
+    for m, model in enumerate(models):
+        values = np.array([by_key[f"{m}/{s}"] for s in range(len(model.sample_ids))])
+        if np.isnan(values).any():  # pycocoevalcap's mean would be NaN; SPICE 1.0 never gives NaN for "All"
+            raise SpiceJvmError(f"[{model.model_name}] SPICE gave no F-score for {int(np.isnan(values).sum())} samples")
+        scores.append(values)
+    return scores
 
 
 def _verify_recomputation(
