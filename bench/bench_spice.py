@@ -3,7 +3,7 @@
 Workload: the first N samples of the QuIC-360 leave-one-out set (first caption = candidate, the rest =
 references; N chosen so that there are about 1,000 captions), PTB-tokenized as the scoring engine and
 COCOEvalCap both do before SPICE. With --models M, M "models" share those references (the candidate of model m
-is the reference of index m, rotated): pycocoevalcap runs once per model, as a per-model script would, keeping
+is model 0's with its words rotated by m): pycocoevalcap runs once per model, as a per-model script would, keeping
 its parse cache between models as it does in its package folder; run_spice scores all models in one call.
 
 Each configuration runs in a fresh subprocess; it reports wall time, the CPU time of its JVMs, and the peak of
@@ -40,6 +40,12 @@ CONFIGS = {
 }
 
 
+def _rotated(caption: str, places: int) -> str:
+    words = caption.split()
+    places = places % len(words) if words else 0
+    return " ".join(words[places:] + words[:places])
+
+
 def workload(data: Path, captions: int, models: int) -> list[dict[str, dict[str, list[str]]]]:
     """Per model: {"gts": {id: refs}, "res": {id: [candidate]}}, PTB-tokenized; about `captions` captions in all."""
     from scoring.cleanup import normalise_text
@@ -60,8 +66,8 @@ def workload(data: Path, captions: int, models: int) -> list[dict[str, dict[str,
     gts = {sample_id: [tokens[r] for r in refs] for sample_id, refs in zip(ids, references, strict=True)}
     result = []
     for model in range(models):
-        # Model 0: the human candidate; model m > 0: the candidate of sample i is the one of sample i + m.
-        res = {sample_id: [tokens[hypotheses[(index + model) % samples]]] for index, sample_id in enumerate(ids)}
+        # Model 0: the human candidate; model m > 0: its words rotated by m (a new caption, about as long).
+        res = {sample_id: [_rotated(tokens[hypotheses[index]], model)] for index, sample_id in enumerate(ids)}
         result.append({"gts": gts, "res": res})
     return result
 

@@ -573,17 +573,21 @@ def _install(candidate: Path, pin: JarPin, dest: Path, origin: str) -> Path:
         candidate.unlink(missing_ok=True)
         raise SpiceUnavailableError(f"{pin.name} from {origin}: SHA-256 {actual} is not the pinned {pin.sha256}")
     target = dest / pin.name
-    os.chmod(candidate, 0o644)  # mkstemp made it private; the jars are read by whoever scores (an image's user)
+    if candidate.stat().st_mode & 0o444 != 0o444:  # mkstemp made it private; whoever scores must read it
+        os.chmod(candidate, 0o644)
     os.replace(candidate, target)
     return target
 
 
 def _copy_in(source: Path, pin: JarPin, dest: Path) -> Path:
-    fd, temp_name = tempfile.mkstemp(prefix=f".{pin.name}.", suffix=".part", dir=dest)
-    os.close(fd)
-    temp = Path(temp_name)
+    """A hard link where the file system allows (no second copy of 378 MB), else a copy; verified either way."""
+    temp = dest / f".{pin.name}.{os.getpid()}.part"
+    temp.unlink(missing_ok=True)
     try:
-        shutil.copyfile(source, temp)
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
         return _install(temp, pin, dest, str(source))
     finally:
         temp.unlink(missing_ok=True)
