@@ -120,6 +120,7 @@ def run_one(config: str, data: Path, captions: int, models: int, out: Path) -> N
     java = find_java()
     monitor = PeakMemory()
     monitor.start()
+    load_before = os.getloadavg()[0]
     scores: dict[str, float] = {}
     plan = ""
     with tempfile.TemporaryDirectory(prefix="bench_spice_") as temp:
@@ -148,6 +149,7 @@ def run_one(config: str, data: Path, captions: int, models: int, out: Path) -> N
     distinct |= {c for part in work for res in part["res"].values() for c in res}
     total = sum(len(refs) + 1 for part in work for refs in part["gts"].values())
     result = {
+        "load": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
         "config": config,
         "plan": plan,
         "wall_s": wall,
@@ -191,12 +193,14 @@ def main() -> int:
         f"\n{first['samples']} samples x {first['models']} model(s): {first['captions']} captions, "
         f"{first['distinct']} distinct; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'configuration':<16} {'wall s':>8} {'JVM CPU s':>10} {'peak RSS MB':>12} {'x faster':>9}  plan")
+    # The machine may be shared: the load average before and after each configuration says how much.
+    header = f"{'configuration':<16} {'wall s':>8} {'JVM CPU s':>10} {'peak RSS MB':>12} {'x faster':>9}"
+    print(f"{header} {'load':>10}  plan")
     for result in results:
         speedup = first["wall_s"] / result["wall_s"]
         print(
             f"{result['config']:<16} {result['wall_s']:8.1f} {result['cpu_s']:10.1f} {result['peak_rss_mb']:12.0f} "
-            f"{speedup:9.2f}  {result['plan']}"
+            f"{speedup:9.2f} {result['load']:>10}  {result['plan']}"
         )
     reference = first["scores"]
     for result in results[1:]:

@@ -9,8 +9,7 @@ pretty-prints the JSON with the JDK's JavaScript engine, which Java 15 removed. 
   each is pinned by SHA-256;
 - the JVM gets the module openings SPICE's parse cache (fst + lmdbjni) needs, an English locale, UTF-8, a temp
   folder of ours, and a heap sized from the longest caption (the parser's chart grows with the square of the
-  sentence length); an out-of-memory anywhere stops the run, because CoreNLP would otherwise replace the parse of
-  a caption it has no memory for by a flat tree and SPICE would silently change;
+  sentence length); the first out-of-memory stops the run with an error that says so;
 - distinct captions are parsed first, once each, by one or more JVMs into one parse cache (LMDB), then one JVM
   scores every item from that cache. The scores are SPICE's own: same jar, same parses, same matching.
 """
@@ -356,7 +355,8 @@ def jvm_command(java: str, jar_dir: Path, heap_mb: int, temp_dir: Path) -> list[
     return [
         java,
         f"-Xmx{heap_mb}m",
-        # CoreNLP answers an out-of-memory by a flat parse and carries on; stop instead (a different score).
+        # CoreNLP catches an out-of-memory in its parser and carries on with a flat tree, on which SPICE then dies
+        # (a NullPointerException) after all the parsing: stop at the first one, and say it was memory.
         "-XX:+ExitOnOutOfMemoryError",
         *JVM_LOCALE_FLAGS,
         *opens,
@@ -487,7 +487,8 @@ def run_spice(
 
     Each distinct caption (hypotheses and references of all items, so all models of a run) is parsed once, by
     `workers` JVMs of `threads` threads, into the parse cache `cache_dir` (kept) or a folder under `work_dir`
-    (removed); then one JVM scores every item from that cache. NaN where SPICE gives no number, as pycocoevalcap.
+    (removed); then one JVM scores every item from that cache (one JVM does both when no caption repeats). NaN
+    where SPICE gives no number, as pycocoevalcap.
     """
     say = log or (lambda _line: None)
     keys = [item.key for item in items]
@@ -509,25 +510,34 @@ def run_spice(
         cache = cache_dir if cache_dir is not None else temp / "parse-cache"
         cache.mkdir(parents=True, exist_ok=True)
         command = jvm_command(java, jar_dir, plan.heap_mb, temp)
-        # 1. Parse: each cacheable distinct caption once, as the hypothesis of an item without references.
-        to_parse = [caption for caption in captions if cacheable(caption)]
-        chunks = _balanced(to_parse, plan.workers)
-        say(f"SPICE: parsing {len(to_parse)} distinct captions ({plan.describe()})")
         if plan.note:
             say(f"SPICE: note: {plan.note}")
-        jvms = []
-        try:
-            for index, chunk in enumerate(chunks):
-                parse_input = _write_json(
-                    temp / f"parse_{index}.json",
-                    [{"image_id": str(n), "test": caption, "refs": []} for n, caption in enumerate(chunk)],
-                )
-                arguments = [str(parse_input), "-cache", str(cache), "-threads", str(plan.threads), "-silent"]
-                jvms.append(_Jvm(command + arguments, temp, f"parse_{index}"))
-        finally:
-            _wait(jvms, deadline, timeout, "while parsing captions", plan)
-        # 2. Score every item from the cache (a caption too long for the cache is parsed here, as SpiceScorer does).
-        say(f"SPICE: parsed in {time.monotonic() - started:.0f} s; scoring {len(items)} items")
+        # SpiceScorer parses all references in one batch (caching them), then all candidates (finding those equal
+        # to a reference in the cache): with one JVM and no caption repeated within either batch, it parses each
+        # caption once by itself. Otherwise (several models share the references, several JVMs) parse first.
+        references = [reference for item in items for reference in item.references]
+        hypotheses = [item.hypothesis for item in items]
+        parse_first = plan.workers > 1 or len(set(references)) < len(references) or len(set(hypotheses)) < len(items)
+        if parse_first:
+            # 1. Parse: each cacheable distinct caption once, as the candidate of an item without references.
+            to_parse = [caption for caption in captions if cacheable(caption)]
+            say(f"SPICE: parsing {len(to_parse)} distinct captions ({plan.describe()})")
+            jvms = []
+            try:
+                for index, chunk in enumerate(_balanced(to_parse, plan.workers)):
+                    parse_input = _write_json(
+                        temp / f"parse_{index}.json",
+                        [{"image_id": str(n), "test": caption, "refs": []} for n, caption in enumerate(chunk)],
+                    )
+                    arguments = [str(parse_input), "-cache", str(cache), "-threads", str(plan.threads), "-silent"]
+                    jvms.append(_Jvm(command + arguments, temp, f"parse_{index}"))
+            finally:
+                _wait(jvms, deadline, timeout, "while parsing captions", plan)
+            # 2. Score every item from the cache (a caption too long for the cache is parsed here, as SpiceScorer
+            # does it).
+            say(f"SPICE: parsed in {time.monotonic() - started:.0f} s; scoring {len(items)} items")
+        else:
+            say(f"SPICE: parsing {len(captions)} distinct captions and scoring {len(items)} items ({plan.describe()})")
         score_input = _write_json(
             temp / "score.json",
             [{"image_id": item.key, "test": item.hypothesis, "refs": item.references} for item in items],
@@ -541,7 +551,7 @@ def run_spice(
         except (OSError, ValueError) as error:
             message = f"SPICE wrote no readable output ({error}):\n{stderr_tail(scorer.stderr_text())}"
             raise SpiceJvmError(message) from None
-        if "Initiating Stanford parsing pipeline" in scorer.stderr_text():
+        if parse_first and "Initiating Stanford parsing pipeline" in scorer.stderr_text():
             say("SPICE: captions too long for the parse cache were parsed while scoring")
         say(f"SPICE: done in {time.monotonic() - started:.0f} s")
     scores = {str(result["image_id"]): _f_score(result.get("scores", {}).get("All", {}).get("f")) for result in results}

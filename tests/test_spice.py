@@ -123,9 +123,14 @@ def test_each_distinct_caption_is_parsed_before_scoring_and_the_cache_is_kept(ja
     first = run_spice(items, find_java(), jar_dir, tmp_path / "work", cache, log=lines.append)
     assert not any("parsed while scoring" in line for line in lines)  # the scorer found every parse in the cache
     assert (cache / "data.mdb").is_file() and not list((tmp_path / "work").iterdir())  # the run's temp files: gone
-    lines.clear()
     again = run_spice(items[::-1], find_java(), jar_dir, tmp_path / "work", cache, workers=2, threads=1)
     assert again == first
+    # One model, no caption repeated: one JVM parses (each caption once) and scores; the same numbers.
+    lines.clear()
+    alone = [item for item in items if item.key.startswith("alpha/")]
+    direct = run_spice(alone, find_java(), jar_dir, tmp_path / "work", workers=1, log=lines.append)
+    assert direct == {item.key: first[item.key] for item in alone}
+    assert "SPICE: parsing 5 distinct captions and scoring 2 items (1 JVM" in lines[0]
 
 
 def test_scoring_cli_writes_spice_equal_to_pycocoevalcap(jar_dir: Path, tmp_path: Path) -> None:
@@ -192,8 +197,7 @@ def test_time_out_stops_every_jvm_and_says_how_to_fix_it(jar_dir: Path, tmp_path
     assert not list(work.iterdir())
 
 
-def test_heap_too_small_is_an_error_not_a_different_score(jar_dir: Path, tmp_path: Path) -> None:
-    """CoreNLP would replace a parse it has no memory for by a flat tree; here the run stops and says so."""
+def test_heap_too_small_stops_the_run_and_says_it_is_memory(jar_dir: Path, tmp_path: Path) -> None:
     items = [SpiceItem("a", MODELS["beta"]["s1"], REFERENCES["s1"])]
     with pytest.raises(SpiceMemoryError, match=r"ran out of memory .*heap 256 MB.*--spice-heap") as raised:
         run_spice(items, find_java(), jar_dir, tmp_path / "work", heap_mb=256, timeout=600)
