@@ -36,8 +36,10 @@ CONFIGS = {
     "pycocoevalcap": "pycocoevalcap Spice().compute_score (java -jar, -Xmx8G, its default threads)",
     "run_spice": "run_spice, default plan",
     "run_spice-2x1": "run_spice, workers=2 threads=1",
+    "run_spice-1x2": "run_spice, workers=1 threads=2",
     "run_spice-1x1": "run_spice, workers=1 threads=1",
 }
+PLANS = {"run_spice": (None, None), "run_spice-2x1": (2, 1), "run_spice-1x2": (1, 2), "run_spice-1x1": (1, 1)}
 
 
 def _rotated(caption: str, places: int) -> str:
@@ -137,7 +139,7 @@ def run_one(config: str, data: Path, captions: int, models: int, out: Path) -> N
                 for model, part in enumerate(work)
                 for sample_id in sorted(part["gts"])
             ]
-            workers, threads = {"run_spice": (None, None), "run_spice-2x1": (2, 1), "run_spice-1x1": (1, 1)}[config]
+            workers, threads = PLANS[config]
             captions_all = [c for item in items for c in (item.hypothesis, *item.references)]
             plan = plan_spice(captions_all, workers=workers, threads=threads).describe()
             scores = run_spice(items, java, jar_dir, Path(temp), workers=workers, threads=threads)
@@ -169,7 +171,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=QUIC_TEST)
     parser.add_argument("--captions", type=int, default=1000, help="about this many captions per model")
     parser.add_argument("--models", type=int, default=1)
-    parser.add_argument("--configs", default="pycocoevalcap,run_spice,run_spice-2x1", help=", ".join(CONFIGS))
+    parser.add_argument("--configs", default="pycocoevalcap,run_spice,run_spice-1x2", help=", ".join(CONFIGS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -27,7 +27,7 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, required=True, help="where the result files go")
     parser.add_argument("--spice-jars", type=Path, default=None, help="folder with the Stanford CoreNLP 3.6.0 jars")
     parser.add_argument("--spice-cache", type=Path, default=None, help="SPICE parse cache folder (optional)")
-    parser.add_argument("--spice-workers", type=int, default=None, help="SPICE parsing JVMs (default: 1)")
+    parser.add_argument("--spice-workers", type=int, default=None, help="SPICE parsing JVMs (default: per CPU)")
     parser.add_argument("--spice-heap", type=int, default=None, metavar="MB", help="SPICE JVM heap (default: sized)")
     parser.add_argument("--spice-timeout", type=float, default=None, metavar="S", help="SPICE time limit (seconds)")
     parser.add_argument("--bootstrap", type=int, default=MIN_BOOTSTRAP, help="bootstrap resamples (>= 1000)")

@@ -57,7 +57,7 @@ class ScoringOptions:
     seed: int = 0
     meteor_heap: str = "2G"
     work_dir: Path | None = None
-    spice_workers: int | None = None  # parsing JVMs (default 1, with a thread per CPU)
+    spice_workers: int | None = None  # parsing JVMs (default: one per CPU, as the memory allows)
     spice_heap_mb: int | None = None  # default: sized from the longest caption (scoring.spice.spice_heap_mb)
     spice_timeout: float | None = None
 

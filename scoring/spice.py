@@ -108,7 +108,7 @@ CHART_MARGIN = 1.5
 # Resident memory of a SPICE JVM beyond its -Xmx (metaspace, code, thread stacks, lmdbjni), measured.
 JVM_OVERHEAD_MB = 400
 # What the memory figures assume when the captions are not known yet (a job request, the preflight): QuIC-360's
-# longest caption is 75 tokens after PTB tokenization; model output is often longer.
+# longest caption is 70 tokens after PTB tokenization (median 18); model output is often longer.
 TYPICAL_MAX_TOKENS = 100
 # Memory the rest of a scoring process needs next to SPICE (METEOR's JVM with its 2 GB heap, Python).
 OTHER_SCORING_MB = 3072
@@ -116,6 +116,8 @@ OTHER_SCORING_MB = 3072
 # it again wherever it occurs. fst writes a char below U+00FF in one byte, others in three, plus a short header:
 # measured, a 505-character ASCII caption is cached and a 510-character one is not.
 CACHE_KEY_LIMIT = 500
+# A parsing JVM spends about 20 CPU-seconds loading CoreNLP's models, what parsing 100 QuIC-360 captions costs.
+CAPTIONS_PER_WORKER = 200
 
 
 def spice_heap_mb(max_tokens: int, threads: int) -> int:
@@ -127,7 +129,8 @@ def spice_heap_mb(max_tokens: int, threads: int) -> int:
 
 
 def spice_memory_mb(workers: int = 1, threads: int = 1, max_tokens: int = TYPICAL_MAX_TOKENS) -> int:
-    """Peak resident memory (MB) of SPICE's parsing step: `workers` JVMs of `threads` threads each."""
+    """Peak resident memory (MB) of SPICE: `workers` JVMs of `threads` parsing threads each (the scoring JVM that
+    follows them needs no more than one of them)."""
     return workers * (spice_heap_mb(max_tokens, threads) + JVM_OVERHEAD_MB)
 
 
@@ -166,7 +169,8 @@ def memory_limit_mb() -> int | None:
 
 
 def available_memory_mb() -> int | None:
-    """Memory the machine has available now (MemAvailable): a momentary figure, for a warning only."""
+    """Memory the machine has available now (MemAvailable): a momentary figure, so it lowers the number of parsing
+    threads and adds a note to the plan, but never stops a run."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -229,16 +233,23 @@ def plan_spice(
 ) -> SpicePlan:
     """Workers, threads and heap for these captions on this machine.
 
-    Default: one JVM with a parsing thread per CPU (threads share the loaded models; a second JVM would load them
-    again), fewer threads when their charts would not fit in the memory. `memory_mb` is what SPICE may use
-    (default: the container's or job's limit minus OTHER_SCORING_MB); a plan over that limit is an error before any
-    JVM starts, a plan over what the machine has available right now only gets a note.
+    Default: one single-threaded JVM per CPU, as many as the memory holds and at most one per
+    CAPTIONS_PER_WORKER captions (each JVM loads CoreNLP's models again, about 20 CPU-seconds and 1.5 GB); the
+    CPUs left over become parsing threads. Measured on 2 CPUs (docs/SCORING.md): two 1-thread JVMs parsed 1,000
+    QuIC-360 captions faster than one 2-thread JVM. `memory_mb` is what SPICE may use (default: the container's
+    or job's limit minus OTHER_SCORING_MB); a plan over that limit is an error before any JVM starts, a plan over
+    what the machine has available right now only gets a note.
     """
+    captions = list(captions)
     max_tokens = max((caption_tokens(caption) for caption in captions), default=1)
     cpus = cpus or available_cpus()
     hard, soft = _memory_budgets(memory_mb)
     target = min((budget for budget in (hard, soft) if budget is not None), default=None)
-    workers = workers or 1
+    if workers is None:
+        workers = max(1, min(cpus, len(captions) // CAPTIONS_PER_WORKER))
+        single = spice_heap_mb(max_tokens, 1) + JVM_OVERHEAD_MB
+        if target is not None:
+            workers = max(1, min(workers, target // single))
     if threads is None:
         threads = max(1, cpus // workers)
         while (
@@ -389,16 +400,12 @@ class _Jvm:
         self.stdout = folder / f"{name}.stdout"
         self.stderr = folder / f"{name}.stderr"
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=folder, start_new_session=True
-            )
+            # In our process group: whoever stops the scoring step's group (an orchestrator) stops them too.
+            self.process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=folder)
 
     def kill(self) -> None:
         if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, 9)
-            except ProcessLookupError:
-                pass
+            self.process.kill()  # a SpiceScorer JVM starts no process of its own
             self.process.wait()
 
     def stderr_text(self) -> str:
@@ -545,7 +552,7 @@ def run_spice(
         output = temp / "score_output.json"
         arguments = [str(score_input), "-cache", str(cache), "-out", str(output), "-threads", str(plan.threads)]
         scorer = _Jvm(command + [*arguments, "-silent"], temp, "score")
-        _wait([scorer], deadline, timeout, "while scoring", plan)
+        _wait([scorer], deadline, timeout, "while scoring" if parse_first else "while parsing and scoring", plan)
         try:
             results = json.loads(output.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:

@@ -212,7 +212,7 @@ def test_jvm_failure_gives_its_stderr_and_the_fix(tmp_path: Path) -> None:
         with open(fake / pin.name, "wb") as handle:
             handle.truncate(pin.size)
     assert unavailable_reason(fake) is None  # the cheap check only looks at names and sizes
-    with pytest.raises(SpiceJvmError, match=r"SPICE exited with status 1 while parsing captions \(a jar is damaged"):
+    with pytest.raises(SpiceJvmError, match=r"SPICE exited with status 1 while parsing and scoring \(a jar is damaged"):
         run_spice([SpiceItem("a", "a dog", ["a cat"])], find_java(), fake, tmp_path / "work", timeout=300)
 
 
@@ -251,6 +251,15 @@ def test_heap_follows_the_longest_caption_and_threads_follow_the_memory() -> Non
     tight = plan_spice(long_, cpus=4, memory_mb=spice_heap_mb(200, 2) + JVM_OVERHEAD_MB)
     assert (tight.workers, tight.threads, tight.heap_mb) == (1, 2, spice_heap_mb(200, 2))
     assert plan_spice(short, workers=2, cpus=4, memory_mb=1 << 20).threads == 2
+    # Default workers: a JVM per CPU for enough captions and memory; else fewer, their CPUs as threads.
+    many = [f"caption number {n}" for n in range(1000)]
+    assert (
+        plan_spice(many, cpus=2, memory_mb=1 << 20).workers,
+        plan_spice(many, cpus=2, memory_mb=1 << 20).threads,
+    ) == (2, 1)
+    assert plan_spice(many, cpus=8, memory_mb=1 << 20).workers == 5  # 200 captions per JVM at least
+    one_jvm = plan_spice(many, cpus=2, memory_mb=spice_memory_mb(1, 2, 3))
+    assert (one_jvm.workers, one_jvm.threads) == (1, 2)
     assert plan_spice(short, heap_mb=300, memory_mb=0).heap_mb == 300  # an explicit heap is the user's call
     assert "may use up to 2304 MB" in str(plan_spice(short, heap_mb=1904, memory_mb=0).note)
 
