@@ -80,6 +80,9 @@ class ScoringOptions:
     meteor_heap: str = METEOR_HEAP
     work_dir: Path | None = None
     metrics: str | None = None  # --metrics: which metrics to compute (scoring.metrics.select_metrics); None: all
+    spice_workers: int | None = None  # parsing JVMs (default: one per CPU, as the memory allows)
+    spice_heap_mb: int | None = None  # default: sized from the longest caption (scoring.spice.spice_heap_mb)
+    spice_timeout: float | None = None
 
 
 @dataclass
