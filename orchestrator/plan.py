@@ -66,6 +66,8 @@ class AblationOptions:
     timeout: float | None = None  # seconds per model; None: no limit
     parallel: bool = False
     image_root: Path | None = None
+    data_format: str | None = None  # None: detected from the data file's content
+    split: str | None = None  # a Karpathy split file's split (None: test)
     limit: int | None = None
     dtype: str | None = None
     prompt_template: str | None = None
@@ -120,6 +122,8 @@ class Plan:
     hf_cache: Path | None  # the Hugging Face cache folder (None: local checkpoints, no cache needed)
     dataset_summary: str
     image_paths: list[str]  # local images the samples read (URLs left out)
+    data_format: str = "csv"  # the format read (detected or named)
+    data_split: str | None = None  # the Karpathy split read
     models_file: Path | None = None  # absolute; the user's catalogue entries the runners must see too
     dataset_warnings: list[str] = field(default_factory=list)
 
@@ -177,8 +181,8 @@ def build_plan(options: AblationOptions) -> Plan:
     if options.timeout is not None and options.timeout <= 0:
         raise PlanError(f"--timeout must be a positive number of seconds, got {options.timeout}")
     if options.prompt_template is not None:
-        try:
-            validate_prompt_template(options.prompt_template)
+        try:  # the {query} field is checked once the data set is read: a data set without queries needs none
+            validate_prompt_template(options.prompt_template, has_queries=False)
         except RunnerError as error:
             raise PlanError(f"--prompt-template: {error}") from None
 
@@ -189,16 +193,21 @@ def build_plan(options: AblationOptions) -> Plan:
     if not data_file.is_file():
         raise PlanError(
             f"data file: {data_file}: data file not found. Prepare QuIC-360 with `make quic360` (it writes "
-            "data/quic360/test.csv), or point --data (make: DATA_CSV=...) at your own file (docs/DATA.md)"
+            "data/quic360/test.csv), or point --data (make: DATA_FILE=...) at your own file (docs/DATA.md)"
         )
     try:
-        dataset = load_dataset(data_file, image_root=image_root)
+        dataset = load_dataset(data_file, image_root=image_root, data_format=options.data_format, split=options.split)
     except DataFileError as error:
         raise PlanError(f"data file: {error}") from None
     except OSError as error:
         raise PlanError(f"data file {data_file} cannot be read: {error.strerror or error}") from None
     if not dataset.samples:
         raise PlanError(f"data file {data_file} has no sample with a reference caption")
+    if options.prompt_template is not None:
+        try:
+            validate_prompt_template(options.prompt_template, dataset.has_queries)
+        except RunnerError as error:
+            raise PlanError(f"--prompt-template: {error}") from None
     samples = dataset.samples[: options.limit] if options.limit else dataset.samples
     if options.shards > len(samples):
         raise PlanError(f"--shards {options.shards} is more than the {len(samples)} samples to caption")
@@ -231,6 +240,8 @@ def build_plan(options: AblationOptions) -> Plan:
         image_root=image_root,
         hf_cache=hf_cache.expanduser().resolve() if hf_cache else None,
         dataset_summary=dataset.summary_line(),
+        data_format=dataset.format,
+        data_split=dataset.split,
         image_paths=[s.image_path for s in samples if not s.image_path.startswith(("http://", "https://"))],
         models_file=models_file,
         dataset_warnings=list(dataset.warnings),

@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract import AUTO_FORMAT
+from contract.dataset import add_data_format_arguments
 from contract.lifetime import follow_parent
 from scoring.engine import MIN_BOOTSTRAP, ScoringOptions, score_models
 from scoring.java import ScoringError
@@ -33,6 +35,7 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_data_columns(parser: argparse.ArgumentParser) -> None:
+    add_data_format_arguments(parser)
     parser.add_argument("--image-column", default="url", help="data file column with the image (default: url)")
     parser.add_argument("--query-column", default="query", help="data file column with the query (default: query)")
     parser.add_argument(
@@ -40,11 +43,14 @@ def _add_data_columns(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _columns(args: argparse.Namespace) -> dict[str, str]:
+def _columns(args: argparse.Namespace) -> dict[str, str | None]:
+    """How to read --data: CSV column names, --data-format, --split."""
     return {
         "image_column": args.image_column,
         "query_column": args.query_column,
         "annotation_column": args.annotation_column,
+        "data_format": None if args.data_format == AUTO_FORMAT else args.data_format,
+        "split": args.split,
     }
 
 
@@ -54,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score one or many models' predictions in one process")
     score.add_argument("--predictions", type=Path, nargs="+", required=True, help="<model>_predictions.jsonl files")
-    score.add_argument("--data", type=Path, default=None, help="data file; predictions must match its samples")
+    score.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data file (any format, docs/DATA.md); predictions must match its samples",
+    )
     score.add_argument("--intersection", action="store_true", help="score only samples in both data and predictions")
     score.add_argument("--limit", type=int, help="score only the data file's first N samples (as runner --limit)")
     score.add_argument(

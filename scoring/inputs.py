@@ -160,11 +160,11 @@ def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> Model
     )
 
 
-def load_data(path: Path, **columns: str) -> Dataset:
+def load_data(path: Path, **columns: str | None) -> Dataset:
     from contract import DataFileError
 
     try:
-        return load_dataset(path, **columns)
+        return load_dataset(path, **columns)  # type: ignore[arg-type]
     except DataFileError as error:
         raise ScoringError(str(error)) from error
 
