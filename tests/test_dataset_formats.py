@@ -108,7 +108,8 @@ def test_karpathy_splits(tmp_path: Path) -> None:
     assert "split val: 3 of 7 images (others: test 4)" in chosen.notes
     with pytest.raises(
         DataFileError,
-        match=r"dataset_coco.json: no image is in split 'restval' \(--split\); splits in the file: test \(4 images\), val \(3 images\)",
+        match=r"dataset_coco.json: no image is in split 'restval' \(--split\); "
+        r"splits in the file: test \(4 images\), val \(3 images\)",
     ):
         load_dataset(path, split="restval")
     flickr = write_karpathy(
