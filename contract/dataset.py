@@ -59,7 +59,7 @@ class Dataset:
     split: str | None = None  # the Karpathy split read
     record_noun: str = "rows"
     # sample_id -> the file's own id of the sample's image (COCO image id, Karpathy cocoid or imgid, JSONL id)
-    record_ids: dict[str, str] = field(default_factory=dict)
+    record_ids: dict[str, int | str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -233,7 +233,7 @@ def _is_json_object(text: str) -> bool:
 
 def _assemble(
     path: Path, source: DataSource, read: SourceRead, image_root: Path | None
-) -> tuple[list[Sample], int, int, list[str], dict[str, str]]:
+) -> tuple[list[Sample], int, int, list[str], dict[str, int | str]]:
     """Records -> samples: (samples, empty captions dropped, samples without reference dropped, warnings, ids)."""
     grouped: dict[tuple[str, str], list[str]] = {}
     first_record: dict[tuple[str, str], CaptionRecord] = {}
@@ -276,7 +276,7 @@ def _assemble(
             "repeated reference"
         )
     samples = []
-    record_ids = {}
+    record_ids: dict[str, int | str] = {}
     for (image, query), references in grouped.items():
         if not references:
             continue

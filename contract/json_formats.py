@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
@@ -123,7 +124,7 @@ class CocoSource(DataSource):
                 captions=captions[index],
                 where=f"images[{index}] (id {image.id!r})",
                 group=image.group if image.group is not None else image.domain,
-                record_id=str(image.id),
+                record_id=image.id,
             )
             for index, image in enumerate(images)
         ]
@@ -165,7 +166,7 @@ class KarpathySource(DataSource):
                     query=None,
                     captions=[sentence.raw for sentence in image.sentences],
                     where=where,
-                    record_id=None if record_id is None else str(record_id),
+                    record_id=record_id,
                 )
             )
         others = ", ".join(f"{name} {count}" for name, count in sorted(splits.items()) if name != split)
@@ -220,7 +221,43 @@ class JsonlSource(DataSource):
                     captions=list(sample.references),
                     where=where,
                     group=None if sample.group is None else _nonempty(content, where, "group", sample.group),
-                    record_id=None if sample.id is None else str(sample.id),
+                    record_id=sample.id,
                 )
             )
         return SourceRead(records=records, num_records=len(records))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# COCO caption results: another tool's predictions, one caption per image id (`python -m scoring score
+# --coco-results`). Not a data file: it has no references; its image ids are those of a COCO annotations file.
+
+
+class CocoResult(_Open):
+    image_id: int | str
+    caption: str
+
+
+def read_coco_results(path: Path) -> list[CocoResult]:
+    """`[{"image_id": ..., "caption": "..."}, ...]` (other fields, such as a score, are ignored); an entry that is
+    not one is an error naming the file, the entry and the field."""
+    if not path.is_file():
+        raise DataFileError(f"{path}: results file not found")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataFileError(f"{path}: not valid UTF-8 (byte offset {error.start})") from None
+    content = DataContent(path, text)
+    document = content.document
+    if not isinstance(document, list):
+        keys = sorted(document)[:8] if isinstance(document, dict) else type(document).__name__
+        raise DataFileError(
+            f'{path}: a COCO results file is a JSON list of {{"image_id", "caption"}} objects; this is a '
+            f"{type(document).__name__} ({keys})"
+        )
+    if not document:
+        raise DataFileError(f"{path}: the results list is empty")
+    try:
+        return TypeAdapter(list[CocoResult]).validate_python(document)
+    except ValidationError as error:
+        index = error.errors()[0]["loc"][0]
+        raise field_error(path, f"entry {index}", error, skip=1) from None

@@ -241,6 +241,8 @@ class MetricsFile(BaseModel):
     metrics: dict[str, float | None]  # HEADLINE_METRICS + COCO_BLEU_METRICS at least
     ci: dict[str, tuple[float, float] | None] = Field(default_factory=dict)  # 95% bootstrap interval
     per_query: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    # The same breakdown by the data file's groups (NoCaps' domains, a JSONL "group"); empty when it has none.
+    per_group: dict[str, dict[str, float | None]] = Field(default_factory=dict)
     counts: SampleCounts
     signature: dict[str, str] = Field(default_factory=dict)  # sacrebleu signature, tool versions, seed
     unavailable: dict[str, str] = Field(default_factory=dict)  # metric -> why it is None

@@ -51,7 +51,7 @@ class CaptionRecord:
     captions: list[str]  # as written; stripped, and dropped when empty, by the assembly
     where: str  # "line 3", "images[4] (id 17)": the record, for messages
     group: str | None = None  # a breakdown label (NoCaps' domain, JSONL "group")
-    record_id: str | None = None  # the file's own id of the image (COCO image id, Karpathy cocoid/imgid, JSONL id)
+    record_id: int | str | None = None  # the file's own id of the image (COCO id, Karpathy cocoid/imgid, JSONL id)
 
 
 @dataclass

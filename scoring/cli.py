@@ -59,7 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     score = commands.add_parser("score", help="score one or many models' predictions in one process")
-    score.add_argument("--predictions", type=Path, nargs="+", required=True, help="<model>_predictions.jsonl files")
+    score.add_argument("--predictions", type=Path, nargs="+", help="<model>_predictions.jsonl files")
+    score.add_argument(
+        "--coco-results",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a COCO caption results file [{image_id, caption}] made by another tool (repeat: one per model); scored "
+        "against --annotations over the images it covers, as COCOEvalCap does",
+    )
+    score.add_argument("--annotations", type=Path, help="the COCO caption annotations file --coco-results refer to")
+    score.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="the model name of each --coco-results file, in order (default: the file's name without .json)",
+    )
     score.add_argument(
         "--data",
         type=Path,
@@ -167,11 +183,49 @@ def _merge_shards(args: argparse.Namespace, dataset) -> list[Path]:  # noqa: ANN
     return kept
 
 
+def _coco_results_models(args: argparse.Namespace) -> list:
+    """Each --coco-results file, one model, against --annotations (read once, as a COCO annotations file)."""
+    from scoring.inputs import load_coco_results, load_data
+
+    if args.predictions:
+        raise ScoringError("--coco-results and --predictions cannot be mixed in one run")
+    if not args.annotations:
+        raise ScoringError("--coco-results needs --annotations FILE (the COCO annotations file the results refer to)")
+    if args.data or args.limit is not None or args.intersection or args.merge_shards > 1 or args.skip_incomplete:
+        raise ScoringError("--coco-results takes --annotations, not --data, --limit, --intersection or --merge-shards")
+    if args.name and len(args.name) != len(args.coco_results):
+        raise ScoringError(
+            f"--name given {len(args.name)} time(s) for {len(args.coco_results)} --coco-results file(s): give one "
+            "per file, in the same order, or none (each model is then named after its file)"
+        )
+    annotations = load_data(args.annotations, data_format="coco")
+    print(f"annotations: {annotations.summary_line()}", flush=True)
+    names = args.name or [None] * len(args.coco_results)
+    ids = _model_ids(args.model_id)
+    models = [load_coco_results(path, annotations, name, ids) for path, name in zip(args.coco_results, names)]
+    for model in models:
+        print(
+            f"[{model.model_name}] {len(model.sample_ids)} of {len(annotations.samples)} annotated images have a "
+            f"prediction ({model.missing} without one, not scored)",
+            flush=True,
+        )
+    return models
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "score":
+    if args.command == "score" and args.coco_results:
+        models = _coco_results_models(args)
+        scored = _score_and_write(models, args)
+        if args.report:
+            print(f"report: {_build_report(args.output_dir, scored)}")
+    elif args.command == "score":
         from scoring.inputs import limit_samples, load_data, load_model_predictions
 
+        if not args.predictions:
+            raise ScoringError("score needs --predictions FILE... or --coco-results FILE --annotations FILE")
+        if args.annotations or args.name:
+            raise ScoringError("--annotations and --name go with --coco-results (use --data with --predictions)")
         if args.limit is not None and not args.data:
             raise ScoringError("--limit needs --data (the first N samples of which file?)")
         dataset = load_data(args.data, **_columns(args)) if args.data else None

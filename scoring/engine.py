@@ -47,6 +47,8 @@ class ModelPredictions:
     apply_cleanup: bool = True
     random_weights: bool = False  # a tiny random-weight checkpoint (from `<model>_run.json`)
     subset: SubsetInfo | None = None  # only the data file's first N samples were scored (--limit)
+    # Each sample's group in the data file (NoCaps' domain, a JSONL "group"); None: the data set has no groups.
+    groups: list[str | None] | None = None
 
 
 @dataclass
@@ -74,6 +76,7 @@ class ModelResult:
     warnings: list[str]
     ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     per_query: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    per_group: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def metrics_file(self) -> MetricsFile:
         return MetricsFile(
@@ -83,6 +86,7 @@ class ModelResult:
             metrics=self.metrics,
             ci=self.ci,
             per_query=self.per_query,
+            per_group=self.per_group,
             counts=self.counts,
             signature=self.signature,
             unavailable=self.unavailable,
@@ -340,16 +344,24 @@ def _verify_recomputation(
 
 
 def add_uncertainty(result: ModelResult, resamples: int, seed: int) -> None:
-    """Bootstrap CIs and the per-query breakdown, from the per-sample statistics only."""
+    """Bootstrap CIs and the per-query and per-group breakdowns, from the per-sample statistics only."""
     n = result.matrix.num_samples
     values = corpus_metrics(result.matrix, bootstrap_weights(n, resamples, seed))
     intervals = confidence_intervals(values)
     result.ci = {metric: intervals.get(metric) for metric in ALL_METRICS}
-    queries = result.model.queries
-    for query in sorted(set(queries)):
-        indicator = np.array([[1.0 if q == query else 0.0 for q in queries]])
-        per_metric = corpus_metrics(result.matrix, indicator)
+    result.per_query = breakdown(result.matrix, result.model.queries)
+    result.per_group = breakdown(result.matrix, result.model.groups) if result.model.groups else {}
+
+
+def breakdown(matrix: SampleMatrix, labels: Sequence[str | None]) -> dict[str, dict[str, float | None]]:
+    """Every metric over the samples of each label (a query, a group), with their count; a sample without a label
+    (None) is in no row."""
+    rows: dict[str, dict[str, float | None]] = {}
+    for label in sorted({label for label in labels if label is not None}):
+        indicator = np.array([[1.0 if other == label else 0.0 for other in labels]])
+        per_metric = corpus_metrics(matrix, indicator)
         row: dict[str, float | None] = {metric: None for metric in ALL_METRICS}
         row.update({metric: float(v[0]) for metric, v in per_metric.items()})
         row["num_samples"] = float(indicator.sum())
-        result.per_query[query] = row
+        rows[label] = row
+    return rows

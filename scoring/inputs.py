@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from contract import (
     PREDICTIONS_JSONL,
     RUN_MANIFEST,
+    DataFileError,
     Dataset,
     PredictionRecord,
     RunManifest,
@@ -16,6 +18,7 @@ from contract import (
     read_json,
     read_jsonl,
 )
+from contract.json_formats import read_coco_results
 from scoring.engine import ModelPredictions
 from scoring.java import ScoringError
 
@@ -115,6 +118,7 @@ def load_model_predictions(
         known.sort(key=lambda record: order[record.sample_id])
         references = [list(samples[record.sample_id].references) for record in known]
         queries = [samples[record.sample_id].query for record in known]
+        groups = [samples[record.sample_id].group for record in known] if dataset.has_groups else None
         records = known
     else:
         for number, record in enumerate(records, start=1):
@@ -124,6 +128,7 @@ def load_model_predictions(
                 )
         references = [list(record.references) for record in records]
         queries = [record.query for record in records]
+        groups = None
     return ModelPredictions(
         model_name=name,
         model_id=model_id,
@@ -138,6 +143,7 @@ def load_model_predictions(
         source=str(path),
         random_weights=bool(run is not None and run.random_weights),
         subset=subset,
+        groups=groups,
     )
 
 
@@ -157,12 +163,11 @@ def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> Model
         warnings=[f"{len(dataset.samples) - len(samples)} samples with fewer than 2 references left out"],
         source=str(dataset.path),
         apply_cleanup=False,
+        groups=[sample.group for sample in samples] if dataset.has_groups else None,
     )
 
 
 def load_data(path: Path, **columns: str | None) -> Dataset:
-    from contract import DataFileError
-
     try:
         return load_dataset(path, **columns)  # type: ignore[arg-type]
     except DataFileError as error:
@@ -178,3 +183,79 @@ def limit_samples(dataset: Dataset, limit: int | None) -> SubsetInfo | None:
     subset = SubsetInfo(num_samples=limit, data_samples=len(dataset.samples), limit=limit)
     dataset.samples = dataset.samples[:limit]
     return subset
+
+
+# A model name becomes part of file names (`<name>_metrics.json`): letters, digits and . _ - @, starting with a
+# letter or digit (never a path, `..` or a hidden file), as the runner's catalogue requires of model names.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,159}")
+
+
+def check_model_name(name: str, origin: str) -> str:
+    if not MODEL_NAME_PATTERN.fullmatch(name):
+        raise ScoringError(
+            f"model name {name!r} ({origin}): use letters, digits and . _ - @ only, starting with a letter or digit, "
+            "at most 160 characters (it becomes part of file names); give another with --name"
+        )
+    return name
+
+
+def load_coco_results(
+    path: Path, annotations: Dataset, name: str | None = None, model_ids: Mapping[str, str] | None = None
+) -> ModelPredictions:
+    """Another tool's COCO caption results (`[{"image_id", "caption"}]`) scored against a COCO annotations file as
+    COCOEvalCap scores them with `params["image_id"] = cocoRes.getImgIds()`: over the images the results cover (in
+    the annotations' order), each caption as written (no cleanup: it is the other tool's final text). Refused, as
+    pycocotools' loadRes and COCOEvalCap refuse them: an image id that is not an annotated image, and an image with
+    two captions. Annotated images without a caption are counted (`missing`) and said in a warning."""
+    model_name = check_model_name(name, "--name") if name is not None else check_model_name(path.stem, f"{path}")
+    try:
+        results = read_coco_results(path)
+    except DataFileError as error:
+        raise ScoringError(str(error)) from None
+    by_id = {record_id: sample_id for sample_id, record_id in annotations.record_ids.items()}
+    positions: dict[int | str, list[int]] = {}
+    for index, result in enumerate(results):
+        positions.setdefault(result.image_id, []).append(index)
+    repeated = {image_id: where for image_id, where in positions.items() if len(where) > 1}
+    if repeated:
+        image_id, where = next(iter(repeated.items()))
+        raise ScoringError(
+            f"{path}: {len(repeated)} image id(s) have more than one caption (first: image_id {image_id!r} in entries "
+            f"{', '.join(map(str, where[:5]))}); a results file holds one caption per image (COCOEvalCap cannot "
+            "score two: its BLEU needs exactly one hypothesis per image)"
+        )
+    unknown = [(index, result.image_id) for index, result in enumerate(results) if result.image_id not in by_id]
+    if unknown:
+        index, image_id = unknown[0]
+        hint = ""
+        as_text = {str(record_id): record_id for record_id in by_id}
+        if str(image_id) in as_text:
+            hint = f" (the annotations' id is {as_text[str(image_id)]!r}: a number and a string are different ids)"
+        raise ScoringError(
+            f"{path}: {len(unknown)} result(s) name an image id that is not an image with captions in "
+            f"{annotations.path} (first: entry {index}, image_id {image_id!r}{hint}); pycocotools refuses such a file "
+            "('Results do not correspond to current coco set')"
+        )
+    caption_of = {by_id[result.image_id]: result.caption for result in results}
+    samples = [sample for sample in annotations.samples if sample.sample_id in caption_of]
+    missing = len(annotations.samples) - len(samples)
+    warnings = []
+    if missing:
+        warnings.append(
+            f"scored the {len(samples)} images {path.name} covers, as COCOEvalCap does; {missing} annotated images "
+            f"of {annotations.path.name} have no prediction and are not scored"
+        )
+    return ModelPredictions(
+        model_name=model_name,
+        model_id=(model_ids or {}).get(model_name, model_name),
+        sample_ids=[sample.sample_id for sample in samples],
+        queries=[sample.query for sample in samples],
+        raw_predictions=[caption_of[sample.sample_id] for sample in samples],
+        references=[list(sample.references) for sample in samples],
+        errors=[None] * len(samples),
+        missing=missing,
+        warnings=warnings,
+        source=str(path),
+        apply_cleanup=False,
+        groups=[sample.group for sample in samples] if annotations.has_groups else None,
+    )

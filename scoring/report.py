@@ -81,6 +81,7 @@ SECTIONS = {  # id -> the nav link's text, which is also the section's heading
     "leaderboard": "Leaderboard",
     "charts": "Charts",
     "per-query": "Per query",
+    "per-group": "Per group",  # only when the data file has groups (NoCaps' domains, a JSONL "group")
     "significance": "Significance",
     "samples": "Samples",
     "run": "Run",
@@ -856,10 +857,12 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
     context = _context(inputs, rank_by)
     rows = [row for m in inputs.scored if m.metrics for row in m.metrics.per_query.values()]
     per_query = [m for m in context["with_values"] if any(row.get(m) is not None for row in rows)]
+    groups = per_group_columns(inputs)
     return _ENV.get_template("report.html").render(
         **context,
+        groups=groups,
+        sections={key: label for key, label in SECTIONS.items() if key != "per-group" or groups},
         title=f"VLM ablation report: {len(inputs.models)} model(s), {len(inputs.samples)} sample(s)",
-        sections=SECTIONS,
         charts=charts,
         best=best_values(inputs.scored, 2),
         per_query_metrics=per_query or list(context["with_values"]),
@@ -868,6 +871,16 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
         css=Markup((_ASSETS / "report.css").read_text(encoding="utf-8")),
         js=Markup((_ASSETS / "report.js").read_text(encoding="utf-8")),
     )
+
+
+def per_group_columns(inputs: ReportInputs) -> dict[str, int]:
+    """The groups of the scored models' per-group breakdowns, in order, with their sample counts (the largest count
+    any model has: models scored on other samples may differ); empty when the data file has no groups."""
+    columns: dict[str, int] = {}
+    for model in inputs.scored:
+        for group, row in (model.metrics.per_group if model.metrics else {}).items():
+            columns[group] = max(columns.get(group, 0), int(row.get("num_samples") or 0))
+    return dict(sorted(columns.items()))
 
 
 def comparison_markdown(inputs: ReportInputs, rank_by: str = DEFAULT_RANK_METRIC) -> str:

@@ -94,7 +94,7 @@ def test_coco_reads_ids_domains_and_drops_images_without_captions(tmp_path: Path
     assert len(dataset.samples) == len(truth)
     assert dataset.samples_without_reference_dropped == 1 and dataset.empty_annotations_dropped == 1
     assert dataset.num_rows == sum(len(s.references) for s in truth) + 1
-    assert dataset.record_ids == {sample_id(s.image, CAPTION_QUERY): str(s.record_id) for s in truth}
+    assert dataset.record_ids == {sample_id(s.image, CAPTION_QUERY): s.record_id for s in truth}
     assert {s.group for s in dataset.samples} == {"in-domain", "near-domain", "out-domain"}
 
 
@@ -104,7 +104,7 @@ def test_karpathy_splits(tmp_path: Path) -> None:
     assert [s.image for s in load_dataset(path).samples] == [s.image for s in test]  # test by default
     chosen = load_dataset(path, split="val")
     assert chosen.split == "val" and [s.references for s in chosen.samples] == [s.references for s in val]
-    assert chosen.record_ids[chosen.samples[0].sample_id] == str(val[0].record_id)  # cocoid
+    assert chosen.record_ids[chosen.samples[0].sample_id] == val[0].record_id  # cocoid
     assert "split val: 3 of 7 images (others: test 4)" in chosen.notes
     with pytest.raises(
         DataFileError,
@@ -116,7 +116,7 @@ def test_karpathy_splits(tmp_path: Path) -> None:
         tmp_path / "dataset_flickr30k.json", {"test": test}, dataset="flickr30k", with_filepath=False
     )
     loaded = load_dataset(flickr)
-    assert loaded.record_ids[loaded.samples[1].sample_id] == "1"  # imgid when there is no cocoid
+    assert loaded.record_ids[loaded.samples[1].sample_id] == 1  # imgid when there is no cocoid
 
 
 @pytest.mark.parametrize(
