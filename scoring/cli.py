@@ -202,7 +202,9 @@ def _coco_results_models(args: argparse.Namespace) -> list:
     print(f"annotations: {annotations.summary_line()}", flush=True)
     names = args.name or [None] * len(args.coco_results)
     ids = _model_ids(args.model_id)
-    models = [load_coco_results(path, annotations, name, ids) for path, name in zip(args.coco_results, names)]
+    models = [
+        load_coco_results(path, annotations, name, ids) for path, name in zip(args.coco_results, names, strict=True)
+    ]
     for model in models:
         print(
             f"[{model.model_name}] {len(model.sample_ids)} of {len(annotations.samples)} annotated images have a "
