@@ -1,4 +1,4 @@
-"""`python -m scoring`: score, summarize, human-baseline, fetch-spice, report."""
+"""`python -m scoring`: score, summarize, human-baseline, convert, fetch-spice, report."""
 
 from __future__ import annotations
 
@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch-spice", help="download Stanford CoreNLP 3.6.0 jars for SPICE (needs network)")
     fetch.add_argument("--dest", type=Path, default=None, help="folder (default: the SPICE jar cache folder)")
     fetch.add_argument("--sha256", action="append", default=[], metavar="JAR=HEX", help="expected SHA-256 of a jar")
+
+    convert = commands.add_parser(
+        "convert", help="another harness's caption outputs as COCO results (+ annotations) for score --coco-results"
+    )
+    convert.add_argument("input", type=Path, help="lmms-eval's --log_samples file, or VLMEvalKit's prediction table")
+    convert.add_argument("--from", dest="source", required=True, choices=("lmms-eval", "vlmevalkit"))
+    convert.add_argument("--results", type=Path, required=True, help="the COCO results file to write")
+    convert.add_argument(
+        "--annotations", type=Path, help="also write a COCO annotations file of the references the input carries"
+    )
 
     report = commands.add_parser("report", help="build report.html from a results folder")
     report.add_argument("results_dir", type=Path)
@@ -257,6 +267,13 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         expected = dict(value.split("=", 1) for value in args.sha256 if "=" in value)
         fetch_corenlp(args.dest or configured_jar_dir(None), expected)
+    elif args.command == "convert":
+        from scoring.convert import convert
+
+        written, annotated = convert(args.source, args.input, args.results, args.annotations)
+        print(f"wrote {args.results} ({written} captions)")
+        if args.annotations:
+            print(f"wrote {args.annotations} ({annotated} images with their references)")
     elif args.command == "report":
         print(_build_report(args.results_dir))
     return 0

@@ -86,6 +86,13 @@ def test_predictions_prompts_and_metrics_equal_the_csvs(runs: dict[str, Path], n
         a.counts,
     )
     assert b.metrics["cider"] is not None and list(b.per_query) == ["caption"]
+    # The domains of the NoCaps-like file and the JSONL groups give a per-group breakdown; the CSV has no groups.
+    assert a.per_group == {}
+    if name in ("nocaps", "jsonl"):
+        assert list(b.per_group) == ["in-domain", "near-domain", "out-domain"]
+        assert [row["num_samples"] for row in b.per_group.values()] == [3, 2, 2]
+    else:
+        assert b.per_group == {}
 
 
 def test_the_manifests_record_format_split_and_the_caption_instruction(runs: dict[str, Path]) -> None:
