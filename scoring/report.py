@@ -81,12 +81,14 @@ SECTIONS = {  # id -> the nav link's text, which is also the section's heading
     "leaderboard": "Leaderboard",
     "charts": "Charts",
     "per-query": "Per query",
-    "per-group": "Per group",  # only when the data file has groups (NoCaps' domains, a JSONL "group")
     "significance": "Significance",
     "samples": "Samples",
     "run": "Run",
     "failures": "Failures",
 }
+
+# Shown after "per-query" only when the data file has groups (NoCaps' domains, a JSONL "group").
+GROUP_SECTION = ("per-group", "Per group")
 
 _ASSETS = Path(__file__).with_name("report_assets")
 _T = TypeVar("_T")
@@ -861,7 +863,7 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
     return _ENV.get_template("report.html").render(
         **context,
         groups=groups,
-        sections={key: label for key, label in SECTIONS.items() if key != "per-group" or groups},
+        sections=_sections(bool(groups)),
         title=f"VLM ablation report: {len(inputs.models)} model(s), {len(inputs.samples)} sample(s)",
         charts=charts,
         best=best_values(inputs.scored, 2),
@@ -871,6 +873,15 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
         css=Markup((_ASSETS / "report.css").read_text(encoding="utf-8")),
         js=Markup((_ASSETS / "report.js").read_text(encoding="utf-8")),
     )
+
+
+def _sections(with_groups: bool) -> dict[str, str]:
+    sections: dict[str, str] = {}
+    for key, label in SECTIONS.items():
+        sections[key] = label
+        if key == "per-query" and with_groups:
+            sections[GROUP_SECTION[0]] = GROUP_SECTION[1]
+    return sections
 
 
 def per_group_columns(inputs: ReportInputs) -> dict[str, int]:
