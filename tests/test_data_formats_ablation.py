@@ -118,3 +118,22 @@ def test_a_bad_data_file_stops_make_ablation_before_any_model_loads(tmp_path: Pa
     assert done.returncode != 0 and "ablation] Error 2" in done.stderr  # the orchestrator's exit code 2
     assert f"error: data file: {bad}: annotations[0]: field 'caption' input should be a valid string" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_runner_refuses_to_mix_two_splits_of_one_file(tmp_path: Path, tiny_checkpoint, run_runner) -> None:
+    """One Karpathy file, one sha256: the split is what tells the two runs apart, so a rerun with another split into
+    the same folder is refused before the model loads (exit 2), and the first run's predictions stay as they were."""
+    data = write_karpathy(
+        tmp_path / "dataset_coco.json", {"test": sample_captions()[:2], "val": sample_captions(1)[2:3]}
+    )
+    common = ["--model", MODEL, "--model-path", tiny_checkpoint(MODEL), "--data", data, "--image-root", SAMPLE_DIR,
+              "--output-dir", tmp_path / "out", "--device", "cpu", "--batch-size", "2", "--max-new-tokens", "3",
+              "--progress", "none"]  # fmt: skip
+    first = run_runner(*common)
+    assert len(first.predictions) == 2 and first.manifest is not None
+    assert (first.manifest.data_format, first.manifest.data_split) == ("karpathy", "test")
+    second = run_runner(*common, "--split", "val", expect_ok=False)
+    assert second.returncode == 2
+    assert "was made with other arguments {'data_split': ('test', 'val')} (previous, now)" in second.stderr
+    assert "loading" not in second.stderr
+    assert [r.model_dump() for r in second.predictions] == [r.model_dump() for r in first.predictions]
