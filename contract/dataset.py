@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,8 +224,6 @@ def detect_format(content: DataContent) -> str:
 
 
 def _is_json_object(text: str) -> bool:
-    import json
-
     try:
         return isinstance(json.loads(text), dict)
     except ValueError:
@@ -252,11 +251,6 @@ def _assemble(
                 + (f" and query {record.query!r}" if record.query is not None else "")
                 + f" of {earlier.where}: one sample per image"
                 + (" and query" if record.query is not None else "")
-            )
-        elif record.group != earlier.group:
-            raise DataFileError(
-                f"{path}: {record.where} gives the sample of {earlier.where} another group "
-                f"({record.group!r}, not {earlier.group!r})"
             )
         references = grouped[key]
         for caption in record.captions:

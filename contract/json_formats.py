@@ -19,8 +19,7 @@ from contract.sources import CaptionRecord, DataContent, DataFileError, DataSour
 
 M = TypeVar("M", bound=BaseModel)
 
-# Karpathy's split files name these; --split takes any value the file uses.
-KARPATHY_SPLITS = ("test", "val", "train", "restval")
+# Karpathy's files name the splits test, val, train and restval; --split takes any value the file uses.
 DEFAULT_KARPATHY_SPLIT = "test"
 
 

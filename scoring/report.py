@@ -263,7 +263,13 @@ def _load_samples(
     samples: dict[str, SampleView] = {}
     data_file = data_file or _recorded_data_file(models, ablation)
     if data_file is not None:
-        for sample in load_dataset(data_file, image_root=image_root).samples:
+        # Read as the run read it: its format and Karpathy split, as the manifests recorded them.
+        runs = [ablation] if ablation else []
+        runs += [m.run for m in models if m.run]
+        recorded = next((run for run in runs if Path(run.data_file) == data_file), None)
+        data_format = recorded.data_format if recorded else None
+        split = recorded.data_split if recorded else None
+        for sample in load_dataset(data_file, image_root=image_root, data_format=data_format, split=split).samples:
             local = None if sample.image_path.startswith(("http://", "https://")) else Path(sample.image_path)
             samples[sample.sample_id] = SampleView(
                 sample.sample_id, sample.image, sample.query, list(sample.references), local_image=local

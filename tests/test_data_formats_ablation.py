@@ -120,20 +120,31 @@ def test_a_bad_data_file_stops_make_ablation_before_any_model_loads(tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
-def test_the_runner_refuses_to_mix_two_splits_of_one_file(tmp_path: Path, tiny_checkpoint, run_runner) -> None:
-    """One Karpathy file, one sha256: the split is what tells the two runs apart, so a rerun with another split into
-    the same folder is refused before the model loads (exit 2), and the first run's predictions stay as they were."""
+def test_a_split_other_than_test_is_scored_reported_and_never_mixed_with_another(
+    tmp_path: Path, tiny_checkpoint, run_runner
+) -> None:
+    """A Karpathy file without a test split: the runner, scoring and the report read the split the run used (the
+    report from the manifests); a rerun with another split into the same folder (same file, same sha256) is refused
+    before the model loads (exit 2), and the first run's predictions stay as they were."""
     data = write_karpathy(
-        tmp_path / "dataset_coco.json", {"test": sample_captions()[:2], "val": sample_captions(1)[2:3]}
+        tmp_path / "dataset_flickr8k.json", {"val": sample_captions()[:2], "train": sample_captions(1)[2:3]}
     )
+    out = tmp_path / "out"
     common = ["--model", MODEL, "--model-path", tiny_checkpoint(MODEL), "--data", data, "--image-root", SAMPLE_DIR,
-              "--output-dir", tmp_path / "out", "--device", "cpu", "--batch-size", "2", "--max-new-tokens", "3",
+              "--output-dir", out, "--device", "cpu", "--batch-size", "2", "--max-new-tokens", "3",
               "--progress", "none"]  # fmt: skip
-    first = run_runner(*common)
+    first = run_runner(*common, "--split", "val")
     assert len(first.predictions) == 2 and first.manifest is not None
-    assert (first.manifest.data_format, first.manifest.data_split) == ("karpathy", "test")
-    second = run_runner(*common, "--split", "val", expect_ok=False)
+    assert (first.manifest.data_format, first.manifest.data_split) == ("karpathy", "val")
+    scoring = [sys.executable, "-m", "scoring", "score", "--predictions", str(out / f"{MODEL}_predictions.jsonl"),
+               "--data", str(data), "--split", "val", "--output-dir", str(out), "--report",
+               "--spice-jars", str(tmp_path / "none")]  # fmt: skip
+    scored = subprocess.run(scoring, capture_output=True, text=True, env=orchestrator_env(), cwd=REPO_ROOT, timeout=600)
+    assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
+    assert _metrics(out).num_samples == 2 and (out / "report.html").is_file()
+
+    second = run_runner(*common, "--split", "train", expect_ok=False)
     assert second.returncode == 2
-    assert "was made with other arguments {'data_split': ('test', 'val')} (previous, now)" in second.stderr
+    assert "was made with other arguments {'data_split': ('val', 'train')} (previous, now)" in second.stderr
     assert "loading" not in second.stderr
     assert [r.model_dump() for r in second.predictions] == [r.model_dump() for r in first.predictions]
