@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from contract import AUTO_FORMAT
 from contract.dataset import add_data_format_arguments
@@ -43,7 +44,7 @@ def _add_data_columns(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _columns(args: argparse.Namespace) -> dict[str, str | None]:
+def _columns(args: argparse.Namespace) -> dict[str, Any]:
     """How to read --data: CSV column names, --data-format, --split."""
     return {
         "image_column": args.image_column,

@@ -167,9 +167,10 @@ def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> Model
     )
 
 
-def load_data(path: Path, **columns: str | None) -> Dataset:
+def load_data(path: Path, data_format: str | None = None, split: str | None = None, **columns: str) -> Dataset:
+    """The data file, any format (`data_format` None: detected); `columns`: a CSV's column names."""
     try:
-        return load_dataset(path, **columns)  # type: ignore[arg-type]
+        return load_dataset(path, data_format=data_format, split=split, **columns)
     except DataFileError as error:
         raise ScoringError(str(error)) from error
 
