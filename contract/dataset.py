@@ -271,6 +271,7 @@ def _assemble(
         )
     samples = []
     record_ids: dict[str, int | str] = {}
+    data_dir = path.parent.resolve()
     for (image, query), references in grouped.items():
         if not references:
             continue
@@ -278,7 +279,7 @@ def _assemble(
         sample = Sample(
             sample_id=sample_id(image, query),
             image=image,
-            image_path=resolve_image(image, path.parent.resolve(), image_root),
+            image_path=resolve_image(image, data_dir, image_root),
             query=query,
             references=references,
             group=record.group,
