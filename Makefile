@@ -69,7 +69,7 @@ help:
 	@echo "  DATA_FORMAT=(detected)  csv|coco|karpathy|jsonl    SPLIT=(test)  a Karpathy file's split    IMAGE_ROOT="
 	@echo "  OUTPUT_DIR=$(OUTPUT_DIR)    DEMO_DIR=$(DEMO_DIR)"
 	@echo "  BATCH_SIZE=$(BATCH_SIZE)    MAX_NEW_TOKENS=$(MAX_NEW_TOKENS)    GPUS=$(GPUS)    ENGINE=$(ENGINE)    TIMEOUT=(none)"
-	@echo "  CONTAINER_USER=(you)  UID:GID containers run as    MEMORY=(none)  per-container memory limit, e.g. 64g"
+	@echo "  CONTAINER_USER=(you)  UID:GID containers run as    MEMORY=(none)  per-container memory limit: 64g, or auto"
 	@echo "  EXTRA_ARGS=  more orchestrator options (python -m orchestrator ablation --help)"
 	@echo "  FAMILIES=$(FAMILIES)  IMAGE_MODELS=  BASE_IMAGE=  SCORING_BASE_IMAGE=  IMAGE_ARGS=  (make images)"
 	@echo "  MANIFEST=$(MANIFEST)  (make reproduce)    PYTEST_ARGS=  (make test)"

@@ -147,6 +147,7 @@ def write_synthetic_results(
             scores.append(
                 SampleScores(
                     sample_id=sample.sample_id,
+                    image=sample.image,
                     query=sample.query,
                     prediction=prediction,
                     raw_prediction=prediction,
@@ -290,7 +291,7 @@ def _significance(
 
     names = list(per_sample)
     sample_ids = sorted(set.intersection(*(set(per_sample[name]) for name in names))) if names else []
-    weights = bootstrap_weights(len(sample_ids), resamples, seed) / max(1, len(sample_ids))
+    weights = bootstrap_weights(np.arange(len(sample_ids)), resamples, seed) / max(1, len(sample_ids))
     p_values: dict[str, dict[str, float]] = {}
     differences: dict[str, dict[str, PairDifference]] = {}
     for metric in SYNTHETIC_METRICS:

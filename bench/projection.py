@@ -20,6 +20,13 @@ kernel launches) is NOT in the floor; `--step-overhead-ms` adds it per step to s
 From a GPU measurement instead: per model, N / the runner's measured samples/s (everything the runner does:
 decode, preprocessing, generation, writing) + the same load estimate, since the benchmark builds its random
 weights in GPU memory and loads no checkpoint.
+
+    python -m bench.projection --measured bench/measured/gpu_bench-h200-batch128.json --reuse-images
+
+With `--reuse-images` (runner --reuse-images on: the vision tower runs once per distinct image, `--images` of them,
+393 in QuIC-360's test split): the measured runs encoded every sample's image, so (N - images) encodings are taken
+off, each ESTIMATED at the vision side's FLOPs for one image (2 x the parameters reuse skips x patches) at `--mfu` of
+the bf16 peak. Without `--measured` the floor's prefill counts the vision side over `--images` images instead of N.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from bench.fullsize import (
     count_parameters,
     full_size_processor,
     load_bench_config,
+    model_class,
 )
 from bench.synthetic import write_panorama_jpeg
 from contract import write_json_atomic
@@ -49,7 +57,8 @@ from runner.loop import DEFAULT_PROMPT_TEMPLATE
 from runner.registry import MODELS, ModelSpec
 
 H100_SXM_HBM3_BYTES_PER_S = 3.35e12
-H100_BF16_DENSE_FLOPS = 989e12
+H100_BF16_DENSE_FLOPS = 989e12  # the H200 has the same compute (its HBM is larger and faster)
+QUIC360_TEST_IMAGES = 393
 
 
 def vision_patches(spec: ModelSpec, config: dict[str, Any], image_size: tuple[int, int], image_tokens: int) -> int:
@@ -97,6 +106,50 @@ def prompt_shape(spec: ModelSpec, panorama: Path, tiny_root: Path) -> dict[str, 
     return {"prompt_tokens": int(ids.shape[0]), "image_tokens": image_tokens, "image_size": list(image.size)}
 
 
+def reused_parameters(spec: ModelSpec, counts: ParameterCounts) -> int:
+    """Parameters whose work image reuse does once per image: the whole vision side, except for BLIP-2 and
+    InstructBLIP, where only the ViT is reused (the Q-Former and projection run per sample; InstructBLIP's Q-Former
+    reads the instruction)."""
+    if spec.family not in ("blip2", "instructblip"):
+        return counts.vision_side
+    config = load_bench_config(spec.name).build_config()
+    with torch.device("meta"):
+        model = model_class(load_bench_config(spec.name))._from_config(config)
+    return sum(parameter.numel() for name, parameter in model.named_parameters() if name.startswith("vision_model."))
+
+
+def vision_s_per_image(spec: ModelSpec, shape: dict[str, Any], args: argparse.Namespace) -> tuple[float, int]:
+    """ESTIMATED GPU seconds one image's reused vision work takes: its FLOPs at `--mfu` of the peak; and the patches."""
+    bench = load_bench_config(spec.name)
+    patches = vision_patches(spec, bench.config, tuple(shape["image_size"]), shape["image_tokens"])
+    flops = 2 * reused_parameters(spec, count_parameters(bench)) * patches
+    return flops / (args.peak_flops * args.mfu), patches
+
+
+def stack_depths(name: str) -> tuple[int, int]:
+    """(vision tower layers, language model layers) of the published config."""
+    config = load_bench_config(name).build_config()
+    vision, text = config.vision_config, config.get_text_config(decoder=True)
+    return int(getattr(vision, "depth", None) or vision.num_hidden_layers), int(text.num_hidden_layers)
+
+
+def cpu_vision_shares(path: Path) -> dict[str, float]:
+    """Per model, the vision tower's share of the work at FULL depth, from a bench.image_reuse run (reuse off) on
+    the CPU, where every step runs at compute speed: the tower's CPU seconds x (its real layers / the run's) against
+    the rest x (the language model's real layers / the run's). An estimate: embeddings, heads and preprocessing are
+    scaled with the layers too."""
+    report = json.loads(path.read_text(encoding="utf-8"))
+    layers = int(report["settings"]["layers"])
+    shares = {}
+    for entry in report["models"]:
+        off = entry["off"]
+        vision_layers, text_layers = stack_depths(entry["model"])
+        vision = off["vision_cpu_s"] * vision_layers / layers
+        rest = (off["cpu_s"] - off["vision_cpu_s"]) * text_layers / layers
+        shares[entry["model"]] = vision / (vision + rest)
+    return shares
+
+
 def load_estimate_s(total_parameters: int, args: argparse.Namespace) -> float:
     """Estimated, not measured: bf16 checkpoint bytes / disk read rate + a fixed start-up cost per model."""
     return 2 * total_parameters / args.disk_bytes_per_s + args.startup_s
@@ -116,10 +169,11 @@ def project_model(
     step_s = (weight_bytes + kv_bytes) / args.bandwidth
     decode_s = steps * step_s
     patches = vision_patches(spec, bench.config, tuple(shape["image_size"]), shape["image_tokens"])
-    prefill_flops = (
-        2
-        * args.samples
-        * ((counts.per_token + counts.encoder_only) * shape["prompt_tokens"] + counts.vision_side * patches)
+    reused = reused_parameters(spec, counts) if args.reuse_images else 0
+    encoded = min(args.images, args.samples) if args.reuse_images else args.samples  # images the tower encodes
+    prefill_flops = 2 * (
+        args.samples * ((counts.per_token + counts.encoder_only) * shape["prompt_tokens"])
+        + (args.samples * (counts.vision_side - reused) + encoded * reused) * patches
     )
     prefill_s = prefill_flops / (args.peak_flops * args.mfu)
     load_s = load_estimate_s(counts.total, args)
@@ -147,20 +201,49 @@ def project_model(
 
 def from_measured(measured: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
+    temp = tempfile.TemporaryDirectory(prefix="projection_") if args.reuse_images else None
+    shares = cpu_vision_shares(args.vision_share) if args.vision_share else {}
     for entry in measured["models"]:
         if "runner" not in entry:
             raise SystemExit(f"--measured: {entry['model']} has no runner figures ({entry.get('error', 'skipped')})")
         rate = entry["runner"]["samples_per_s"]
         generate_s = args.samples / rate
         load_s = load_estimate_s(entry["parameters"]["total"], args)
-        rows.append({
+        row = {
             "model": entry["model"],
             "runner_samples_per_s_measured": rate,
             "runner_batch_size": entry["runner"]["batch_size"],
             "generate_s": round(generate_s, 1),
             "load_s": round(load_s, 1),
             "total_s": round(generate_s + load_s, 1),
-        })  # fmt: skip
+        }  # fmt: skip
+        if temp is not None:
+            spec = MODELS[entry["model"]]
+            panorama = write_panorama_jpeg(Path(temp.name) / "pano.jpg", 2048, 1024, seed=0)
+            per_image, patches = vision_s_per_image(spec, prompt_shape(spec, panorama, Path(temp.name) / "tiny"), args)
+            saved = (args.samples - min(args.images, args.samples)) * per_image
+            row.update({
+                "vision_patches_per_image": patches,
+                "vision_s_per_image_estimated": round(per_image, 4),
+                "vision_share_estimated": round(args.samples * per_image / generate_s, 3),
+                "saved_by_reuse_s": round(saved, 1),
+                "generate_with_reuse_s": round(generate_s - saved, 1),
+                "total_with_reuse_s": round(generate_s - saved + load_s, 1),
+            })  # fmt: skip
+            if args.vision_share:
+                # The other estimate: the tower takes the share of the H200 time it takes of the CPU's compute.
+                share = shares.get(spec.name)
+                saved_share = (
+                    generate_s * share * (1 - min(args.images, args.samples) / args.samples) if share else saved
+                )
+                row.update({
+                    "vision_share_cpu_full_depth": round(share, 3) if share else None,
+                    "saved_by_reuse_cpu_share_s": round(saved_share, 1),
+                    "total_with_reuse_cpu_share_s": round(generate_s - saved_share + load_s, 1),
+                })  # fmt: skip
+        rows.append(row)
+    if temp is not None:
+        temp.cleanup()
     return rows
 
 
@@ -176,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-s", type=float, default=10.0, help="fixed cost per model: process, CUDA (10)")
     parser.add_argument("--step-overhead-ms", type=float, default=0.0, help="host overhead per decode step (0)")
     parser.add_argument("--measured", type=Path, help="a bench.gpu_bench JSON: project from its runner samples/s")
+    parser.add_argument(
+        "--reuse-images", action="store_true", help="the vision tower runs once per distinct image (--images)"
+    )
+    parser.add_argument("--images", type=int, default=QUIC360_TEST_IMAGES, help="distinct images (QuIC-360: 393)")
+    parser.add_argument(
+        "--vision-share", type=Path, help="a bench.image_reuse JSON: also project with its CPU vision shares"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out/projection.json"), help="JSON results file")
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.projection", *(argv if argv is not None else sys.argv[1:])])
@@ -183,17 +273,39 @@ def main(argv: list[str] | None = None) -> int:
         measured = json.loads(args.measured.read_text(encoding="utf-8"))
         rows = from_measured(measured, args)
         total = sum(row["total_s"] for row in rows)
-        write_json_atomic(args.out, {
+        report = {
             "benchmark": "projection", "kind": f"from measured runner samples/s on {measured['device']} "
-            f"({args.measured}); load times estimated", "command": command,
-            "assumptions": {k: str(v) for k, v in vars(args).items() if k != "out"}, "models": rows,
-            "total_s": round(total, 1), "total_min": round(total / 60, 1),
-        })  # fmt: skip
-        print(f"{'model':<24} {'batch':>5} {'samples/s':>9} {'generate s':>10} {'load s':>7} {'total s':>8}")
+            f"({args.measured}); load times estimated" + ("; reuse savings estimated" if args.reuse_images else ""),
+            "command": command, "assumptions": {k: str(v) for k, v in vars(args).items() if k != "out"},
+            "models": rows, "total_s": round(total, 1), "total_min": round(total / 60, 1),
+        }  # fmt: skip
+        print(f"{'model':<24} {'batch':>5} {'samples/s':>9} {'generate s':>10} {'load s':>7} {'total s':>8}", end="")
+        print(f" {'vision s/img':>12} {'share':>6} {'saved s':>8} {'total reuse s':>13}" if args.reuse_images else "")
         for row in rows:
             print(f"{row['model']:<24} {row['runner_batch_size']:>5} {row['runner_samples_per_s_measured']:>9} "
-                  f"{row['generate_s']:>10} {row['load_s']:>7} {row['total_s']:>8}")  # fmt: skip
+                  f"{row['generate_s']:>10} {row['load_s']:>7} {row['total_s']:>8}", end="")  # fmt: skip
+            if args.reuse_images:
+                print(f" {row['vision_s_per_image_estimated']:>12} {row['vision_share_estimated']:>6} "
+                      f"{row['saved_by_reuse_s']:>8} {row['total_with_reuse_s']:>13}", end="")  # fmt: skip
+            print()
         print(f"total {round(total, 1)} s = {round(total / 60, 1)} min ({measured['device']}); {args.out}")
+        if args.reuse_images:
+            reused = sum(row["total_with_reuse_s"] for row in rows)
+            report.update(total_with_reuse_s=round(reused, 1), total_with_reuse_min=round(reused / 60, 1))
+            print(f"with --reuse-images on ({args.images} images, vision at {args.mfu:.0%} of the peak, ESTIMATED): "
+                  f"{round(reused, 1)} s = {round(reused / 60, 1)} min")  # fmt: skip
+        if args.reuse_images and args.vision_share:
+            reused = sum(row["total_with_reuse_cpu_share_s"] for row in rows)
+            report.update(
+                total_with_reuse_cpu_share_s=round(reused, 1), total_with_reuse_cpu_share_min=round(reused / 60, 1)
+            )
+            print(f"with --reuse-images on, the tower's H200 share = its CPU compute share ({args.vision_share}; "
+                  f"FLOPs for the models it lacks), ESTIMATED: {round(reused, 1)} s = "
+                  f"{round(reused / 60, 1)} min")  # fmt: skip
+            for row in rows:
+                print(f"  {row['model']:<24} share {row['vision_share_cpu_full_depth']} saved "
+                      f"{row['saved_by_reuse_cpu_share_s']} s")  # fmt: skip
+        write_json_atomic(args.out, report)
         return 0
     if min(args.samples, args.new_tokens, args.batch_size) < 1 or not 0 < args.mfu <= 1:
         parser.error("--samples, --new-tokens, --batch-size must be >= 1 and 0 < --mfu <= 1")

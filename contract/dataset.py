@@ -131,6 +131,13 @@ def _read_csv(
     delimiter = _delimiter(path, text)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     found = reader.fieldnames or []
+    repeated = sorted({name for name in found if found.count(name) > 1})
+    if repeated:
+        # csv.DictReader would keep only the LAST column of a name: the other one's text would silently be lost.
+        raise DataFileError(
+            f"{path}: the header names column(s) {repeated} more than once (columns found: {found}); "
+            "rename or remove the repeated column"
+        )
     missing = [c for c in (image_column, query_column, annotation_column) if c not in found]
     if missing:
         raise DataFileError(f"{path}: missing column(s) {missing}; columns found: {found}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -39,7 +40,7 @@ __all__ = [
     "RunnerProgress",
     "HEADLINE_METRICS",
     "COCO_BLEU_METRICS",
-    "SAMPLE_SCORE_KEYS",
+    "METRIC_KEYS",
     "results_file",
     "sample_id",
     "file_sha256",
@@ -55,7 +56,9 @@ __all__ = [
     "PairDifference",
     "Summary",
     "ModelRunRecord",
+    "ScoringRecord",
     "AblationManifest",
+    "spreadsheet_safe",
     "write_json_atomic",
     "write_text_atomic",
     "write_jsonl_atomic",
@@ -88,12 +91,12 @@ RUNNER_RESULT_PREFIX = "RUNNER_RESULT "
 # With `--progress json`, the runner's progress on stderr: RUNNER_PROGRESS_PREFIX + RunnerProgress JSON.
 RUNNER_PROGRESS_PREFIX = "RUNNER_PROGRESS "
 
-# The corpus metrics users read, in report order; all on a 0-1 scale. None means "not computed" (e.g. SPICE
-# without its CoreNLP jars) and is never replaced by 0.0.
+# Keys of `metrics` in <model>_metrics.json that users' scripts read (0-1 scale), in comparison.csv's column order.
+# Every one is always present; None means "not computed" (left out with --metrics) and is never replaced by 0.0.
+# What each one is, and any further metric, is defined once in scoring/metrics.py (the metric registry).
 HEADLINE_METRICS = ("bleu4", "meteor", "rougeL", "cider", "spice")
 COCO_BLEU_METRICS = ("coco_bleu1", "coco_bleu2", "coco_bleu3", "coco_bleu4")
-# Keys of SampleScores.scores (sentence-level versions of the headline metrics).
-SAMPLE_SCORE_KEYS = HEADLINE_METRICS
+METRIC_KEYS = (*HEADLINE_METRICS, *COCO_BLEU_METRICS)
 
 
 def results_file(out_dir: str | Path, pattern: str, model: str | None = None) -> Path:
@@ -209,6 +212,10 @@ class RunManifest(BaseModel):
     errors_by_kind: dict[str, int] = Field(default_factory=dict)
     started_at: str | None = None
     finished_at: str | None = None
+    # --reuse-images: {"requested": "on"|"off", "active": bool, "reason": why not active (or null),
+    # "image_encodings": images the vision tower encoded (null: not counted for this architecture), "cache_hits":
+    # images whose features came from an earlier batch, "distinct_images", "samples": generated in this run}.
+    image_reuse: dict[str, Any] | None = None
     # True when the checkpoint is a tiny random-weight one (RANDOM_WEIGHTS_MARKER in its folder): its numbers mean
     # nothing about the real model.
     random_weights: bool = False
@@ -256,13 +263,16 @@ class SampleScores(_Record):
     sufficient statistics from which corpus metrics (and their bootstrap) are recomputed without Java."""
 
     sample_id: str
+    # The image as written in the data file: the unit the bootstrap resamples when an image has several samples.
+    # None only in files written before it was recorded (they cannot be summarised again; score them again).
+    image: str | None = None
     query: str
     prediction: str  # after cleanup, as scored
     raw_prediction: str
     error: str | None = None
     references: list[str] = Field(default_factory=list)  # as scored (separator-normalised)
-    scores: dict[str, float | None]  # sentence-level scores
-    stats: dict[str, list[float]] = Field(default_factory=dict)
+    scores: dict[str, float | None]  # sentence-level scores of the metrics that have one; None: not computed
+    stats: dict[str, list[float]] = Field(default_factory=dict)  # statistics block (scoring/metrics.py) -> numbers
 
 
 class SummaryEntry(BaseModel):
@@ -275,6 +285,7 @@ class SummaryEntry(BaseModel):
     ci: dict[str, tuple[float, float] | None] = Field(default_factory=dict)
     status: Literal["scored", "failed"] = "scored"
     message: str | None = None
+    bootstrap_unit: str | None = None  # what its intervals resampled: "image" or "sample"
 
 
 class PairDifference(_Record):
@@ -313,6 +324,14 @@ class ModelRunRecord(BaseModel):
     finished_at: str | None = None
 
 
+class ScoringRecord(_Record):
+    """How the ablation's scoring step ended, as every engine records it in `run_manifest.json`."""
+
+    status: Literal["running", "completed", "failed", "not run"]
+    message: str | None = None  # why it failed, or why it did not run
+    finished_at: str | None = None
+
+
 class AblationManifest(BaseModel):
     """`run_manifest.json`: everything needed to rerun an ablation on another host. Never holds a token."""
 
@@ -332,6 +351,11 @@ class AblationManifest(BaseModel):
     finished_at: str | None = None
     # The user's own catalogue entries (--models-file) the run used, as written there: reproduce rebuilds the file.
     catalogue_entries: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # None: scoring has not started (or a manifest written before scoring outcomes were recorded).
+    scoring: ScoringRecord | None = None
+    # The engine's own settings (Slurm: runtime, sbatch options, setup file, GPUs per task; docker: memory, shm
+    # size); reproduce uses them unless told otherwise. Never a secret: tokens are never options.
+    engine_settings: dict[str, Any] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,6 +376,19 @@ def mark_derived_stale(out_dir: str | Path, model: str) -> list[Path]:
             os.replace(path, target)
             renamed.append(target)
     return renamed
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection"): in the CSV files people
+# open (`<model>_predictions.csv`, `comparison.csv`) such a cell gets a leading apostrophe, which spreadsheets show
+# as text. The JSONL and JSON files keep every text verbatim.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: `'` before a text that starts like a formula; anything else as is."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
 
 
 def write_json_atomic(path: str | Path, payload: BaseModel | dict[str, Any] | list[Any]) -> None:
@@ -382,8 +419,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # a full disk: say which file could not be written
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 
 
@@ -391,23 +430,34 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[BaseModel]) -> None:
     write_text_atomic(path, "".join(record.model_dump_json() + "\n" for record in records))
 
 
-def read_jsonl(path: str | Path, model: type[T]) -> Iterator[T]:
-    """Read a JSONL file of `model` records; a bad line is an error naming the file and line.
+def _warn_on_stderr(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
-    A final line without its newline is a write cut off by a kill: it is skipped, not an error.
+
+def read_jsonl(path: str | Path, model: type[T], warn: Callable[[str], None] = _warn_on_stderr) -> Iterator[T]:
+    """Read a JSONL file of `model` records; a bad line is an error naming the file and line. A leading UTF-8 BOM
+    (some editors write one) is skipped.
+
+    A last line without its newline is a record when it parses (a file written by another tool, `"\n".join(...)`);
+    one that does not parse is a write cut off by a kill: it is left out, and `warn` is told (by default a line on
+    stderr), never silently.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         lines = handle.readlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if not line.endswith("\n") and number == len(lines):
-            return
         try:
-            yield model.model_validate_json(line)
+            record = model.model_validate_json(line)
         except ValueError as error:
+            if number == len(lines) and not line.endswith("\n"):
+                warn(
+                    f"{path}: line {number} is an incomplete last line (a write cut off?): left out ({len(line)} chars)"
+                )
+                return
             raise ValueError(f"{path}:{number}: not a valid {model.__name__} record: {error}") from error
+        yield record
 
 
 def read_json(path: str | Path, model: type[T]) -> T:

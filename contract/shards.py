@@ -27,6 +27,7 @@ from contract.records import (
     read_json,
     read_jsonl,
     results_file,
+    spreadsheet_safe,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
@@ -73,14 +74,19 @@ def samples_of_shard(samples: Sequence[Sample], shard: Shard) -> list[Sample]:
     return [sample for sample in samples if assignment[sample.sample_id] == shard.index]
 
 
-def shard_counts_on_disk(out_dir: str | Path, model: str) -> set[int]:
-    """The shard counts of `model`'s shard files in the folder (empty: none)."""
-    counts = set()
+def shards_on_disk(out_dir: str | Path, model: str) -> list[Shard]:
+    """The shards of `model` that have a predictions file in the folder."""
+    found = []
     for path in Path(out_dir).glob(f"{model}_predictions.shard-*-of-*.jsonl"):
         match = _SHARD_FILE.search(path.name)
         if match and path.name.startswith(f"{model}_predictions."):
-            counts.add(int(match.group(2)))
-    return counts
+            found.append(Shard(int(match.group(1)), int(match.group(2))))
+    return sorted(found, key=lambda shard: (shard.count, shard.index))
+
+
+def shard_counts_on_disk(out_dir: str | Path, model: str) -> set[int]:
+    """The shard counts of `model`'s shard files in the folder (empty: none)."""
+    return {shard.count for shard in shards_on_disk(out_dir, model)}
 
 
 def _records(path: Path) -> dict[str, PredictionRecord]:
@@ -91,6 +97,22 @@ def merged_is_complete(out_dir: str | Path, model: str, samples: Sequence[Sample
     """Whether `<model>_predictions.jsonl` already holds a record for every sample."""
     done = _records(results_file(out_dir, PREDICTIONS_JSONL, model))
     return bool(samples) and all(sample.sample_id in done for sample in samples)
+
+
+def merged_shard_count(out_dir: str | Path, model: str) -> int | None:
+    """The shard count `<model>_predictions.jsonl` was merged from (its run record lists the shards); None when it
+    was not made by a merge (or has no readable run record)."""
+    try:
+        manifest = read_json(results_file(out_dir, RUN_MANIFEST, model), RunManifest)
+    except (OSError, ValueError):
+        return None
+    shards = getattr(manifest, "shards", None)
+    return int(shards[0]["count"]) if isinstance(shards, list) and shards else None
+
+
+def merged_sample_ids(out_dir: str | Path, model: str) -> set[str]:
+    """Samples `<model>_predictions.jsonl` holds (empty when there is none)."""
+    return set(_records(results_file(out_dir, PREDICTIONS_JSONL, model)))
 
 
 @dataclass
@@ -121,10 +143,19 @@ def merge_shards(out_dir: str | Path, model: str, count: int, samples: Sequence[
     if missing:
         return MergeOutcome(complete=False, written=0, missing=missing)
     ordered = [records[sample.sample_id] for sample in samples]
-    write_jsonl_atomic(results_file(out_dir, PREDICTIONS_JSONL, model), ordered)
-    write_predictions_csv(results_file(out_dir, PREDICTIONS_CSV, model), samples, records)
+    # All or nothing: everything is read and checked before the first file is written, and the predictions file,
+    # which says "merged" to scoring and to every later run, is written last.
+    absent = [path.name for path in (shard.manifest(out_dir, model) for shard in shards) if not path.is_file()]
+    if absent:
+        raise ShardError(
+            f"{model}: cannot merge its shards: {', '.join(absent)} missing (the run record of each shard); nothing "
+            "was merged. Rerun the ablation to rewrite it"
+        )
     manifests = [read_json(shard.manifest(out_dir, model), RunManifest) for shard in shards]
-    write_json_atomic(results_file(out_dir, RUN_MANIFEST, model), merged_manifest(manifests, len(ordered)))
+    merged = merged_manifest(manifests, len(ordered))
+    write_json_atomic(results_file(out_dir, RUN_MANIFEST, model), merged)
+    write_predictions_csv(results_file(out_dir, PREDICTIONS_CSV, model), samples, records)
+    write_jsonl_atomic(results_file(out_dir, PREDICTIONS_JSONL, model), ordered)
     return MergeOutcome(complete=True, written=len(ordered), missing=[])
 
 
@@ -158,6 +189,7 @@ def merged_manifest(manifests: Sequence[RunManifest], num_samples: int) -> RunMa
                 "batch_size_used": m.batch_size_used,
                 "num_samples": m.num_samples,
                 "timings": m.timings,
+                "image_reuse": m.image_reuse,
             }
             for i, m in enumerate(manifests)
         ],
@@ -167,20 +199,32 @@ def merged_manifest(manifests: Sequence[RunManifest], num_samples: int) -> RunMa
         for kind, number in manifest.errors_by_kind.items():
             errors[kind] = errors.get(kind, 0) + number
     merged["errors_by_kind"] = errors
+    reuse = [m.image_reuse for m in manifests]
+    if all(isinstance(record, dict) for record in reuse):
+        # The shards' work added up: an image whose queries fall into two shards is encoded (and counted as one of
+        # the distinct images) in each of them.
+        counted = ("image_encodings", "distinct_images", "samples", "cache_hits")
+        merged["image_reuse"] = {
+            **reuse[0],
+            **{key: None if any(r.get(key) is None for r in reuse) else sum(r[key] for r in reuse) for key in counted},
+            "active": all(r.get("active") for r in reuse),
+            "reason": next((r["reason"] for r in reuse if r.get("reason")), None),
+        }
+    else:
+        merged.pop("image_reuse", None)
     merged.pop("shard", None)
     return RunManifest.model_validate(merged)
 
 
 def write_predictions_csv(path: Path, samples: Sequence[Sample], records: dict[str, PredictionRecord]) -> None:
     """`<model>_predictions.csv`, for people: one row per sample in data-file order; references joined by ' | '
-    (the JSONL keeps the list)."""
+    (the JSONL keeps the list). A text a spreadsheet would run as a formula is written as text (spreadsheet_safe)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["image_path", "query", "prediction", "references", "error"])
     for sample in samples:
         record = records.get(sample.sample_id)
         if record is not None:
-            writer.writerow(
-                [sample.image, sample.query, record.prediction, " | ".join(record.references), record.error]
-            )
+            cells = [sample.image, sample.query, record.prediction, " | ".join(record.references), record.error]
+            writer.writerow([spreadsheet_safe(cell) for cell in cells])
     write_text_atomic(path, buffer.getvalue())

@@ -22,11 +22,16 @@ from typing import Any
 from contract import (
     ABLATION_MANIFEST,
     COMPARISON_CSV,
+    COMPARISON_MD,
+    COMPARISON_TEX,
     METRICS_JSON,
+    PREDICTIONS_CSV,
     PREDICTIONS_JSONL,
     REPORT_HTML,
     RUN_MANIFEST,
     RUNNER_RESULT_PREFIX,
+    SAMPLE_SCORES_JSONL,
+    STALE_SUFFIX,
     SUMMARY_JSON,
     AblationManifest,
     MetricsFile,
@@ -34,12 +39,13 @@ from contract import (
     PredictionRecord,
     RunManifest,
     RunnerResult,
+    ScoringRecord,
     read_json,
     read_jsonl,
     results_file,
     write_json_atomic,
 )
-from contract.shards import Shard
+from contract.shards import Shard, shards_on_disk
 from orchestrator.console import DEMO_NOTICE, Console, clock, duration, metric_line
 from orchestrator.engines import HF_TOKEN_VARIABLES, Engine, RunPaths, Task, TaskResult
 from orchestrator.hub_fetch import FETCH_RESULT_PREFIX
@@ -111,6 +117,8 @@ def make_engine(
         settings = SlurmSettings(
             runtime=options.container_runtime,  # type: ignore[arg-type]
             slurm_args=parse_slurm_args(options.slurm_args),
+            runner_args=parse_slurm_args(options.slurm_runner_args),
+            scoring_args=parse_slurm_args(options.slurm_scoring_args),
             setup=options.slurm_setup.resolve() if options.slurm_setup else None,
             gpus_per_task=options.slurm_gpus,
             gpu_type=options.slurm_gpu_type,
@@ -165,6 +173,8 @@ def runner_argv(
         argv += ["--limit", str(options.limit)]
     if options.decode:
         argv += ["--decode", options.decode]
+    if options.reuse_images:
+        argv += ["--reuse-images", options.reuse_images]
     if options.shards > 1 and shard is not None:
         argv += ["--shard", f"{shard}/{options.shards}"]
     return argv + ["--progress", "json"]  # rendered live by the console
@@ -178,6 +188,8 @@ def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
         argv += ["--limit", str(plan.options.limit)]  # score exactly the subset the runners captioned
     if plan.options.shards > 1:
         argv += ["--merge-shards", str(plan.options.shards)]
+    if plan.options.metrics:
+        argv += ["--metrics", plan.options.metrics]
     return argv + (["--report"] if plan.options.report else [])
 
 
@@ -224,6 +236,7 @@ class Ablation:
         self.random_weights = False  # a tiny random-weight checkpoint ran: the closing block says so
         self._lock = threading.Lock()  # tasks of one model may end on several worker threads
         self.slurm_record: dict[str, Any] | None = None  # the slurm engine's run id and scoring job
+        self.scoring_state: ScoringRecord | None = None  # how the scoring step ended (None: not reached yet)
 
     # --- manifest ------------------------------------------------------------------------------------------
 
@@ -250,7 +263,22 @@ class Ablation:
                 for spec in self.plan.specs
                 if spec.source not in (str(BUILTIN_CATALOGUE), HUB_PREFIX)
             },
+            scoring=self.scoring_state,
+            engine_settings=self.options.engine_settings(self.engine.name),
         )
+
+    def record_scoring(self, status: str, message: str | None = None) -> None:
+        """The scoring step's state in the manifest: running, then how it ended (every engine)."""
+        finished = None if status == "running" else iso(now())
+        self.scoring_state = ScoringRecord(status=status, message=message, finished_at=finished)  # type: ignore[arg-type]
+        self.write_manifest()
+
+    def scoring_log_hint(self) -> str:
+        """Where the scoring step's output is, as a path that exists (or that none was written)."""
+        assert self.plan is not None
+        name = getattr(self.engine, "scoring_log", "scoring.scoring.log")
+        log = self.plan.output_dir / LOGS_DIR / name
+        return f"see {LOGS_DIR}/{name}" if log.is_file() else "it wrote no log"
 
     def write_manifest(self, finished: datetime | None = None) -> Path:
         assert self.plan is not None
@@ -259,6 +287,28 @@ class Ablation:
         # The scoring report reads it, possibly as another uid (containers never run as root); it holds no secret.
         path.chmod(0o644)
         return path
+
+    def _move_previous_results(self) -> None:
+        """--overwrite: the planned models' earlier result files, and the folder's summary and report made from
+        them, go into `replaced-<time>/` in the results folder (never deleted); the console says where."""
+        assert self.plan is not None
+        out = self.plan.output_dir
+        patterns = (PREDICTIONS_JSONL, PREDICTIONS_CSV, RUN_MANIFEST, METRICS_JSON, SAMPLE_SCORES_JSONL)
+        paths: list[Path] = []
+        for spec in self.plan.specs:
+            paths += [results_file(out, pattern, spec.name) for pattern in patterns]
+            for shard in shards_on_disk(out, spec.name):
+                paths += [shard.predictions(out, spec.name), shard.manifest(out, spec.name)]
+        paths += [out / name for name in (SUMMARY_JSON, COMPARISON_CSV, COMPARISON_MD, COMPARISON_TEX, REPORT_HTML)]
+        paths += [path.with_name(path.name + STALE_SUFFIX) for path in list(paths)]
+        present = [path for path in dict.fromkeys(paths) if path.is_file()]
+        if not present:
+            return
+        target = out / f"replaced-{now().strftime('%Y%m%dT%H%M%SZ')}"
+        target.mkdir()
+        for path in present:
+            os.replace(path, target / path.name)
+        self.console.line(f"--overwrite: moved {len(present)} earlier result file(s) to {target}/")
 
     def _keep_previous_manifest(self) -> None:
         """A results folder reused for a second ablation keeps the first one's manifest under a dated name."""
@@ -385,9 +435,11 @@ class Ablation:
             self.console.end_progress(label)
             sink.close()
         ok, message, runner_result = self._task_result(result)
+        if ok and result.timed_out:
+            self.console.line(f"[{outcome.index}/{total}] {label}: its time limit expired after it had completed")
         if count > 1:
             state = "completed" if ok else f"FAILED: {message}"
-            written = f" ({runner_result.num_written} predictions written)" if runner_result else ""
+            written = f" ({_predictions_count(runner_result.num_written, ok)})" if runner_result else ""
             self.console.line(f"[{outcome.index}/{total}] {label} {state} at {clock()}{written}")
         if not ok:
             for line in sink.tail()[-8:]:
@@ -407,7 +459,9 @@ class Ablation:
                 runner_result = RunnerResult.model_validate_json(payload)
             except ValueError:
                 runner_result = None
-        if result.ok and runner_result is not None and runner_result.status == "completed":
+        # A completed result line is printed after every file is written: a time limit that expires while the runner
+        # exits (or a kill after that line) takes nothing away.
+        if runner_result is not None and runner_result.status == "completed" and (result.ok or result.timed_out):
             return True, None, runner_result
         reasons = [result.message, runner_result.message if runner_result else None]
         return False, "; ".join(r for r in reasons if r) or "no result line from the runner", runner_result
@@ -433,7 +487,7 @@ class Ablation:
         state = "completed" if record.status == "completed" else f"FAILED: {record.message}"
         self.console.line(
             f"[{outcome.index}/{total}] {record.model_name} {state} at {clock()} after {duration(outcome.seconds)}"
-            + (f" ({outcome.written} predictions written)" if runner_results else "")
+            + (f" ({_predictions_count(outcome.written, record.status == 'completed')})" if runner_results else "")
         )
         self.write_manifest()
 
@@ -507,6 +561,7 @@ class Ablation:
         completed = [o.record.model_name for o in self.outcomes if o.record.status == "completed"]
         if not completed:
             self.console.line("no model completed: nothing to score")
+            self.record_scoring("not run", "no model completed")
             return None
         paths = self.engine.paths(self.plan)
         self.console.line(f"scoring {len(completed)} model(s) at {clock()}")
@@ -518,11 +573,13 @@ class Ablation:
             gpus=GpuSelection("none"),
             timeout=None,
         )
+        self.record_scoring("running")
         sink = self.console.model_sink("scoring", self._log_file("scoring", "scoring"))
         try:
             result = self.engine.run(task, sink)
         finally:
             sink.close()
+        self.record_scoring("completed" if result.ok else "failed", result.message)
         if not result.ok:
             self.console.line(f"scoring FAILED: {result.message}")
         return result.ok
@@ -617,7 +674,8 @@ class Ablation:
         for failed in outcome.failed:
             self.console.line(f"    - {failed.record.model_name}: {failed.record.message}")
         if outcome.scoring_ok is False:
-            self.console.line("  scoring   : FAILED (see logs/scoring.scoring.log)")
+            why = self.scoring_state.message if self.scoring_state is not None else None
+            self.console.line(f"  scoring   : FAILED{f': {why}' if why else ''} ({self.scoring_log_hint()})")
         self.console.line(f"  results in {outcome.plan.output_dir}:")
         for path in outcome.result_files:
             self.console.line(f"    {path.name}")
@@ -633,6 +691,8 @@ class Ablation:
                             f"{plan.num_samples} sample(s)")  # fmt: skip
         for warning in plan.dataset_warnings:
             self.console.warn_once(f"WARNING: {warning}")  # the runners repeat it: shown once
+        if self.options.overwrite:
+            self._move_previous_results()
         self._keep_previous_manifest()
         self.write_manifest()
         clock_start = time.monotonic()
@@ -657,6 +717,9 @@ class Ablation:
                 if outcome.record.status == "pending":
                     outcome.record.status = "failed"
                     outcome.record.message = self._interrupted_message(outcome)
+            if self.scoring_state is not None and self.scoring_state.status == "running":
+                scoring_ok = False
+                self.scoring_state = ScoringRecord(status="failed", message="interrupted", finished_at=iso(now()))
         finally:
             if not detached:  # a detached slurm run's jobs go on without us
                 self.engine.stop_all()
@@ -683,6 +746,7 @@ class Ablation:
             "scoring_job": submitted.scoring_job,
             "shards": self.options.shards,
             "runtime": self.options.container_runtime,
+            "requests": submitted.requests,  # what each job asked for (--mem, --cpus-per-task) and why
         }
         self.write_manifest()
         jobs = ", ".join(f"{name} {job.job_id}" for name, job in submitted.models.items())
@@ -693,7 +757,20 @@ class Ablation:
                 "rerunning the same command resumes what is missing"
             )
             return None, True
-        return self.engine.watch(self, submitted), False  # type: ignore[attr-defined]
+        self.record_scoring("running")
+        scoring_ok = self.engine.watch(self, submitted)  # type: ignore[attr-defined]
+        if scoring_ok is None:
+            self.record_scoring("not run", "no model was submitted")
+        elif scoring_ok:
+            self.record_scoring("completed")
+        elif self.scoring_state is None or self.scoring_state.status != "failed":  # watch() records why when it can
+            self.record_scoring("failed", "the scoring job failed")
+        return scoring_ok, False
+
+
+def _predictions_count(number: int, ok: bool) -> str:
+    """What a finished task left: written by it, or (it failed or was refused) whatever is on disk."""
+    return f"{number} predictions {'written' if ok else 'on disk'}"
 
 
 def _version(distribution: str) -> str:

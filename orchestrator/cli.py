@@ -17,13 +17,28 @@ from contract.dataset import add_data_format_arguments
 from orchestrator.engines import EngineError
 from orchestrator.plan import AblationOptions, PlanError, parse_models
 from runner.cli import batch_size, positive_int
-from runner.loop import AUTO
+from runner.loop import AUTO, REUSE_IMAGES
 from runner.registry import DECODE_KINDS
 
 MODELS_HELP = (
     "comma list of model names (`python -m orchestrator models` lists them), hf:Org/Name[@revision] for any Hub "
     "image-text-to-text model, or `all` (the eight models of the ablation)"
 )
+
+
+def metrics_list(value: str) -> str:
+    """--metrics, checked against the scoring step's metric registry when it is installed here (scoring may run in
+    its own image), so a typo fails before any model runs."""
+    try:
+        from scoring.java import ScoringError
+        from scoring.metrics import select_metrics
+    except ImportError:
+        return value
+    try:
+        select_metrics(value)
+    except ScoringError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -73,6 +88,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         "--decode", choices=DECODE_KINDS, help="eager or compiled decoding for every model (default: the catalogue's)"
     )
     parser.add_argument(
+        "--reuse-images",
+        choices=REUSE_IMAGES,
+        help="runner --reuse-images for every model: on (the default) encodes each image once for all its queries "
+        "where the architecture allows, off once per sample; predictions are the same",
+    )
+    parser.add_argument(
         "--prompt-template",
         help="instruction with a {query} field (default: the runner's); optional field for a data set without queries",
     )
@@ -86,8 +107,25 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         metavar="UID:GID",
         help="docker: the account containers run as (default: yours; required when running as root without sudo)",
     )
-    parser.add_argument("--memory", help="docker: memory limit of each inference container, e.g. 64g (default: none)")
+    parser.add_argument(
+        "--memory",
+        help="docker: memory limit of each container: a size such as 64g, or auto (what each step needs: the "
+        "runner's estimate from its weights and batches, the scoring step's JVMs and Python; docs/SCALING.md); "
+        "default: none",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move these models' earlier results in --output-dir aside (into replaced-<time>/, never deleted) "
+        "instead of refusing predictions made from another data file",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=metrics_list,
+        metavar="LIST",
+        help="scoring: metrics to compute (python -m scoring score --metrics), e.g. all,-spice; default all",
+    )
     slurm = parser.add_argument_group("slurm engine (--engine slurm)")
     slurm.add_argument(
         "--container-runtime",
@@ -101,6 +139,22 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         default=[],
         metavar="NAME=VALUE",
         help="an sbatch option for every job, e.g. partition=gpu, account=lab, time=02:00:00, mem=64G (repeatable)",
+    )
+    slurm.add_argument(
+        "--slurm-runner-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an sbatch option for the runner tasks only, over --slurm-arg, e.g. mem=48G, cpus-per-task=8 "
+        "(default memory: the runner's estimate; repeatable)",
+    )
+    slurm.add_argument(
+        "--slurm-scoring-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an sbatch option for the scoring job only, over --slurm-arg, e.g. mem=16G, partition=cpu "
+        "(default: the scoring step's own memory and CPUs; repeatable)",
     )
     slurm.add_argument("--slurm-setup", type=Path, help="a file sourced at the top of every job (modules, a venv)")
     slurm.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per task (--gres=gpu:N; 0: CPU jobs)")
@@ -131,11 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser("reproduce", help="rerun an ablation from its run_manifest.json and compare")
     reproduce.add_argument("--manifest", type=Path, required=True, help="run_manifest.json of the run to reproduce")
     reproduce.add_argument("--output-dir", type=Path, help="new results folder (default: <old>-reproduce-<time>)")
-    reproduce.add_argument("--engine", choices=("auto", "docker", "local"), help="default: the manifest's")
+    reproduce.add_argument(
+        "--engine", choices=("auto", "docker", "local", "slurm"), help="default: the manifest's (with its settings)"
+    )
     reproduce.add_argument("--gpus", help="default: the manifest's")
     reproduce.add_argument("--data", type=Path, help="the data file, where it moved (its sha256 must match)")
     reproduce.add_argument("--model-path-root", type=Path, help="where the local checkpoints are on this host")
     reproduce.add_argument("--container-user", metavar="UID:GID", help="docker: the account containers run as")
+    recorded = "default: the original run's, when it used the same engine"
+    reproduce.add_argument("--memory", help=f"docker: memory limit of each inference container ({recorded})")
+    reproduce.add_argument("--container-runtime", choices=("none", "apptainer", "pyxis"), help=f"slurm ({recorded})")
+    reproduce.add_argument(
+        "--slurm-arg", action="append", metavar="NAME=VALUE", dest="slurm_args", help=f"slurm, repeatable ({recorded})"
+    )
+    reproduce.add_argument("--slurm-setup", type=Path, help=f"slurm: a file sourced by every job ({recorded})")
+    reproduce.add_argument("--slurm-gpus", type=int, help=f"slurm: GPUs per task ({recorded})")
+    reproduce.add_argument("--slurm-gpu-type", help=f"slurm: GPU type ({recorded})")
+    reproduce.add_argument("--sif-dir", type=Path, help=f"apptainer: folder of <family>.sif ({recorded})")
 
     images = commands.add_parser("images", help="build the family and scoring images through the Docker SDK")
     images.add_argument("--families", help="comma list of families and/or `scoring`, or `all` (the default)")
@@ -196,13 +262,18 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         models_file=args.models_file,
         shards=args.shards,
         decode=args.decode,
+        reuse_images=args.reuse_images,
         slurm_args=list(args.slurm_arg),
+        slurm_runner_args=list(args.slurm_runner_arg),
+        slurm_scoring_args=list(args.slurm_scoring_arg),
         slurm_setup=args.slurm_setup,
         container_runtime=args.container_runtime,
         slurm_gpus=args.slurm_gpus,
         slurm_gpu_type=args.slurm_gpu_type,
         sif_dir=args.sif_dir,
         detach=args.detach,
+        overwrite=args.overwrite,
+        metrics=args.metrics,
     )
 
 

@@ -34,6 +34,8 @@ from orchestrator.engines import (
     pump_lines,
 )
 from orchestrator.plan import GpuSelection, Plan, PlanError
+from orchestrator.resources import StepResources, out_of_memory_message, runner_resources, scoring_resources
+from scoring.resources import size_bytes
 
 LABEL_MANAGED = "io.vlm-ablation.managed"
 LABEL_RUN_ID = "io.vlm-ablation.run-id"
@@ -44,9 +46,24 @@ LABEL_OWNER_PID = "io.vlm-ablation.orchestrator-pid"
 LABEL_OWNER_HOST = "io.vlm-ablation.orchestrator-host"
 
 TOKEN_FILE = "/run/secrets/hf_token"  # the fetch step's Hub token, mounted read-only (HF_TOKEN_PATH)
-# Limits of every container: a fork bomb or runaway thread pool stops at PIDS_LIMIT; memory is opt-in (--memory),
-# since a model's host memory need is not known in advance and the OOM message then names the fix.
+# Limits of every container: a fork bomb or runaway thread pool stops at PIDS_LIMIT; memory is opt-in (--memory): a
+# size for every container, or `auto`, each step's own figure (orchestrator.resources, as the slurm engine asks).
 PIDS_LIMIT = 4096
+MEMORY_AUTO = "auto"
+
+
+def check_memory_option(memory: str | None) -> str | None:
+    """--memory: None, `auto`, or a size Docker takes (64g, 512m); PlanError naming the value otherwise."""
+    if memory is None or memory == MEMORY_AUTO:
+        return memory
+    try:
+        if size_bytes(memory) < 6 * (1 << 20):
+            raise ValueError("too small")
+    except ValueError:
+        raise PlanError(
+            f"--memory {memory!r}: a size such as 64g or 512m (at least 6m, Docker's minimum), or auto"
+        ) from None
+    return memory
 
 
 def docker_host_description() -> str:
@@ -146,7 +163,7 @@ class DockerEngine(Engine):
         self.client = client or connect()
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.user = container_user(user)
-        self.memory = memory
+        self.memory = check_memory_option(memory)
         self._containers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._plan: Plan | None = None
@@ -280,9 +297,10 @@ class DockerEngine(Engine):
             "init": True,
             "detach": True,
         }
-        if self.memory:
-            options["mem_limit"] = self.memory
-            options["memswap_limit"] = self.memory  # no swap on top: an OOM is reported, not a crawl
+        limit = self.memory_limit(task)
+        if limit:
+            options["mem_limit"] = limit
+            options["memswap_limit"] = limit  # no swap on top: an OOM is reported, not a crawl
         if task.network:
             # Only the fetch step: downloads weights into the cache. Its entry point is not the image's.
             options["entrypoint"] = ["python", "-m", "orchestrator.hub_fetch"]
@@ -329,7 +347,7 @@ class DockerEngine(Engine):
             if timed_out:
                 message = f"timed out after {task.timeout:g} s; container killed"
             elif state.get("OOMKilled"):
-                message = "out of memory: the container was OOM-killed (lower --batch-size or give it more memory)"
+                message = self._out_of_memory(task)
             elif code == 137:
                 message = "container was killed (exit 137)"
             elif code:
@@ -337,6 +355,38 @@ class DockerEngine(Engine):
             return TaskResult(exit_code=code, timed_out=timed_out, message=message, lines=lines)
         finally:
             self._remove(container)
+
+    def memory_limit(self, task: Task) -> str | None:
+        """The container's memory limit: --memory's size, or with `auto` the step's own figure (the fetch step gets
+        none: it only downloads)."""
+        if self.memory != MEMORY_AUTO:
+            return self.memory
+        if task.kind == "fetch" or self._plan is None:
+            return None
+        return self.step_resources(task).docker_memory
+
+    def step_resources(self, task: Task) -> StepResources:
+        """What `auto` gives a task: a runner's estimate (its model's weights, batches, runtime), or the scoring
+        step's over every model of the plan (it scores at most those)."""
+        plan = self._plan
+        assert plan is not None
+        if task.kind == "scoring":
+            return scoring_resources(plan, len(plan.specs))
+        model = task.name.split("#", 1)[0]  # `<model>#<shard>` for one shard (Ablation.task_label)
+        spec = next(spec for spec in plan.specs if spec.name == model)
+        argv = task.argv
+        revision = argv[argv.index("--revision") + 1] if "--revision" in argv[:-1] else None
+        return runner_resources(plan, spec, gpu=task.gpus.mode != "none", revision=revision)
+
+    def _out_of_memory(self, task: Task) -> str:
+        limit = self.memory_limit(task)
+        if limit is None:
+            return (
+                "out of memory: the container was OOM-killed with no limit of its own (the host ran out); lower "
+                "--batch-size, or give it room with --memory"
+            )
+        option = "--memory " if self.memory != MEMORY_AUTO else "--memory (a size instead of auto), e.g. --memory "
+        return out_of_memory_message(f"--memory {limit}", option, limit=size_bytes(limit))
 
     @staticmethod
     def _pump_logs(container: Any, sink: LineSink, lines: list[str]) -> None:

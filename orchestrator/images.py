@@ -68,9 +68,9 @@ def targets_for_models(specs: list[ModelSpec]) -> list[Target]:
 def parse_targets(families: str | None, models: str | None, models_file: Path | None) -> list[Target]:
     """`--families all|a,b,scoring` or `--models ...` (what those models need)."""
     if models:
-        catalogue = Catalogue([models_file] if models_file else [])
-        names = catalogue.all_names() if models.strip().lower() == "all" else [m.strip() for m in models.split(",")]
         try:
+            catalogue = Catalogue([models_file] if models_file else [])  # every field checked (family, name) first
+            names = catalogue.all_names() if models.strip().lower() == "all" else [m.strip() for m in models.split(",")]
             return targets_for_models(catalogue.resolve([name for name in names if name]))
         except (UnknownModelError, CatalogueError) as error:
             raise PlanError(str(error)) from None

@@ -8,7 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from contract import DataFileError, file_sha256, load_dataset
+from contract import (
+    PREDICTIONS_JSONL,
+    RUN_MANIFEST,
+    DataFileError,
+    RunManifest,
+    file_sha256,
+    load_dataset,
+    read_json,
+    results_file,
+)
+from contract.shards import shards_on_disk
 from runner.loop import RunnerError, is_batch_size, validate_prompt_template
 from runner.registry import MODELS, Catalogue, CatalogueError, ModelSpec, UnknownModelError
 
@@ -81,15 +91,20 @@ class AblationOptions:
     models_file: Path | None = None  # the user's own catalogue entries (TOML, as runner/catalogue.toml)
     shards: int = 1  # each model's samples in this many shards, one runner process each (contract.shards)
     decode: str | None = None  # runner --decode for every model (None: each catalogue entry's default)
+    reuse_images: str | None = None  # runner --reuse-images on|off for every model (None: the runner's default, on)
     # The slurm engine (orchestrator/slurm_engine.py): sbatch options, setup file, runtime, GPUs per task, detach.
     slurm_args: list[str] = field(default_factory=list)
+    slurm_runner_args: list[str] = field(default_factory=list)  # runner tasks only, over slurm_args
+    slurm_scoring_args: list[str] = field(default_factory=list)  # the scoring job only, over slurm_args
     slurm_setup: Path | None = None
     container_runtime: str = "none"
     slurm_gpus: int = 1
     slurm_gpu_type: str | None = None
     sif_dir: Path | None = None
     detach: bool = False
-    memory: str | None = None  # docker: memory limit of each inference container (e.g. 64g); None: no limit
+    memory: str | None = None  # docker: each container's memory limit (e.g. 64g, or auto: each step's figure)
+    overwrite: bool = False  # move the planned models' earlier results aside (never deleted) instead of refusing
+    metrics: str | None = None  # scoring --metrics (which metrics to compute); None: all
 
     def as_arguments(self) -> dict[str, Any]:
         """JSON-friendly copy for the manifest (never holds a token: tokens are never options)."""
@@ -97,6 +112,21 @@ class AblationOptions:
         for key, value in vars(self).items():
             arguments[key] = str(value) if isinstance(value, Path) else value
         return arguments
+
+    def engine_settings(self, engine: str) -> dict[str, Any]:
+        """The options that configure `engine` (ENGINE_SETTINGS), JSON-friendly, files as absolute paths (a
+        reproduction may run from another folder): the manifest's engine_settings."""
+        settings = {key: getattr(self, key) for key in ENGINE_SETTINGS.get(engine, ())}
+        return {key: str(v.expanduser().resolve()) if isinstance(v, Path) else v for key, v in settings.items()}
+
+
+# Options that configure an engine rather than the ablation: recorded in run_manifest.json (engine_settings) and
+# reused by `reproduce` unless given again. None holds a secret (tokens are never options).
+ENGINE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "slurm": ("container_runtime", "slurm_args", "slurm_setup", "slurm_gpus", "slurm_gpu_type", "sif_dir"),
+    "docker": ("memory", "shm_size"),
+    "local": (),
+}
 
 
 def parse_models(text: str) -> list[str]:
@@ -154,9 +184,46 @@ def _missing_images(samples: list[Any]) -> list[str]:
     missing = []
     for sample in samples:
         path = sample.image_path
-        if not path.startswith(("http://", "https://")) and not os.access(path, os.R_OK):
+        if path.startswith(("http://", "https://")):
+            continue
+        if os.path.isdir(path):
+            missing.append(f"{sample.image} ({path} is a folder, not an image file)")
+        elif not os.access(path, os.R_OK):
             missing.append(f"{sample.image} ({path})")
     return missing
+
+
+def _data_read(data_file: str | Path, sha256: str, data_format: str, split: str | None) -> str:
+    """How a run read its data: the file, its sha256, the format and (Karpathy) the split."""
+    return f"{data_file}, sha256 {sha256[:12]}..., {data_format}" + (f" split {split!r}" if split else "")
+
+
+def predictions_from_other_data(
+    output_dir: Path, specs: list[ModelSpec], data_sha256: str, data_format: str, data_split: str | None
+) -> list[str]:
+    """Each model whose predictions in the folder (merged or a shard's) were made from a data file with another
+    sha256, or read as another format or Karpathy split, as its run record says: `model (record: how it was read)`."""
+    found = []
+    for spec in specs:
+        pairs = [
+            (results_file(output_dir, PREDICTIONS_JSONL, spec.name), results_file(output_dir, RUN_MANIFEST, spec.name))
+        ]
+        pairs += [
+            (shard.predictions(output_dir, spec.name), shard.manifest(output_dir, spec.name))
+            for shard in shards_on_disk(output_dir, spec.name)
+        ]
+        for predictions, record in pairs:
+            if not (predictions.is_file() and predictions.stat().st_size > 0 and record.is_file()):
+                continue
+            try:
+                run = read_json(record, RunManifest)
+            except ValueError:
+                continue  # its runner says what is wrong with it
+            if (run.data_sha256, run.data_format, run.data_split) != (data_sha256, data_format, data_split):
+                read = _data_read(run.data_file, run.data_sha256, run.data_format, run.data_split)
+                found.append(f"{spec.name} ({record.name}: {read})")
+                break
+    return found
 
 
 def build_plan(options: AblationOptions) -> Plan:
@@ -229,11 +296,22 @@ def build_plan(options: AblationOptions) -> Plan:
 
     output_dir = options.output_dir.expanduser().resolve()
     check_writable_dir(output_dir)
+    data_sha256 = file_sha256(data_file)
+    if not options.overwrite:
+        # The runners would refuse too, but only one by one after the run began: say it once, before anything starts.
+        other = predictions_from_other_data(output_dir, specs, data_sha256, dataset.format, dataset.split)
+        if other:
+            now = _data_read(data_file, data_sha256, dataset.format, dataset.split)
+            raise PlanError(
+                f"{output_dir} holds predictions made from another data file, format or split: {'; '.join(other)}; "
+                f"now {now}. A results folder holds one data set per model: choose another --output-dir, or pass "
+                "--overwrite (moves the earlier results aside, never deletes them)"
+            )
     return Plan(
         options=options,
         specs=specs,
         data_file=data_file,
-        data_sha256=file_sha256(data_file),
+        data_sha256=data_sha256,
         num_samples=len(samples),
         output_dir=output_dir,
         model_path_root=model_path_root,

@@ -26,13 +26,13 @@ from contract import (
 )
 from orchestrator.ablation import Ablation, make_engine
 from orchestrator.engines import Engine
-from orchestrator.plan import AblationOptions, PlanError
+from orchestrator.plan import ENGINE_SETTINGS, AblationOptions, PlanError
 
 REPRODUCE_REPORT = "reproduce_report.json"
 # Arguments that are copied from the original run as they were.
 _COPIED = (
     "batch_size", "max_new_tokens", "timeout", "parallel", "limit", "dtype", "prompt_template", "shm_size", "shards",
-    "decode", "data_format", "split",
+    "decode", "reuse_images", "metrics", "data_format", "split",
 )  # fmt: skip
 
 
@@ -166,12 +166,36 @@ def options_from_manifest(manifest: AblationManifest, args: argparse.Namespace, 
     return options
 
 
+def engine_settings(manifest: AblationManifest, args: argparse.Namespace) -> dict[str, Any]:
+    """The engine settings of the reproduction: the original run's (its manifest's engine_settings; an older
+    manifest's arguments) when it uses the same engine, each replaced by an option given on the command line."""
+    engine = args.engine or manifest.engine
+    keys = ENGINE_SETTINGS.get(engine, ())
+    recorded = manifest.engine_settings or {key: manifest.arguments[key] for key in keys if key in manifest.arguments}
+    settings = {key: value for key, value in recorded.items() if key in keys} if engine == manifest.engine else {}
+    for key in keys:
+        given = getattr(args, key, None)
+        if given not in (None, []):
+            settings[key] = given
+    for key in ("slurm_setup", "sif_dir"):
+        if settings.get(key):
+            settings[key] = Path(settings[key])
+    return settings
+
+
 def reproduce_command(args: argparse.Namespace) -> int:
     if not args.manifest.is_file():
         raise PlanError(f"manifest {args.manifest} not found")
     manifest = read_json(args.manifest, AblationManifest)
-    engine = make_engine(args.engine or manifest.engine, args.container_user, manifest.arguments.get("memory"))
+    settings = engine_settings(manifest, args)
+    engine_options = AblationOptions(models=[], data_file=Path(), output_dir=Path(), **settings)
+    engine = make_engine(args.engine or manifest.engine, args.container_user, engine_options.memory, engine_options)
     options = options_from_manifest(manifest, args, engine)
+    for key, value in settings.items():
+        setattr(options, key, value)
+    if settings:
+        shown = ", ".join(f"{key}={value}" for key, value in settings.items() if value not in (None, [], ""))
+        print(f"engine {engine.name}: {shown or 'default settings'}")
     print(f"reproducing {args.manifest} into {options.output_dir.resolve()}")
     ablation = Ablation(options, engine)
     ablation.prepare()

@@ -56,6 +56,9 @@ OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTH
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_KEY|CREDENTIAL", re.IGNORECASE)
 
 CONTAINER_WORKDIR = "/tmp"
+# The first line every job writes into its log: logs are appended to (a rerun's task adds to its log), so what the
+# latest run wrote follows the last of these.
+JOB_START_MARKER = "[slurm] job "
 
 Runtime = Literal["none", "apptainer", "pyxis"]
 RUNTIMES: tuple[Runtime, ...] = ("none", "apptainer", "pyxis")
@@ -70,7 +73,6 @@ RESERVED_SLURM_ARGS = (
     "array",
     "chdir",
     "comment",
-    "cpus-per-task",
     "dependency",
     "error",
     "export",
@@ -115,7 +117,7 @@ class SlurmArg:
         if reserved:
             raise PlanError(
                 f"--slurm-arg {shown!r}: --{reserved[0]} is set by the slurm engine itself "
-                "(it owns arrays, dependencies, logs, job names, GPUs and CPUs per task, and the environment)"
+                "(it owns arrays, dependencies, logs, job names, GPUs per task and the environment)"
             )
         if self.value is not None and (not self.value or CONTROL_CHARACTERS.search(self.value)):
             raise PlanError(f"--slurm-arg {shown!r}: the value must be non-empty and on one line")
@@ -134,11 +136,41 @@ def parse_slurm_args(texts: Iterable[str]) -> tuple[SlurmArg, ...]:
     return tuple(parse_slurm_arg(text) for text in texts)
 
 
+# The engine asks each job for memory (--mem) and the scoring job for CPUs (--cpus-per-task) itself, unless the user
+# gives one of these; sbatch refuses two of a group at once (--mem with --mem-per-cpu), and takes a prefix of each.
+MEMORY_OPTIONS = ("mem", "mem-per-cpu", "mem-per-gpu")
+CPU_OPTIONS = ("cpus-per-task", "cpus-per-gpu")
+
+
+def _is_option(arg: SlurmArg, options: Sequence[str]) -> bool:
+    return any(option == arg.name or (len(arg.name) >= 3 and option.startswith(arg.name)) for option in options)
+
+
+def given(args: Iterable[SlurmArg], options: Sequence[str]) -> SlurmArg | None:
+    """The last of `args` that is one of `options` (or a prefix sbatch would take for one)."""
+    found = None
+    for arg in args:
+        if _is_option(arg, options):
+            found = arg
+    return found
+
+
+def step_args(general: Sequence[SlurmArg], specific: Sequence[SlurmArg]) -> tuple[SlurmArg, ...]:
+    """Every job's options (--slurm-arg) with one step's own (--slurm-runner-arg, --slurm-scoring-arg) over them:
+    an option the step names replaces the general one of that name, and a step's memory (or CPU) option replaces
+    every general one of its group."""
+    names = {arg.name for arg in specific}
+    groups = [group for group in (MEMORY_OPTIONS, CPU_OPTIONS) if given(specific, group)]
+    kept = [arg for arg in general if arg.name not in names and not any(_is_option(arg, group) for group in groups)]
+    return (*kept, *specific)
+
+
 # --- job specification and script ---------------------------------------------------------------------------------
 
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 JOB_ID = re.compile(r"^\d+$")
 GPU_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MEMORY_VALUE = re.compile(r"^\d+[KMGT]?$")
 
 
 @dataclass(frozen=True)
@@ -153,6 +185,7 @@ class SlurmJobSpec:
     gpus_per_task: int = 0
     gpu_type: str | None = None  # `--gres=gpu:TYPE:N`
     cpus_per_task: int | None = None
+    memory: str | None = None  # `--mem` (per node: the whole job, or each array task), e.g. 12288M
     extra_args: tuple[SlurmArg, ...] = ()
     dependency_afterany: tuple[str, ...] = ()  # start after these jobs ended, however they ended
     output: str | None = None  # log path, Slurm patterns allowed (%A array job, %a task, %j job, %x name)
@@ -173,6 +206,8 @@ class SlurmJobSpec:
             raise ValueError(f"job {self.name}: max_parallel needs an array and must be at least 1")
         if self.gpus_per_task < 0 or (self.cpus_per_task is not None and self.cpus_per_task < 1):
             raise ValueError(f"job {self.name}: gpus_per_task >= 0 and cpus_per_task >= 1")
+        if self.memory is not None and not MEMORY_VALUE.match(self.memory):
+            raise ValueError(f"job {self.name}: memory {self.memory!r} is not an sbatch --mem value such as 12288M")
         if self.gpu_type is not None and not GPU_TYPE.match(self.gpu_type):
             raise PlanError(f"GPU type {self.gpu_type!r}: letters, digits and _.- only (e.g. a100, h100)")
         for job_id in self.dependency_afterany:
@@ -217,7 +252,7 @@ def render_job_script(spec: SlurmJobSpec) -> str:
     lines += [f"export {name}={shlex.quote(value)}" for name, value in environment.items()]
     task = " task ${SLURM_ARRAY_TASK_ID}" if spec.array is not None else ""
     lines.append(
-        f'echo "[slurm] job ${{SLURM_JOB_ID}}{task} on $(hostname)'
+        f'echo "{JOB_START_MARKER}${{SLURM_JOB_ID}}{task} on $(hostname)'
         f' CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-}}" >&2'
     )
     if spec.gpus_per_task:
@@ -398,8 +433,8 @@ class TaskState:
             "COMPLETED": f"completed{where}",
             "FAILED": f"failed with exit code {self.exit_code}{where}",
             "TIMEOUT": f"ran past its time limit and was killed (TIMEOUT){where}: ask for more with --slurm-arg time=",
-            "OUT_OF_MEMORY": f"ran out of memory (OUT_OF_MEMORY){where}: ask for more with --slurm-arg mem= "
-            "or lower the batch size",
+            "OUT_OF_MEMORY": f"ran out of memory (OUT_OF_MEMORY){where}: ask for more with --slurm-runner-arg mem= "
+            "or --slurm-scoring-arg mem=",
             "CANCELLED": f"was cancelled{where}{why}",
             "NODE_FAIL": f"lost its node{where} (NODE_FAIL)",
             "PENDING": f"is pending{why}",
@@ -627,6 +662,8 @@ class SlurmBackend:
             argv.append(f"--gres=gpu:{spec.gpu_type + ':' if spec.gpu_type else ''}{spec.gpus_per_task}")
         if spec.cpus_per_task is not None:
             argv.append(f"--cpus-per-task={spec.cpus_per_task}")
+        if spec.memory is not None:
+            argv.append(f"--mem={spec.memory}")
         if spec.dependency_afterany:
             argv.append("--dependency=afterany:" + ":".join(str(job) for job in spec.dependency_afterany))
         argv += [arg.argv() for arg in spec.extra_args]
@@ -648,6 +685,11 @@ class SlurmBackend:
             done = self._run(argv)
             if done.returncode != 0:
                 message = done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}"
+                if spec.memory is not None and re.search(r"memory|node configuration", message, re.IGNORECASE):
+                    message += (
+                        f" (it asked for --mem={spec.memory}, the step's own estimate; give it another with "
+                        "--slurm-runner-arg mem=... or --slurm-scoring-arg mem=..., docs/SCALING.md)"
+                    )
                 raise EngineError(f"sbatch refused job {spec.name}: {message} (script: {script_file})")
             job_id = done.stdout.strip().split(";")[0]
             if not JOB_ID.match(job_id):

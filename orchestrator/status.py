@@ -2,14 +2,25 @@
 
 Reads DIR/run_manifest.json; for the slurm engine, asks the controller for every job of the run (squeue/scontrol)
 and counts the predictions on disk; once every task of a model has ended, its record in the manifest says how.
-Exit code: 0 every model completed and scoring succeeded, 1 something failed, 3 still running, 2 no run there.
+Exit code: 0 every model completed and scoring succeeded (as the manifest records it, for every engine), 1 something
+failed or did not finish, 3 still running (slurm), 2 no run there.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from contract import ABLATION_MANIFEST, METRICS_JSON, AblationManifest, MetricsFile, read_json, results_file
+from contract import (
+    ABLATION_MANIFEST,
+    METRICS_JSON,
+    AblationManifest,
+    MetricsFile,
+    ScoringRecord,
+    read_json,
+    results_file,
+    write_json_atomic,
+)
 from contract.shards import Shard
 from orchestrator.console import metric_line
 from orchestrator.plan import PlanError
@@ -25,12 +36,12 @@ def status_command(args: argparse.Namespace) -> int:
     manifest = read_json(path, AblationManifest)
     print(f"run in {out}: engine {manifest.engine}, {len(manifest.models)} model(s), started {manifest.started_at}")
     running = False
-    scoring_ok: bool | None = None
     if manifest.engine == "slurm" and getattr(manifest, "slurm", None):
-        running, scoring_ok = _slurm_status(manifest, out)
-        from contract import write_json_atomic
-
-        write_json_atomic(path, manifest)  # the records of models whose tasks ended
+        running, scoring_ok, why = _slurm_status(manifest, out)
+        if scoring_ok is not None:
+            message = None if scoring_ok else why or "the scoring job failed"
+            manifest.scoring = ScoringRecord(status="completed" if scoring_ok else "failed", message=message)
+        write_json_atomic(path, manifest)  # the records of models whose tasks ended, and of scoring
     for record in manifest.models:
         message = f": {record.message}" if record.message else ""
         print(f"  {record.model_name:<28} {record.status}{message}")
@@ -41,12 +52,38 @@ def status_command(args: argparse.Namespace) -> int:
         print("still running: rerun this command to follow it; Ctrl-C of the original command is not needed")
         return STILL_RUNNING
     failed = [r for r in manifest.models if r.status != "completed"]
-    return 1 if failed or scoring_ok is False else 0
+    scored = _print_scoring(manifest, out)
+    return 1 if failed or not scored else 0
 
 
-def _slurm_status(manifest: AblationManifest, out) -> tuple[bool, bool | None]:  # noqa: ANN001  (Path)
+def _print_scoring(manifest: AblationManifest, out: Path) -> bool:
+    """The scoring step's line; whether it succeeded (what exit code 0 promises)."""
+    scoring = manifest.scoring
+    if scoring is None:
+        # A manifest written before scoring outcomes were recorded: every model's metrics file tells.
+        scored = all(results_file(out, METRICS_JSON, r.model_name).is_file() for r in manifest.models)
+        print(f"  scoring: {'metrics files present' if scored else 'no outcome recorded'}")
+        return scored
+    if scoring.status == "running":
+        print("  scoring: did not record its end: the orchestrator was stopped while scoring (or is still scoring)")
+        return False
+    print(f"  scoring: {scoring.status}" + (f": {scoring.message}" if scoring.message else ""))
+    return scoring.status == "completed"
+
+
+def _slurm_status(manifest: AblationManifest, out: Path) -> tuple[bool, bool | None, str | None]:
+    """Whether tasks still run, whether scoring succeeded (None: not ended), and why it failed."""
+    from orchestrator.ablation import LOGS_DIR
     from orchestrator.slurm import SlurmBackend
-    from orchestrator.slurm_engine import SLURM_DIR, _lines, _reason, submitted_from_manifest
+    from orchestrator.slurm_engine import (
+        SCORING_ARG_OPTION,
+        SCORING_LOG,
+        SLURM_DIR,
+        _lines,
+        failure_reason,
+        model_failure,
+        submitted_from_manifest,
+    )
 
     submitted = submitted_from_manifest(manifest)
     backend = SlurmBackend(out / SLURM_DIR)
@@ -54,6 +91,7 @@ def _slurm_status(manifest: AblationManifest, out) -> tuple[bool, bool | None]: 
     states = backend.states(ids)
     running = False
     shards = int((manifest.slurm or {}).get("shards", 1))  # type: ignore[attr-defined]
+    requests = (manifest.slurm or {}).get("requests") or {}  # type: ignore[attr-defined]
     for record in manifest.models:
         job = submitted.models.get(record.model_name)
         if job is None:
@@ -71,15 +109,20 @@ def _slurm_status(manifest: AblationManifest, out) -> tuple[bool, bool | None]: 
         if tasks and all(task.finished for task in tasks):
             failures = [task for task in tasks if not task.ok]
             record.status = "failed" if failures else "completed"
-            record.message = "; ".join(_reason(task, sharded=len(tasks) > 1) for task in failures) or None
+            request = requests.get(record.model_name)
+            record.message = model_failure(out, record.model_name, failures, len(tasks), request) if failures else None
         else:
             running = True
     scoring_ok: bool | None = None
+    why: str | None = None
     scoring = [states[key] for key in states if key[0] == submitted.scoring_job]
     if scoring:
         print(f"  scoring job {submitted.scoring_job}: {scoring[0].state}")
         if scoring[0].finished:
             scoring_ok = scoring[0].ok
+            if not scoring_ok:
+                log = out / LOGS_DIR / SCORING_LOG
+                why = failure_reason(scoring[0], log, requests.get("scoring"), SCORING_ARG_OPTION)
         else:
             running = True
-    return running, scoring_ok
+    return running, scoring_ok, why

@@ -7,6 +7,7 @@ Exit codes: 0 completed, 1 the run failed, 2 bad arguments or input (nothing exp
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
@@ -26,7 +27,16 @@ from contract import (
 from contract.dataset import add_data_format_arguments
 from contract.lifetime import follow_parent
 from contract.shards import Shard, ShardError
-from runner.loop import AUTO, DEFAULT_CAPTION_PROMPT, DEFAULT_PROMPT_TEMPLATE, DTYPES, RunConfig, RunnerError, run
+from runner.loop import (
+    AUTO,
+    DEFAULT_CAPTION_PROMPT,
+    DEFAULT_PROMPT_TEMPLATE,
+    DTYPES,
+    REUSE_IMAGES,
+    RunConfig,
+    RunnerError,
+    run,
+)
 from runner.progress import PROGRESS_MODES
 from runner.registry import DECODE_KINDS, MODELS, UnknownModelError, get_model
 
@@ -118,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="processor threads preparing the next batches, each with its own processor copy (default 2)",
     )
     parser.add_argument(
+        "--reuse-images",
+        choices=REUSE_IMAGES,
+        default="on",
+        help="on (default): the vision tower runs once per distinct image and its features serve every query of it, "
+        "where the architecture allows (the same predictions); off: once per sample",
+    )
+    parser.add_argument(
         "--progress",
         choices=PROGRESS_MODES,
         default="bar",
@@ -156,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         decode=args.decode,
         compile_cache=args.compile_cache,
         preprocess_workers=args.preprocess_workers,
+        reuse_images=args.reuse_images,
     )
     exit_code = 0
     try:
@@ -167,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         result = failed_result(args.model, args.output_dir, str(error), args.shard)
     except Exception as error:  # noqa: BLE001  (reported, with traceback, and turned into a failed result line)
-        traceback.print_exc(file=sys.stderr)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: {error}", file=sys.stderr)  # a full disk: the file it names is what matters
+        else:
+            traceback.print_exc(file=sys.stderr)
         exit_code = 1
         result = failed_result(args.model, args.output_dir, f"{type(error).__name__}: {error}", args.shard)
     sys.stdout.flush()

@@ -74,6 +74,8 @@ def _read_source(source: str) -> str | io.BytesIO:
         if len(data) > URL_MAX_BYTES:
             raise ImageLoadError("image_download", f"{source}: larger than {URL_MAX_BYTES} bytes")
         return io.BytesIO(data)
+    if Path(source).is_dir():
+        raise ImageLoadError("missing_image", f"{source}: a folder, not an image file")
     if not Path(source).is_file():
         raise ImageLoadError("missing_image", f"{source}: image file not found")
     return source

@@ -41,6 +41,8 @@ from contract import (
 from contract.shards import (
     Shard,
     merged_is_complete,
+    merged_sample_ids,
+    merged_shard_count,
     samples_of_shard,
     shard_counts_on_disk,
     write_predictions_csv,
@@ -53,6 +55,7 @@ DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {que
 # every sample's query is then contract.CAPTION_QUERY). A template given for such a data set needs no {query}.
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+REUSE_IMAGES = ("on", "off")
 # Manifest fields that change what a prediction is: a file made with other values is never extended.
 # The data file's sha256 too: another data set's samples must never be appended to this one's.
 COMPATIBILITY_KEYS = (
@@ -103,6 +106,7 @@ class RunConfig:
     decode: str | None = None  # eager | compiled; None: the catalogue entry's default (runner.decoding)
     compile_cache: Path | None = None  # torch.compile's caches, kept across runs; None: <output_dir>/.torch-compile
     preprocess_workers: int = 2  # processor threads, each with its own processor copy (runner.preprocess)
+    reuse_images: str = "on"  # on: one vision-tower run per distinct image where supported (adapters.image_reuse)
 
 
 @dataclass
@@ -113,12 +117,21 @@ class PendingSample:
 
 
 @dataclass
+class PreparedBatch:
+    inputs: dict[str, Any]  # adapter.preprocess output, on the CPU
+    image_keys: list[str] | None  # each row's image content hash (image reuse on), else None
+
+
+@dataclass
 class RunStats:
     written: int = 0
     oom_retries: int = 0
     batch_size_used: int = 0
     generate_s: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
+    images: set[str] = field(default_factory=set)  # distinct images of the samples generated in this run
+    samples_generated: int = 0  # samples whose image loaded and went to generate()
+    image_reuse: Any = None  # the loaded adapter's runner.adapters.image_reuse.ImageReuse
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,14 +224,23 @@ def resolve_dtype(requested: str, device: str, spec: ModelSpec) -> str:
 # The predictions file.
 
 
-def read_done(path: Path) -> list[PredictionRecord]:
-    """Records already written; a torn last line (a kill mid-write) is cut off the file so appends stay clean."""
+def read_done(
+    path: Path, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+) -> list[PredictionRecord]:
+    """Records already written. A last line without its newline is given one when it is a whole record (a file
+    another tool wrote); otherwise it is a write cut off by a kill, removed so appends stay clean, and `log` says so."""
     if not path.exists():
         return []
     with open(path, "rb+") as handle:
         data = handle.read()
         if data and not data.endswith(b"\n"):
-            handle.truncate(data.rfind(b"\n") + 1)
+            tail = data[data.rfind(b"\n") + 1 :]
+            try:
+                PredictionRecord.model_validate_json(tail.removeprefix(b"\xef\xbb\xbf"))
+                handle.write(b"\n")
+            except ValueError:
+                handle.truncate(len(data) - len(tail))
+                log(f"WARNING: {path}: removed an incomplete last line ({len(tail)} bytes: a write cut off by a kill)")
             handle.flush()
             os.fsync(handle.fileno())
     try:
@@ -236,9 +258,12 @@ class PredictionWriter:
 
     def write_batch(self, records: list[PredictionRecord]) -> None:
         # One write call per batch: a kill leaves whole lines plus at most one torn line, which read_done cuts off.
-        self.handle.write("".join(record.model_dump_json() + "\n" for record in records))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        try:
+            self.handle.write("".join(record.model_dump_json() + "\n" for record in records))
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as error:  # a full disk: say which file
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
 
     def close(self) -> None:
         self.handle.close()
@@ -273,6 +298,19 @@ def move_aside(paths: list[Path]) -> list[Path]:
     return moved
 
 
+def entry_settings(spec: ModelSpec) -> dict[str, Any]:
+    """The catalogue entry's settings that change what the model is given or how it decodes, recorded with the
+    decoding (and so part of the resume check). Only those an entry sets: a record made without them still matches."""
+    settings: dict[str, Any] = {}
+    if spec.generate_kwargs:
+        settings["generate_kwargs"] = dict(spec.generate_kwargs)
+    if spec.max_pixels is not None:
+        settings["max_pixels"] = spec.max_pixels
+    if not spec.nested_images:
+        settings["nested_images"] = False
+    return settings
+
+
 def compatibility(manifest: dict[str, Any]) -> dict[str, Any]:
     keys = {key: manifest.get(key) for key in COMPATIBILITY_KEYS}
     if keys["model_path"] and keys["revision"] == "main":
@@ -293,7 +331,10 @@ def check_shard_layout(out_dir: Path, model: str, samples: list[Sample], shard: 
         return
     counts = shard_counts_on_disk(out_dir, model) - ({shard.count} if shard else set())
     unsharded = results_file(out_dir, PREDICTIONS_JSONL, model)
+    merge_of_these_shards = shard is not None and merged_shard_count(out_dir, model) == shard.count
     if shard is not None and unsharded.is_file() and unsharded.stat().st_size > 0 and not counts:
+        if merge_of_these_shards:
+            return  # an earlier merge of these very shards (a smaller --limit): they go on from there
         raise RunnerError(
             f"{unsharded} holds an unfinished run without shards; finish it without --shards (it resumes), or pass "
             "--overwrite",
@@ -395,6 +436,8 @@ def run(
         )
     if config.dtype not in DTYPES:
         raise RunnerError(f"--dtype must be one of {DTYPES}, got {config.dtype!r}", 2)
+    if config.reuse_images not in REUSE_IMAGES:
+        raise RunnerError(f"--reuse-images must be one of {REUSE_IMAGES}, got {config.reuse_images!r}", 2)
     if config.model_path is not None and not config.model_path.is_dir():
         raise RunnerError(f"--model-path {config.model_path} is not a folder", 2)
     check_output_dir(config.output_dir)
@@ -413,21 +456,27 @@ def run(
         log(f"WARNING: {warning}")
     shard = config.shard if config.shard is not None and config.shard.count > 1 else None
     check_shard_layout(config.output_dir, spec.name, samples, shard)
-    if shard is not None and merged_is_complete(config.output_dir, spec.name, samples) and not config.overwrite:
-        # The merge of an earlier run covers every sample (maybe with another shard count): nothing to caption.
-        merged_manifest = results_file(config.output_dir, RUN_MANIFEST, spec.name)
-        log(f"{results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)} is complete: nothing to do")
-        return RunnerResult(
-            model_name=spec.name,
-            status="completed",
-            predictions_file=str(results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)),
-            manifest_file=str(merged_manifest),
-            num_samples=len(samples_of_shard(samples, shard)),
-            num_written=len(samples_of_shard(samples, shard)),
-            num_errors=0,
-        )
     if shard is not None:
-        samples = samples_of_shard(samples, shard)
+        # Samples an earlier merge already holds (all of them, maybe with another shard count; or a smaller --limit
+        # of these shards) are not captioned again: the next merge takes them from the shard files they are in.
+        merged: set[str] = set()
+        complete = merged_is_complete(config.output_dir, spec.name, samples)
+        if not config.overwrite and (complete or merged_shard_count(config.output_dir, spec.name) == shard.count):
+            merged = merged_sample_ids(config.output_dir, spec.name)
+        shard_samples = samples_of_shard(samples, shard)
+        samples = [sample for sample in shard_samples if sample.sample_id not in merged]
+        if not samples and shard_samples:
+            merged_file = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
+            log(f"{merged_file} {'is complete' if complete else 'holds every sample of this shard'}: nothing to do")
+            return RunnerResult(
+                model_name=spec.name,
+                status="completed",
+                predictions_file=str(results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)),
+                manifest_file=str(results_file(config.output_dir, RUN_MANIFEST, spec.name)),
+                num_samples=len(shard_samples),
+                num_written=len(shard_samples),
+                num_errors=0,
+            )
         log(f"shard {shard.index}/{shard.count}: {len(samples)} sample(s)")
         if not samples:
             raise RunnerError(f"shard {shard.index}/{shard.count} has no samples (more shards than samples?)", 2)
@@ -465,6 +514,7 @@ def run(
                 "max_image_pixels": config.max_image_pixels,
                 # Requested path: compiled kernels round differently in the last bits, so runs do not mix them.
                 "decode": config.decode or spec.decode,
+                **entry_settings(spec),
             },
             data_file=str(Path(config.data_file).resolve()),
             data_sha256=file_sha256(config.data_file),
@@ -513,7 +563,7 @@ def run(
             if previous is not None and not config.overwrite:
                 # Checked after loading (it needs the processor): the prompt these predictions were made with.
                 manifest.prompt_fingerprint = previous.get("prompt_fingerprint")  # type: ignore[attr-defined]
-        done = {record.sample_id: record for record in read_done(predictions_path)}
+        done = {record.sample_id: record for record in read_done(predictions_path, log)}
         todo_samples = [(order, s) for order, s in enumerate(samples) if s.sample_id not in done]
         if done:
             log(f"resuming: {len(done)} sample(s) already in {predictions_path}, {len(todo_samples)} to go")
@@ -543,11 +593,16 @@ def run(
                 manifest.finished_at = now()
                 if decoders:
                     manifest.decode = decoders[0].report()  # type: ignore[attr-defined]
-                write_json_atomic(manifest_path, manifest)
+                manifest.image_reuse = image_reuse_record(config, stats)
+                try:
+                    write_json_atomic(manifest_path, manifest)
+                except OSError as write_error:  # e.g. the same full disk: the first error is the one to report
+                    log(f"WARNING: could not record the failure in {manifest_path}: {write_error}")
                 raise
         progress.close()
         if decoders:
             manifest.decode = decoders[0].report()  # type: ignore[attr-defined]  (path that ran, compilations)
+        manifest.image_reuse = image_reuse_record(config, stats)
 
         # --- outputs for people and for the orchestrator -------------------------------------------------------
         all_records = {record.sample_id: record for record in read_done(predictions_path)}
@@ -578,6 +633,16 @@ def run(
             samples_per_second=timings.get("samples_per_s"),
             message=None if missing == 0 else f"{missing} sample(s) have no prediction",
         )
+
+
+def image_reuse_record(config: RunConfig, stats: RunStats) -> dict[str, Any]:
+    """`<model>_run.json` `image_reuse`: the setting, whether it was in effect (and why not), how many images the
+    vision tower encoded, the distinct images and the samples generated in this run (a resume counts its own)."""
+    from runner.adapters.image_reuse import idle_report
+
+    # No model loaded: nothing was generated (every sample already written).
+    report = stats.image_reuse.report() if stats.image_reuse is not None else idle_report(config.reuse_images == "on")
+    return {**report, "distinct_images": len(stats.images), "samples": stats.samples_generated}
 
 
 def _previous_manifest(path: Path) -> dict[str, Any] | None:
@@ -628,7 +693,13 @@ def _generate_all(
     cache = config.compile_cache or config.output_dir / ".torch-compile"
     adapter.decoder = make_decoder(config.decode or spec.decode, cache_dir=cache, log=log)
     decoders.append(adapter.decoder)
+    adapter.image_reuse.enable(config.reuse_images == "on", log=log)
+    stats.image_reuse = adapter.image_reuse
+    if config.reuse_images == "on" and not adapter.image_reuse.active:
+        log(f"image reuse: off for {spec.name}: {adapter.image_reuse.reason}")
     manifest.resolved_revision = adapter.resolved_revision
+    # What generate() is given besides GREEDY and the lengths, as the loaded model resolved it (pad id, stop ids).
+    manifest.generate_kwargs_used = {"pad_token_id": adapter.pad_token_id, **adapter.generation_kwargs()}  # type: ignore[attr-defined]
     for key, value in adapter.manifest_extras().items():
         setattr(manifest, key, value)
     manifest.device_name = device_name(device_str)
@@ -651,9 +722,14 @@ def _generate_all(
         PendingSample(sample, adapter.build_prompt(template.format(query=sample.query)), order)
         for order, sample in todo_samples
     ]
-    # Similar image sizes and prompt lengths in one batch waste less padding; the order is deterministic.
+    # The queries of one image run together (in one batch or consecutive ones), so its vision features are
+    # computed once (adapter.image_reuse); images of similar size and, within an image, prompts of similar length
+    # waste less padding. The order is deterministic; the merged predictions file is in data order (contract.shards).
     sizes = {p.sample.image_path: header_pixels(p.sample.image_path) for p in pending}
-    pending.sort(key=lambda p: (sizes[p.sample.image_path], len(p.prompt), p.order))
+    first_seen: dict[str, int] = {}
+    for p in pending:
+        first_seen.setdefault(p.sample.image_path, p.order)
+    pending.sort(key=lambda p: (sizes[p.sample.image_path], first_seen[p.sample.image_path], len(p.prompt), p.order))
     limits = ImageLimits(max_side=max_side, max_pixels=config.max_image_pixels)
 
     def load(item: PendingSample) -> Any:
@@ -672,13 +748,16 @@ def _generate_all(
     )
     try:
         workers = max(1, config.preprocess_workers)
-        for batch, failed, ready, prepared in _preprocess_ahead(adapter, spec, image_batches, workers):
+        image_keys = adapter.image_reuse.active  # hash each image's pixels (in the workers) only when reusing
+        for batch, failed, ready, prepared in _preprocess_ahead(adapter, spec, image_batches, workers, image_keys):
             records = dict(failed)
             started = time.perf_counter()
             for item, prediction, error in _generate_with_oom_retry(adapter, ready, prepared, config, stats):
                 records[id(item)] = _record(spec, item, prediction, error)
             stats.generate_s += time.perf_counter() - started
             generated_count += len(ready)
+            stats.samples_generated += len(ready)
+            stats.images.update(item.sample.image_path for item, _ in ready)
             writer.write_batch([records[id(item)] for item in batch])
             stats.written += len(batch)
             progress.update(len(batch), sum(1 for item in batch if records[id(item)].error))
@@ -725,10 +804,12 @@ def _preprocess_ahead(
     spec: ModelSpec,
     image_batches: Iterator[tuple[list[PendingSample], list[Any]]],
     workers: int = 1,
+    image_keys: bool = False,
 ) -> Iterator[tuple[list[PendingSample], dict[int, PredictionRecord], list[tuple[PendingSample, Any]], Any]]:
-    """Yield (batch, records of failed images, ready (item, image) pairs, Future of the processor output) IN ORDER
+    """Yield (batch, records of failed images, ready (item, image) pairs, Future of its PreparedBatch) IN ORDER
     while `workers` threads already run the processor on the next batches, so tokenising and pixel preprocessing
-    overlap generation instead of leaving the GPU idle between batches.
+    overlap generation instead of leaving the GPU idle between batches. With `image_keys` the workers also hash
+    each image's pixels (the key image reuse caches its features under).
 
     Each worker holds its OWN processor copy: a fast tokenizer called with padding from two threads at once fails
     ("Already borrowed"), since padding settings live on the shared Rust object. Image decoding, resizing and the
@@ -744,12 +825,15 @@ def _preprocess_ahead(
     for _ in range(workers - 1):
         processors.put(copy.deepcopy(adapter.processor))
 
-    def preprocess(images: list[Any], prompts: list[str]) -> Any:
+    def preprocess(images: list[Any], prompts: list[str]) -> PreparedBatch:
+        from runner.adapters.image_reuse import image_content_key
+
         processor = processors.get()
         try:
-            return adapter.preprocess(images, prompts, processor)
+            inputs = adapter.preprocess(images, prompts, processor)
         finally:
             processors.put(processor)
+        return PreparedBatch(inputs, [image_content_key(image) for image in images] if image_keys else None)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess") as executor:
         ahead: deque[tuple[list[PendingSample], dict[int, PredictionRecord], list[tuple[PendingSample, Any]], Any]]
@@ -792,23 +876,29 @@ def _generate_with_oom_retry(
 ) -> list[tuple[PendingSample, str, str | None]]:
     """Generate for `ready` in chunks of the current batch size; on CUDA OOM halve it and retry, down to 1.
 
-    `prepared` (a Future of adapter.preprocess over all of `ready`) is used while the whole batch fits; smaller
+    `prepared` (a Future of the PreparedBatch of all of `ready`) is used while the whole batch fits; smaller
     chunks after an OOM are preprocessed here. The reduced size is kept for the rest of the run (the next batch
-    would run out of memory too).
+    would run out of memory too). Each generate call names its rows' images to the adapter's image reuse.
     """
     import torch
 
     results: list[tuple[PendingSample, str, str | None]] = []
+    whole: PreparedBatch | None = prepared.result() if prepared is not None else None
+    key_of = None
+    if whole is not None and whole.image_keys is not None:
+        key_of = {id(item): key for (item, _), key in zip(ready, whole.image_keys, strict=True)}
     queue = list(ready)
     while queue:
         chunk, queue = queue[: stats.batch_size_used], queue[stats.batch_size_used :]
         try:
-            if prepared is not None and len(chunk) == len(ready):
-                inputs = adapter.to_device(prepared.result())
+            if whole is not None and len(chunk) == len(ready):
+                inputs = adapter.to_device(whole.inputs)
             else:
                 inputs = adapter.build_inputs([image for _, image in chunk], [item.prompt for item, _ in chunk])
-            prepared = None
-            output = adapter.generate(inputs, config.max_new_tokens, config.min_new_tokens)
+            whole = None
+            keys = [key_of[id(item)] for item, _ in chunk] if key_of is not None else None
+            with adapter.image_reuse.batch(keys, inputs):
+                output = adapter.generate(inputs, config.max_new_tokens, config.min_new_tokens)
             predictions = adapter.decode(output, inputs)
         except torch.cuda.OutOfMemoryError:
             inputs = output = None  # free what the failed attempt held before retrying

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import difflib
 import re
+import string
 import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from contract.names import NAME_PATTERN, FileNameError, check_file_name
 
 IMAGE_PREFIX = "vlm-ablation"
 BUILTIN_CATALOGUE = Path(__file__).with_name("catalogue.toml")
@@ -23,9 +26,15 @@ GENERIC_FAMILY = "generic"
 ADAPTERS = ("auto", "internvl2")
 # How batched greedy generation runs (runner.decoding): plain HF generate, or a static cache + compiled decode step.
 DECODE_KINDS = ("eager", "compiled")
-# A model name becomes part of file names (<model>_predictions.jsonl): letters, digits and . _ - @ only.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# What a catalogue entry's `generate_kwargs` may set, and what each takes. Recorded in `<model>_run.json` and part of
+# what must match for a run to resume (runner.loop).
+GENERATE_KWARGS = {
+    "eos_token_id": "a token id or a list of token ids that end an answer",
+    "pad_token_id": "the token id that pads a batch",
+    "decoder_start_token_id": "the token id an encoder-decoder answer starts with",
+    "stop_strings": "a text or a list of texts that end an answer",
+}
 # Without a measured value, --batch-size auto estimates the memory per sample from the config (runner.memory).
 DEFAULT_MAX_IMAGE_SIDE = 1024
 
@@ -60,9 +69,12 @@ class ModelSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _file_safe(cls, value: str) -> str:
-        if not NAME_PATTERN.fullmatch(value):
-            raise ValueError(f"{value!r}: use letters, digits and . _ - @ only (it becomes part of file names)")
-        return value
+        return check_file_name(value)  # it becomes part of file names (contract.names)
+
+    @field_validator("family")
+    @classmethod
+    def _family_file_safe(cls, value: str) -> str:
+        return check_file_name(value, "family")  # a folder (images/<family>), an image tag, a .sif file
 
     @field_validator("hub_id")
     @classmethod
@@ -74,19 +86,38 @@ class ModelSpec(BaseModel):
     @field_validator("prompt_format")
     @classmethod
     def _prompt_format(cls, value: str | None) -> str | None:
-        if value is not None and value.count("{prompt}") != 1:
-            raise ValueError(f"{value!r} must contain {{prompt}} exactly once")
+        # Checked here, when the file is read: a field other than {prompt} would fail only after the model loaded.
+        if value is None:
+            return value
+        try:
+            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)]
+        except ValueError as error:
+            raise ValueError(
+                f"{value!r} is not a valid format string: {error}; write a literal brace as {{{{ or }}}}"
+            ) from None
+        fields = [field for field in fields if field[0] is not None]
+        if fields != [("prompt", "", None)]:
+            shown = ", ".join("{" + (name or "") + "}" for name, _, _ in fields) or "none"
+            raise ValueError(
+                f"{value!r} must contain {{prompt}} exactly once and no other field (found: {shown}); write a literal "
+                "brace as {{ or }}"
+            )
         return value
 
     @field_validator("generate_kwargs")
     @classmethod
-    def _no_decoding_overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # Every model decodes greedily with the same settings (runner.adapters.base.GREEDY); an entry may add a stop
-        # token or similar, never change the decoding itself.
-        reserved = {"do_sample", "num_beams", "temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens"}
-        clash = sorted(reserved & set(value))
-        if clash:
-            raise ValueError(f"{clash} are set by the runner for every model (greedy decoding) and cannot be changed")
+    def _allowed_generate_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every model decodes greedily with the same settings (runner.adapters.base.GREEDY); an entry may only say
+        # where an answer stops and which ids pad or start it: an allow-list, so nothing new slips through.
+        unknown = sorted(set(value) - set(GENERATE_KWARGS))
+        if unknown:
+            raise ValueError(
+                f"{unknown} cannot be set: decoding is greedy with the same settings for every model; allowed: "
+                + ", ".join(f"{key} ({what})" for key, what in GENERATE_KWARGS.items())
+            )
+        for key, setting in value.items():
+            if not _allowed_value(key, setting):
+                raise ValueError(f"{key} = {setting!r}: expected {GENERATE_KWARGS[key]}")
         return value
 
     @property
@@ -104,6 +135,19 @@ class ModelSpec(BaseModel):
         if not self.is_hub_name:
             return self.name
         return HUB_PREFIX + self.hub_id + (f"@{self.revision}" if self.revision != "main" else "")
+
+
+def _allowed_value(key: str, value: Any) -> bool:
+    def token_id(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool) and item >= 0
+
+    def text(item: Any) -> bool:
+        return isinstance(item, str) and item != ""
+
+    single = text if key == "stop_strings" else token_id
+    if key in ("eos_token_id", "stop_strings") and isinstance(value, list):
+        return bool(value) and all(single(item) for item in value)
+    return single(value)
 
 
 class CatalogueError(ValueError):
@@ -124,9 +168,16 @@ def _entry_error(path: Path, name: str, error: ValidationError) -> CatalogueErro
 def read_catalogue_file(path: Path) -> dict[str, ModelSpec]:
     """Entries of one TOML catalogue file (`[models."<name>"]` tables), validated."""
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        document = tomllib.loads(raw.decode("utf-8"))
     except OSError as error:
         raise CatalogueError(f"{path}: cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise CatalogueError(
+            f"{path}: line {line} is not valid UTF-8 (byte {raw[error.start]:#04x} at offset {error.start}); save the "
+            "file as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise CatalogueError(f"{path}: not valid TOML: {error}") from None
     unknown = sorted(set(document) - {"models"})
@@ -149,11 +200,16 @@ def read_catalogue_file(path: Path) -> dict[str, ModelSpec]:
 def parse_hub_name(text: str) -> ModelSpec:
     """`hf:Org/Name[@revision]`: any Hub model through the generic adapter, named `Org--Name[@revision]`."""
     reference = text[len(HUB_PREFIX) :]
-    hub_id, _, revision = reference.partition("@")
+    hub_id, at, revision = reference.partition("@")
+    if at and not revision:
+        raise UnknownModelError(f"{text!r}: nothing after @; name a revision (hf:Org/Name@v1.0) or leave out the @")
     if not HUB_ID_PATTERN.fullmatch(hub_id) or (revision and not NAME_PATTERN.fullmatch(revision)):
         raise UnknownModelError(f"{text!r}: expected hf:Org/Name or hf:Org/Name@revision")
     name = hub_id.replace("/", "--") + (f"@{revision}" if revision else "")
-    return ModelSpec(name=name, hub_id=hub_id, revision=revision or "main", source=HUB_PREFIX)
+    try:
+        return ModelSpec(name=check_file_name(name), hub_id=hub_id, revision=revision or "main", source=HUB_PREFIX)
+    except FileNameError as error:
+        raise UnknownModelError(f"{text!r}: {error}") from None
 
 
 class Catalogue:
@@ -228,26 +284,9 @@ def get_model(name: str, models_files: Sequence[Path] = ()) -> ModelSpec:
 
 def catalogue_toml(specs: Iterable[ModelSpec]) -> str:
     """Entries written back as a catalogue file (reproduce rebuilds a user's --models-file from its manifest)."""
-    lines: list[str] = []
-    for spec in specs:
-        lines.append(f"[models.{_toml_value(spec.name)}]")
-        for key, value in spec.model_dump(exclude={"name", "source"}, exclude_defaults=True).items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    import tomli_w
 
-
-def _toml_value(value: Any) -> str:
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} to TOML")
+    tables = {
+        spec.name: spec.model_dump(mode="json", exclude={"name", "source"}, exclude_defaults=True) for spec in specs
+    }
+    return tomli_w.dumps({"models": tables})

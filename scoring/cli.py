@@ -12,8 +12,12 @@ from typing import Any
 from contract import AUTO_FORMAT
 from contract.dataset import add_data_format_arguments
 from contract.lifetime import follow_parent
-from scoring.engine import MIN_BOOTSTRAP, ScoringOptions, score_models
+from scoring.engine import MIN_BOOTSTRAP, ScoringOptions, check_options, score_models
 from scoring.java import ScoringError
+from scoring.metrics import BY_KEY, LEFT_OUT, METRICS
+from scoring.resources import METEOR_HEAP
+
+METRIC_NAMES = tuple(BY_KEY)
 
 
 def _model_ids(values: Sequence[str]) -> dict[str, str]:
@@ -32,7 +36,14 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spice-cache", type=Path, default=None, help="SPICE parse cache folder (optional)")
     parser.add_argument("--bootstrap", type=int, default=MIN_BOOTSTRAP, help="bootstrap resamples (>= 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--meteor-heap", default="2G", help="METEOR JVM heap (-Xmx)")
+    parser.add_argument("--meteor-heap", default=METEOR_HEAP, help=f"METEOR JVM heap (-Xmx; default {METEOR_HEAP})")
+    parser.add_argument(
+        "--metrics",
+        default="all",
+        metavar="LIST",
+        help=f"metrics to compute: comma list of {', '.join(METRIC_NAMES)}, or all (default); -NAME leaves one out, "
+        "e.g. all,-spice. A metric left out is null in the metrics file, with the reason",
+    )
 
 
 def _add_data_columns(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +144,7 @@ def _options(args: argparse.Namespace) -> ScoringOptions:
         bootstrap=args.bootstrap,
         seed=args.seed,
         meteor_heap=args.meteor_heap,
+        metrics=args.metrics,
     )
 
 
@@ -149,7 +161,7 @@ def _score_and_write(models: list, args: argparse.Namespace) -> list[str]:
     started = time.perf_counter()
     results = score_models(models, _options(args), log=lambda line: print(line, flush=True))
     print("scores x100 (the files keep 0-1):", flush=True)
-    warned: dict[str, list[str]] = {}  # a warning every model shares (SPICE unavailable) is printed once
+    warned: dict[str, list[str]] = {}  # a warning many models share is printed once
     for result in results:
         path = write_model_outputs(result, args.output_dir)
         metrics = result.metrics_file()
@@ -157,6 +169,9 @@ def _score_and_write(models: list, args: argparse.Namespace) -> list[str]:
         print(f"  wrote {path}", flush=True)
         for warning in metrics.warnings:
             warned.setdefault(warning, []).append(metrics.model_name)
+    left_out = [m.key for m in METRICS if results and results[0].unavailable.get(m.key) == LEFT_OUT]
+    if left_out:
+        print(f"{LEFT_OUT} (null in the files): {', '.join(left_out)}", flush=True)
     for warning, names in warned.items():
         scope = "every model" if len(names) == len(results) > 1 else ", ".join(names)
         print(f"WARNING ({scope}): {warning}", flush=True)
@@ -227,6 +242,8 @@ def _coco_results_models(args: argparse.Namespace) -> list:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("score", "human-baseline"):
+        check_options(_options(args))  # a metric that cannot be computed fails here, before any input is read
     if args.command == "score" and args.coco_results:
         models = _coco_results_models(args)
         scored = _score_and_write(models, args)

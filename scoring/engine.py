@@ -1,5 +1,6 @@
-"""Score one or many models in ONE process: one PTB tokenizer run over every distinct text, one METEOR JVM for
-all models (running while Python computes the other metrics), one SPICE run over every candidate."""
+"""Score one or many models in ONE process: each tool of the metric registry (scoring/metrics.py) runs once for all
+models (one PTB tokenizer JVM, one METEOR JVM running while Python computes the other metrics, one SPICE run), then
+every metric, its bootstrap interval and its per-query and per-group values come from the per-sample statistics."""
 
 from __future__ import annotations
 
@@ -10,21 +11,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sacrebleu
 
-from contract import COCO_BLEU_METRICS, HEADLINE_METRICS, MetricsFile, SampleCounts, SampleScores, SubsetInfo
+from contract import MetricsFile, SampleCounts, SampleScores, SubsetInfo
 from scoring.cleanup import clean_prediction, normalise_text
 from scoring.java import ScoringError, find_java, java_version
-from scoring.meteor import MeteorProcess, meteor_from_stats
-from scoring.ngram import ReferenceSet
-from scoring.ptb import ptb_tokenize
-from scoring.resample import SampleMatrix, bootstrap_weights, confidence_intervals, corpus_metrics
-from scoring.spice import SpiceItem, configured_jar_dir, run_spice, unavailable_reason
+from scoring.metrics import (
+    FILE_ORDER,
+    LABELS,
+    LEFT_OUT,
+    METRICS,
+    Metric,
+    ModelTexts,
+    Tool,
+    ToolContext,
+    ToolOutput,
+    select_metrics,
+    sentence_scores,
+    tools_for,
+)
+from scoring.ptb import ptb_tokenize_documents
+from scoring.resample import (
+    SampleMatrix,
+    bootstrap_weights,
+    confidence_intervals,
+    corpus_metrics,
+    describe_bootstrap,
+    resampling_units,
+)
+from scoring.resources import METEOR_HEAP
 
-ALL_METRICS = (*HEADLINE_METRICS, *COCO_BLEU_METRICS)
 MIN_BOOTSTRAP = 1000
 # Recomputing a corpus metric from the per-sample statistics must give the tool's own number.
 RECOMPUTE_TOLERANCE = 1e-9
+TOKENIZER = "PTBTokenizer (stanford-corenlp-3.4.1.jar) -preserveLines -lowerCase, punctuation removed"
 
 
 @dataclass
@@ -38,6 +57,9 @@ class ModelPredictions:
     raw_predictions: list[str]
     references: list[list[str]]  # as given; normalised before scoring
     errors: list[str | None]
+    # The image of each sample as written in the data file (several samples may share one); None: unknown, and
+    # every sample is then resampled on its own.
+    images: list[str] | None = None
     missing: int = 0  # data samples without a prediction (scored only with --intersection)
     unknown: int = 0  # predictions whose sample_id is not in the data (dropped with --intersection)
     warnings: list[str] = field(default_factory=list)
@@ -57,8 +79,9 @@ class ScoringOptions:
     spice_cache: Path | None = None
     bootstrap: int = MIN_BOOTSTRAP
     seed: int = 0
-    meteor_heap: str = "2G"
+    meteor_heap: str = METEOR_HEAP
     work_dir: Path | None = None
+    metrics: str | None = None  # --metrics: which metrics to compute (scoring.metrics.select_metrics); None: all
 
 
 @dataclass
@@ -66,10 +89,10 @@ class ModelResult:
     model: ModelPredictions
     predictions: list[str]  # cleaned, as scored
     references: list[list[str]]  # normalised
+    computed: tuple[Metric, ...]  # the metrics computed (the others are left out: None)
     metrics: dict[str, float | None]
     matrix: SampleMatrix
-    sentence: dict[str, list[float | None]]  # per-sample scores
-    meteor_stats: list[str]
+    sentence: dict[str, list[float]]  # per-sample scores of the computed metrics that have one
     counts: SampleCounts
     signature: dict[str, str]
     unavailable: dict[str, str]
@@ -96,45 +119,26 @@ class ModelResult:
         )
 
     def sample_scores(self) -> list[SampleScores]:
+        with_sentence = [m.key for m in METRICS if m.sentence is not None]
         rows = []
         for index, sample_id in enumerate(self.model.sample_ids):
             rows.append(
                 SampleScores(
                     sample_id=sample_id,
+                    image=self.model.images[index] if self.model.images is not None else None,
                     query=self.model.queries[index],
                     prediction=self.predictions[index],
                     raw_prediction=self.model.raw_predictions[index],
                     error=self.model.errors[index],
                     references=self.references[index],
-                    scores={metric: self.sentence[metric][index] for metric in HEADLINE_METRICS},
-                    stats={
-                        "sacrebleu": self.matrix.sacrebleu[index].tolist(),
-                        "coco_bleu": self.matrix.coco_bleu[index].tolist(),
-                        "meteor": self.matrix.meteor[index].tolist(),
-                    },
+                    scores={key: self.sentence[key][index] if key in self.sentence else None for key in with_sentence},
+                    stats={key: block[index].tolist() for key, block in self.matrix.stats.items()},
                 )
             )
         return rows
 
 
-def tool_versions(java: str) -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {
-        "sacrebleu_version": sacrebleu.__version__,
-        "pycocoevalcap_version": version("pycocoevalcap"),
-        "java": java_version(java),
-        "tokenizer": "PTBTokenizer (stanford-corenlp-3.4.1.jar) -preserveLines -lowerCase, punctuation removed",
-        "meteor": "meteor-1.5.jar -stdio -l en -norm (alpha 0.85 beta 0.2 gamma 0.6 delta 0.75)",
-        "cider": "pycocoevalcap CIDEr-D (n=4, sigma=6), df from the evaluated references",
-        "rougeL": "pycocoevalcap ROUGE-L (beta 1.2)",
-        "spice": "spice-1.0.jar with Stanford CoreNLP 3.6.0",
-    }
-
-
 def _check_inputs(models: Sequence[ModelPredictions], options: ScoringOptions) -> None:
-    if options.bootstrap < MIN_BOOTSTRAP:
-        raise ScoringError(f"--bootstrap must be at least {MIN_BOOTSTRAP} resamples (got {options.bootstrap})")
     names = [model.model_name for model in models]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -142,59 +146,64 @@ def _check_inputs(models: Sequence[ModelPredictions], options: ScoringOptions) -
     for model in models:
         if not model.sample_ids:
             raise ScoringError(f"{model.source or model.model_name}: no samples to score")
+        if model.images is not None and len(model.images) != len(model.sample_ids):
+            raise ScoringError(f"{model.source or model.model_name}: one image per sample expected")
         for sample_id, refs in zip(model.sample_ids, model.references, strict=True):
             if not any(normalise_text(ref) for ref in refs):
                 raise ScoringError(f"{model.source or model.model_name}: sample {sample_id} has no reference")
 
 
-class _MeteorJob(threading.Thread):
-    """All models' METEOR work on the one JVM, in a thread so Python metrics run meanwhile."""
+def _check_tools(tools: Sequence[Tool], computed: Sequence[Metric], options: ScoringOptions) -> None:
+    """A metric that should be computed and cannot is an error before any expensive work, with the fix."""
+    for tool in tools:
+        reason = tool.unavailable(options)
+        if reason:
+            names = [m.key for m in computed if isinstance(tool, m.tool)]
+            leave_out = ",".join(f"-{name}" for name in names)
+            raise ScoringError(
+                f"cannot compute {', '.join(LABELS[name] for name in names)}: {reason}. "
+                f"To score without it, leave it out deliberately: --metrics all,{leave_out}"
+            )
 
-    def __init__(self, meteor: MeteorProcess, jobs: list[tuple[list[str], list[list[str]]]]) -> None:
-        super().__init__(daemon=True)
-        self.meteor, self.jobs = meteor, jobs
-        self.results: list[tuple[list[str], list[float], float]] = []
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            for hypotheses, references in self.jobs:
-                stats = self.meteor.segment_stats(hypotheses, references)
-                segment, corpus = self.meteor.evaluate(stats)
-                self.results.append((stats, segment, corpus))
-        except BaseException as error:  # re-raised in the main thread
-            self.error = error
+def check_options(options: ScoringOptions) -> tuple[Metric, ...]:
+    """The metrics to compute; an error naming the fix when one of them cannot be computed. Cheap: run it first."""
+    if options.bootstrap < MIN_BOOTSTRAP:
+        raise ScoringError(f"--bootstrap must be at least {MIN_BOOTSTRAP} resamples (got {options.bootstrap})")
+    computed = select_metrics(options.metrics)
+    _check_tools(tools_for(computed), computed, options)
+    return computed
 
 
 def score_models(
     models: Sequence[ModelPredictions], options: ScoringOptions, log: Callable[[str], None] = print
 ) -> list[ModelResult]:
+    computed = check_options(options)
     _check_inputs(models, options)
+    tools = tools_for(computed)
     java = find_java()  # before any expensive work
-    jar_dir = configured_jar_dir(options.spice_jars)
-    spice_reason = unavailable_reason(jar_dir)
-    if spice_reason:
-        log(f"SPICE unavailable, reported as null (see the warning at the end): {spice_reason}")
-
     with tempfile.TemporaryDirectory(prefix="scoring_", dir=options.work_dir) as temp:
-        work_dir = Path(temp)
-        meteor = MeteorProcess(java, heap=options.meteor_heap)  # its JVM starts while we tokenize
+        context = ToolContext(java=java, work_dir=Path(temp), options=options, log=log)
         try:
-            return _score_with(models, options, java, jar_dir, spice_reason, meteor, work_dir, log)
+            for tool in tools:
+                tool.start(context)  # a JVM starts while we tokenize
+            texts = _prepare_texts(models, any(tool.needs_tokens for tool in tools), context)
+            outputs = _run_tools(tools, computed, texts, context)
+            versions = {"java": java_version(java)}
+            if any(tool.needs_tokens for tool in tools):
+                versions["tokenizer"] = TOKENIZER
+            for tool in tools:
+                versions.update(tool.describe())
+            return [
+                _result(model, texts[index], [output[index] for output in outputs], computed, versions, options)
+                for index, model in enumerate(models)
+            ]
         finally:
-            meteor.close()
+            for tool in tools:
+                tool.close()
 
 
-def _score_with(
-    models: Sequence[ModelPredictions],
-    options: ScoringOptions,
-    java: str,
-    jar_dir: Path,
-    spice_reason: str | None,
-    meteor: MeteorProcess,
-    work_dir: Path,
-    log: Callable[[str], None],
-) -> list[ModelResult]:
+def _prepare_texts(models: Sequence[ModelPredictions], tokenize: bool, context: ToolContext) -> list[ModelTexts]:
     predictions = [
         [
             "" if error is not None else clean_prediction(raw) if m.apply_cleanup else normalise_text(raw)
@@ -205,163 +214,181 @@ def _score_with(
     references = [
         [[normalise_text(ref) for ref in refs if normalise_text(ref)] for refs in m.references] for m in models
     ]
-    texts = [text for model_refs in references for refs in model_refs for text in refs]
-    texts += [text for model_predictions in predictions for text in model_predictions]
-    log(f"tokenizing {len(set(texts))} distinct texts (PTB, one JVM)")
-    tokens = ptb_tokenize(texts, java, work_dir)
-    tokenized_predictions = [[tokens[text] for text in model_predictions] for model_predictions in predictions]
-    tokenized_references = [[[tokens[ref] for ref in refs] for refs in model_refs] for model_refs in references]
-
-    meteor_job = _MeteorJob(meteor, list(zip(tokenized_predictions, tokenized_references, strict=True)))
-    meteor_job.start()
-
-    reference_sets: dict[tuple[tuple[str, ...], ...], ReferenceSet] = {}
-    python_metrics = []
-    for index, model in enumerate(models):
-        key = tuple(tuple(refs) for refs in references[index])
-        if key not in reference_sets:
-            log(f"[{model.model_name}] preparing its reference set ({len(key)} samples)")
-            reference_sets[key] = ReferenceSet(references[index], tokenized_references[index])
-        reference_set = reference_sets[key]
-        log(f"[{model.model_name}] BLEU, ROUGE-L, CIDEr-D on {len(model.sample_ids)} samples")
-        hyps = tokenized_predictions[index]
-        python_metrics.append(
-            (
-                reference_set.sacrebleu_scores(predictions[index]),
-                reference_set.coco_bleu(hyps),
-                reference_set.rouge_l(hyps),
-                reference_set.cider_d(hyps),
-            )
-        )
-
-    spice_scores: list[np.ndarray | None] = [None] * len(models)
-    if spice_reason is None:
-        log(f"SPICE over {sum(len(m.sample_ids) for m in models)} candidates (one JVM)")
-        items = [
-            SpiceItem(f"{m_index}/{s_index}", hyp, refs)
-            for m_index in range(len(models))
-            for s_index, (hyp, refs) in enumerate(
-                zip(tokenized_predictions[m_index], tokenized_references[m_index], strict=True)
-            )
+    if not tokenize:
+        return [
+            ModelTexts(model.model_name, preds, refs, preds, refs)
+            for model, preds, refs in zip(models, predictions, references, strict=True)
         ]
-        by_key = run_spice(items, java, jar_dir, work_dir, options.spice_cache)
-        for m_index, model in enumerate(models):
-            spice_scores[m_index] = np.array([by_key[f"{m_index}/{s}"] for s in range(len(model.sample_ids))])
-
-    log("waiting for METEOR 1.5 (one JVM for all models)")
-    meteor_job.join()
-    if meteor_job.error is not None:
-        raise meteor_job.error
-
-    versions = tool_versions(java)
-    results = []
+    # Each model's references and predictions are tokenized as the two documents COCOEvalCap.evaluate makes for it
+    # (the tokenizer looks across line ends, so a text's tokens depend on its neighbours): never mixed across models.
+    documents = []
+    for model_predictions, model_refs in zip(predictions, references, strict=True):
+        documents += [[text for refs in model_refs for text in refs], model_predictions]
+    context.log(f"tokenizing {len({tuple(d) for d in documents})} distinct documents (PTB, one JVM)")
+    tokenized = ptb_tokenize_documents(documents, context.java, context.work_dir)
+    texts = []
     for index, model in enumerate(models):
-        sacre, coco, (rouge_corpus, rouge_scores), (cider_corpus, cider_scores) = python_metrics[index]
-        meteor_stats, meteor_segment, meteor_corpus = meteor_job.results[index]
-        warnings = list(model.warnings)
-        unavailable: dict[str, str] = {}
-        spice = spice_scores[index]
-        spice_corpus: float | None = None
-        if spice is None:
-            unavailable["spice"] = spice_reason or "SPICE was not run"
-            warnings.append(f"spice is null: {unavailable['spice']}")
+        lines = iter(tokenized[2 * index])
+        texts.append(
+            ModelTexts(
+                name=model.model_name,
+                predictions=predictions[index],
+                references=references[index],
+                tokenized_predictions=tokenized[2 * index + 1],
+                tokenized_references=[[next(lines) for _ in refs] for refs in references[index]],
+            )
+        )
+    return texts
+
+
+class _Background(threading.Thread):
+    """A tool computing in a thread (a JVM answering) while the main thread runs the Python tools."""
+
+    def __init__(self, tool: Tool, texts: list[ModelTexts], blocks: set[str], context: ToolContext) -> None:
+        super().__init__(daemon=True)
+        self.tool, self.texts, self.blocks, self.context = tool, texts, blocks, context
+        self.outputs: list[ToolOutput] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.outputs = self.tool.compute(self.texts, self.blocks, self.context)
+        except BaseException as error:  # re-raised in the main thread
+            self.error = error
+
+
+def _run_tools(
+    tools: Sequence[Tool], computed: Sequence[Metric], texts: list[ModelTexts], context: ToolContext
+) -> list[list[ToolOutput]]:
+    """Each tool's outputs (one per model), in `tools` order."""
+    blocks = {id(tool): {m.statistics.key for m in computed if isinstance(tool, m.tool)} for tool in tools}
+    background = {id(tool): _Background(tool, texts, blocks[id(tool)], context) for tool in tools if tool.background}
+    for thread in background.values():
+        thread.start()
+    outputs: dict[int, list[ToolOutput]] = {}
+    for tool in tools:
+        if not tool.background:
+            outputs[id(tool)] = tool.compute(texts, blocks[id(tool)], context)
+    for tool in tools:
+        if tool.background:
+            thread = background[id(tool)]
+            context.log(f"waiting for {tool.name}")
+            thread.join()
+            if thread.error is not None:
+                raise thread.error
+            outputs[id(tool)] = thread.outputs
+    for tool in tools:
+        if len(outputs[id(tool)]) != len(texts):
+            raise ScoringError(f"{tool.name} returned {len(outputs[id(tool)])} results for {len(texts)} models")
+    return [outputs[id(tool)] for tool in tools]
+
+
+def _result(
+    model: ModelPredictions,
+    texts: ModelTexts,
+    outputs: list[ToolOutput],
+    computed: tuple[Metric, ...],
+    versions: dict[str, str],
+    options: ScoringOptions,
+) -> ModelResult:
+    stats: dict[str, np.ndarray] = {}
+    own_corpus: dict[str, float] = {}
+    own_sentence: dict[str, list[float]] = {}
+    warnings = list(model.warnings)
+    signature: dict[str, str] = {}
+    for output in outputs:
+        stats.update(output.stats)
+        own_corpus.update(output.corpus)
+        own_sentence.update(output.sentence)
+        warnings += output.warnings
+        signature.update(output.signature)
+    groups, unit = resampling_units(model.images if model.images is not None else [None] * len(model.sample_ids))
+    matrix = SampleMatrix(stats=stats, groups=groups, unit=unit)
+    metrics, sentence = _verified(model.model_name, matrix, computed, own_corpus, own_sentence)
+
+    errors = sum(error is not None for error in model.errors)
+    empty = sum(1 for text, error in zip(texts.predictions, model.errors, strict=True) if not text and not error)
+    counts = SampleCounts(
+        scored=len(model.sample_ids), empty=empty, failed=errors, missing=model.missing, unknown=model.unknown
+    )
+    if empty:
+        warnings.append(f"{empty} predictions are empty after cleanup (scored as empty strings)")
+    if errors:
+        warnings.append(f"{errors} samples failed in the runner (scored as empty strings)")
+    signature.update(versions)
+    signature["bootstrap"] = describe_bootstrap(matrix, options.bootstrap, options.seed)
+    signature["bootstrap_unit"] = matrix.unit
+    signature["metrics"] = ",".join(m.key for m in computed)
+    result = ModelResult(
+        model=model,
+        predictions=texts.predictions,
+        references=texts.references,
+        computed=computed,
+        metrics=metrics,
+        matrix=matrix,
+        sentence=sentence,
+        counts=counts,
+        signature=signature,
+        unavailable={key: LEFT_OUT for key in FILE_ORDER if metrics[key] is None},
+        warnings=warnings,
+    )
+    add_uncertainty(result, options.bootstrap, options.seed)
+    return result
+
+
+def _verified(
+    name: str,
+    matrix: SampleMatrix,
+    computed: Sequence[Metric],
+    own_corpus: dict[str, float],
+    own_sentence: dict[str, list[float]],
+) -> tuple[dict[str, float | None], dict[str, list[float]]]:
+    """Each metric's corpus value and per-sample scores. The registry's recomputation from the per-sample statistics
+    must give the tool's own numbers (else intervals and per-query values would be wrong); the tool's are reported."""
+    recomputed = corpus_metrics(computed, matrix, np.ones((1, matrix.num_samples)))
+    metrics: dict[str, float | None] = dict.fromkeys(FILE_ORDER)
+    sentence: dict[str, list[float]] = {}
+    for m in computed:
+        value = float(recomputed[m.key][0])
+        own = own_corpus.get(m.key)
+        if own is not None and not abs(value - own) <= RECOMPUTE_TOLERANCE:
+            raise ScoringError(f"[{name}] {m.key}: recomputed {value!r} != tool's {own!r} (internal error)")
+        metrics[m.key] = own if own is not None else value
+        per_sample = sentence_scores(m, matrix.stats)
+        if per_sample is None:
+            continue
+        if m.key in own_sentence:
+            worst = float(np.max(np.abs(per_sample - np.asarray(own_sentence[m.key]))))
+            if not worst <= RECOMPUTE_TOLERANCE:
+                raise ScoringError(f"[{name}] {m.key}: per-sample scores differ from the tool's by {worst} (internal)")
+            sentence[m.key] = [float(v) for v in own_sentence[m.key]]
         else:
-            nan = int(np.isnan(spice).sum())
-            if nan:
-                warnings.append(f"SPICE gave no F-score for {nan} samples; counted as 0.0 in the mean")
-                spice = np.nan_to_num(spice, nan=0.0)
-            spice_corpus = float(np.mean(spice))
-        matrix = SampleMatrix(
-            sacrebleu=sacre.stats,
-            coco_bleu=coco.stats,
-            meteor=np.array([[float(x) for x in line.split()] for line in meteor_stats]),
-            rouge=rouge_scores,
-            cider=cider_scores,
-            spice=spice,
-        )
-        metrics: dict[str, float | None] = {
-            "bleu4": sacre.corpus,
-            "meteor": meteor_corpus,
-            "rougeL": rouge_corpus,
-            "cider": cider_corpus,
-            "spice": spice_corpus,
-        }
-        for order in range(4):
-            metrics[f"coco_bleu{order + 1}"] = coco.corpus[order]
-        _verify_recomputation(model.model_name, matrix, metrics, meteor_segment)
-
-        errors = sum(error is not None for error in model.errors)
-        empty = sum(1 for text, error in zip(predictions[index], model.errors, strict=True) if not text and not error)
-        counts = SampleCounts(
-            scored=len(model.sample_ids), empty=empty, failed=errors, missing=model.missing, unknown=model.unknown
-        )
-        if empty:
-            warnings.append(f"{empty} predictions are empty after cleanup (scored as empty strings)")
-        if errors:
-            warnings.append(f"{errors} samples failed in the runner (scored as empty strings)")
-        signature = {
-            "sacrebleu": sacre.signature,
-            **versions,
-            "bootstrap": f"{options.bootstrap} resamples of samples, seed {options.seed}, percentile 95% CI",
-        }
-        result = ModelResult(
-            model=model,
-            predictions=predictions[index],
-            references=references[index],
-            metrics=metrics,
-            matrix=matrix,
-            sentence={
-                "bleu4": list(sacre.sentence),
-                "meteor": list(meteor_segment),
-                "rougeL": rouge_scores.tolist(),
-                "cider": cider_scores.tolist(),
-                "spice": spice.tolist() if spice is not None else [None] * len(model.sample_ids),
-            },
-            meteor_stats=meteor_stats,
-            counts=counts,
-            signature=signature,
-            unavailable=unavailable,
-            warnings=warnings,
-        )
-        add_uncertainty(result, options.bootstrap, options.seed)
-        results.append(result)
-    return results
-
-
-def _verify_recomputation(
-    name: str, matrix: SampleMatrix, metrics: dict[str, float | None], meteor_segment: Sequence[float]
-) -> None:
-    """The statistics kept per sample must reproduce the tools' corpus numbers (else CIs would be wrong)."""
-    recomputed = corpus_metrics(matrix, np.ones((1, matrix.num_samples)))
-    for metric, values in recomputed.items():
-        expected = metrics[metric]
-        if expected is not None and abs(float(values[0]) - expected) > RECOMPUTE_TOLERANCE:
-            raise ScoringError(f"[{name}] {metric}: recomputed {values[0]!r} != tool's {expected!r} (internal error)")
-    per_segment = meteor_from_stats(matrix.meteor)
-    worst = float(np.max(np.abs(per_segment - np.asarray(meteor_segment)))) if len(meteor_segment) else 0.0
-    if worst > RECOMPUTE_TOLERANCE:
-        raise ScoringError(f"[{name}] METEOR segment scores differ from the jar's by {worst} (internal error)")
+            sentence[m.key] = per_sample.tolist()
+    return metrics, sentence
 
 
 def add_uncertainty(result: ModelResult, resamples: int, seed: int) -> None:
-    """Bootstrap CIs and the per-query and per-group breakdowns, from the per-sample statistics only."""
-    n = result.matrix.num_samples
-    values = corpus_metrics(result.matrix, bootstrap_weights(n, resamples, seed))
+    """Bootstrap CIs (resampling images when an image carries several samples) and the per-query and per-group
+    breakdowns, from the per-sample statistics only."""
+    matrix = result.matrix
+    values = corpus_metrics(result.computed, matrix, bootstrap_weights(matrix.groups, resamples, seed))
     intervals = confidence_intervals(values)
-    result.ci = {metric: intervals.get(metric) for metric in ALL_METRICS}
-    result.per_query = breakdown(result.matrix, result.model.queries)
-    result.per_group = breakdown(result.matrix, result.model.groups) if result.model.groups else {}
+    result.ci = {key: intervals.get(key) for key in FILE_ORDER}
+    result.per_query = breakdown(result.computed, matrix, result.model.queries)
+    result.per_group = breakdown(result.computed, matrix, result.model.groups) if result.model.groups else {}
 
 
-def breakdown(matrix: SampleMatrix, labels: Sequence[str | None]) -> dict[str, dict[str, float | None]]:
-    """Every metric over the samples of each label (a query, a group), with their count; a sample without a label
-    (None) is in no row."""
+def breakdown(
+    computed: Sequence[Metric], matrix: SampleMatrix, labels: Sequence[str | None]
+) -> dict[str, dict[str, float | None]]:
+    """Every metric over the samples of each label (a query, a group) from their summed statistics, with their
+    count; a sample without a label (None) is in no row. Metrics left out are None."""
     rows: dict[str, dict[str, float | None]] = {}
     for label in sorted({label for label in labels if label is not None}):
         indicator = np.array([[1.0 if other == label else 0.0 for other in labels]])
-        per_metric = corpus_metrics(matrix, indicator)
-        row: dict[str, float | None] = {metric: None for metric in ALL_METRICS}
-        row.update({metric: float(v[0]) for metric, v in per_metric.items()})
+        per_metric = corpus_metrics(computed, matrix, indicator)
+        row: dict[str, float | None] = dict.fromkeys(FILE_ORDER)
+        row.update({key: float(v[0]) for key, v in per_metric.items()})
         row["num_samples"] = float(indicator.sum())
         rows[label] = row
     return rows

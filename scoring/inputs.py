@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from contract import (
     read_jsonl,
 )
 from contract.json_formats import read_coco_results
+from contract.names import FileNameError, check_file_name
 from scoring.engine import ModelPredictions
 from scoring.java import ScoringError
 
@@ -26,12 +26,17 @@ _PREDICTIONS_SUFFIX = PREDICTIONS_JSONL.replace("{model}", "")  # "_predictions.
 
 
 def model_name_for(path: Path, records: list[PredictionRecord]) -> str:
+    """From the file's name (`<model>_predictions.jsonl`), else the records' one `model_name`, else the file's stem;
+    checked, as every name that becomes part of a result file's name (contract.names)."""
     if path.name.endswith(_PREDICTIONS_SUFFIX) and len(path.name) > len(_PREDICTIONS_SUFFIX):
-        return path.name[: -len(_PREDICTIONS_SUFFIX)]
-    names = {record.model_name for record in records if record.model_name}
-    if len(names) == 1:
-        return names.pop()
-    return path.stem
+        name = path.name[: -len(_PREDICTIONS_SUFFIX)]
+    else:
+        names = {record.model_name for record in records if record.model_name}
+        name = names.pop() if len(names) == 1 else path.stem
+    try:
+        return check_file_name(name)
+    except FileNameError as error:
+        raise ScoringError(f"{path}: {error}") from None
 
 
 def run_manifest_for(path: Path, model_name: str) -> RunManifest | None:
@@ -48,11 +53,12 @@ def model_id_for(path: Path, model_name: str, overrides: Mapping[str, str]) -> s
     return overrides.get(model_name, model_name)
 
 
-def read_predictions(path: Path) -> list[PredictionRecord]:
+def read_predictions(path: Path, warnings: list[str] | None = None) -> list[PredictionRecord]:
+    """The records; an incomplete last line (a write cut off) is left out and said in `warnings`."""
     if not path.is_file():
         raise ScoringError(f"{path}: predictions file not found")
     try:
-        records = list(read_jsonl(path, PredictionRecord))
+        records = list(read_jsonl(path, PredictionRecord, warn=(warnings if warnings is not None else []).append))
     except ValueError as error:
         raise ScoringError(str(error)) from error
     if not records:
@@ -80,7 +86,9 @@ def load_model_predictions(
 ) -> ModelPredictions:
     """`subset`: `dataset` holds only the first `subset.limit` samples (--limit); predictions of later samples of the
     same data file are expected then, and left out (an earlier full run, or a run with a larger limit)."""
-    records, warnings = _deduplicate(path, read_predictions(path))
+    torn: list[str] = []
+    records, warnings = _deduplicate(path, read_predictions(path, torn))
+    warnings = torn + warnings
     if subset is not None and dataset is not None:
         wanted = {sample.sample_id for sample in dataset.samples}
         beyond = [record for record in records if record.sample_id not in wanted]
@@ -118,6 +126,7 @@ def load_model_predictions(
         known.sort(key=lambda record: order[record.sample_id])
         references = [list(samples[record.sample_id].references) for record in known]
         queries = [samples[record.sample_id].query for record in known]
+        images = [samples[record.sample_id].image for record in known]
         groups = [samples[record.sample_id].group for record in known] if dataset.has_groups else None
         records = known
     else:
@@ -128,6 +137,7 @@ def load_model_predictions(
                 )
         references = [list(record.references) for record in records]
         queries = [record.query for record in records]
+        images = [record.image for record in records]
         groups = None
     return ModelPredictions(
         model_name=name,
@@ -137,6 +147,7 @@ def load_model_predictions(
         raw_predictions=[record.prediction for record in records],  # a failed sample is scored as "" anyway
         references=references,
         errors=[record.error for record in records],
+        images=images,
         missing=missing,
         unknown=unknown,
         warnings=warnings,
@@ -149,6 +160,10 @@ def load_model_predictions(
 
 def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> ModelPredictions:
     """Human agreement: each sample's first reference scored against the others (samples with >= 2)."""
+    try:
+        check_file_name(model_name, "--name")
+    except FileNameError as error:
+        raise ScoringError(str(error)) from None
     samples = [sample for sample in dataset.samples if len(sample.references) >= 2]
     if not samples:
         raise ScoringError(f"{dataset.path}: no sample has two or more references")
@@ -160,6 +175,7 @@ def leave_one_out(dataset: Dataset, model_name: str = "human-baseline") -> Model
         raw_predictions=[sample.references[0] for sample in samples],
         references=[list(sample.references[1:]) for sample in samples],
         errors=[None] * len(samples),
+        images=[sample.image for sample in samples],
         warnings=[f"{len(dataset.samples) - len(samples)} samples with fewer than 2 references left out"],
         source=str(dataset.path),
         apply_cleanup=False,
@@ -186,20 +202,6 @@ def limit_samples(dataset: Dataset, limit: int | None) -> SubsetInfo | None:
     return subset
 
 
-# A model name becomes part of file names (`<name>_metrics.json`): letters, digits and . _ - @, starting with a
-# letter or digit (never a path, `..` or a hidden file), as the runner's catalogue requires of model names.
-MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,159}")
-
-
-def check_model_name(name: str, origin: str) -> str:
-    if not MODEL_NAME_PATTERN.fullmatch(name):
-        raise ScoringError(
-            f"model name {name!r} ({origin}): use letters, digits and . _ - @ only, starting with a letter or digit, "
-            "at most 160 characters (it becomes part of file names); give another with --name"
-        )
-    return name
-
-
 def load_coco_results(
     path: Path, annotations: Dataset, name: str | None = None, model_ids: Mapping[str, str] | None = None
 ) -> ModelPredictions:
@@ -208,7 +210,11 @@ def load_coco_results(
     the annotations' order), each caption as written (no cleanup: it is the other tool's final text). Refused, as
     pycocotools' loadRes and COCOEvalCap refuse them: an image id that is not an annotated image, and an image with
     two captions. Annotated images without a caption are counted (`missing`) and said in a warning."""
-    model_name = check_model_name(name, "--name") if name is not None else check_model_name(path.stem, f"{path}")
+    try:
+        model_name = check_file_name(name, "--name") if name is not None else check_file_name(path.stem)
+    except FileNameError as error:
+        where = "" if name is not None else f"{path}: the name comes from the file's name; "
+        raise ScoringError(f"{where}{error}; give another with --name") from None
     try:
         results = read_coco_results(path)
     except DataFileError as error:
@@ -254,6 +260,7 @@ def load_coco_results(
         raw_predictions=[caption_of[sample.sample_id] for sample in samples],
         references=[list(sample.references) for sample in samples],
         errors=[None] * len(samples),
+        images=[sample.image for sample in samples],
         missing=missing,
         warnings=warnings,
         source=str(path),

@@ -3,9 +3,12 @@
 The jar runs in `-stdio` mode with pycocoevalcap's options (`- - -stdio -l en -norm`). For each segment a
 `SCORE ||| ref 1 ||| ... ||| ref n ||| hypothesis` line returns the segment's sufficient statistics (23
 numbers, against the best-matching reference); an `EVAL ||| stats ||| stats ...` line returns each segment's
-score and then the corpus score, which METEOR computes from the element-wise SUM of the statistics. Because
-of that, `meteor_from_stats` (a transcription of MeteorScorer.computeMetrics for METEOR 1.5's English
-parameters) turns any summed statistics, e.g. a bootstrap resample, into the corpus score without Java.
+score and then the corpus score, which METEOR computes from the element-wise SUM of the statistics, with one
+exception: the chunk count of a "perfect" segment (every word of both sides matched, in one chunk) is left out of
+the sum (METEOR 1.5's MeteorStats.addStats). So `summable_stats` zeroes those chunk counts, after which any
+weighted sum of the rows is what the jar sums for that multiset of segments, and `meteor_from_stats` (the same
+arithmetic as MeteorScorer.computeMetrics with METEOR 1.5's English parameters) turns it into the jar's corpus
+score without Java: subsets, bootstrap resamples and per-query scores alike.
 """
 
 from __future__ import annotations
@@ -27,6 +30,29 @@ STATS_LENGTH = 4 + 4 * NUM_MODULES + 3
 # METEOR 1.5 defaults for `-l en` (task "default"): alpha, beta, gamma, delta and the module weights.
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.2, 0.6, 0.75
 MODULE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)
+
+
+CHUNKS = 4 + 4 * NUM_MODULES  # column of the chunk count
+
+
+def _matched_everything(stats: np.ndarray) -> np.ndarray:
+    """Rows whose words are all matched on both sides in exactly one chunk (the jar's "test = ref" case)."""
+    stage = stats[..., 4:CHUNKS].reshape(*stats.shape[:-1], NUM_MODULES, 4)
+    test_total = np.zeros(stats.shape[:-1])
+    ref_total = np.zeros(stats.shape[:-1])
+    for module in range(NUM_MODULES):  # the jar's order of summation (integers, so exact anyway)
+        test_total = test_total + stage[..., module, 0] + stage[..., module, 2]
+        ref_total = ref_total + stage[..., module, 1] + stage[..., module, 3]
+    return (test_total == stats[..., 0]) & (ref_total == stats[..., 1]) & (stats[..., CHUNKS] == 1.0)
+
+
+def summable_stats(stats: np.ndarray) -> np.ndarray:
+    """Segment statistics whose plain (weighted) sums are the jar's corpus sums: a perfect segment's chunk count is
+    not added by MeteorStats.addStats, so it is zeroed here. A row's own score is unchanged (its fragmentation is 0
+    either way)."""
+    stats = np.array(stats, dtype=np.float64)
+    stats[..., CHUNKS] = np.where(_matched_everything(stats), 0.0, stats[..., CHUNKS])
+    return stats
 
 
 def meteor_from_stats(stats: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from pycocoevalcap.bleu.bleu_scorer import BleuScorer, cook_refs, cook_test
@@ -57,27 +58,50 @@ class ReferenceSet:
 
     def __init__(self, references: Sequence[Sequence[str]], tokenized: Sequence[Sequence[str]]) -> None:
         self.size = len(references)
-        # sacreBLEU: 13a, exp smoothing, case kept; reference n-grams cached inside the metric object.
-        self.sacrebleu = BLEU(tokenize="13a", smooth_method="exp", references=none_padded_streams(references))
-        # pycocoevalcap BLEU: cooked references (length list + max n-gram counts).
-        self.coco_cooked = [cook_refs(list(refs), n=MAX_ORDER) for refs in tokenized]
-        # ROUGE-L: tokens as pycocoevalcap splits them (on single spaces) and each token's position bitmask.
-        self.rouge_refs = [[_lcs_masks(ref.split(" ")) for ref in refs] for refs in tokenized]
-        # CIDEr-D: document frequency over these references, log of their number, reference tf-idf vectors.
-        cooked = [[cider_precook(ref, MAX_ORDER) for ref in refs] for refs in tokenized]
-        self.document_frequency: dict[tuple[str, ...], float] = defaultdict(float)
-        for refs in cooked:
+        self.references = references
+        self.tokenized = tokenized
+
+    # Each cache is built on first use, so a metric left out (--metrics) costs nothing.
+
+    @cached_property
+    def sacrebleu(self) -> BLEU:
+        """13a, exp smoothing, case kept; reference n-grams cached inside the metric object."""
+        return BLEU(tokenize="13a", smooth_method="exp", references=none_padded_streams(self.references))
+
+    @cached_property
+    def coco_cooked(self) -> list:
+        """pycocoevalcap BLEU: cooked references (length list + max n-gram counts)."""
+        return [cook_refs(list(refs), n=MAX_ORDER) for refs in self.tokenized]
+
+    @cached_property
+    def rouge_refs(self) -> list[list[tuple[dict[str, int], int, int]]]:
+        """ROUGE-L: tokens as pycocoevalcap splits them (on single spaces) and each token's position bitmask."""
+        return [[_lcs_masks(ref.split(" ")) for ref in refs] for refs in self.tokenized]
+
+    @cached_property
+    def _cider_cooked(self) -> list[list[dict[tuple[str, ...], int]]]:
+        return [[cider_precook(ref, MAX_ORDER) for ref in refs] for refs in self.tokenized]
+
+    @cached_property
+    def idf(self) -> dict[tuple[str, ...], float]:
+        """CIDEr-D: idf = log(#samples) - log(max(1, df)) with df over these references, computed once per n-gram
+        (np.log, as pycocoevalcap does)."""
+        document_frequency: dict[tuple[str, ...], float] = defaultdict(float)
+        for refs in self._cider_cooked:
             for ngram in {ngram for ref in refs for ngram in ref}:
-                self.document_frequency[ngram] += 1
-        self.log_num_references = np.log(float(len(cooked)))
-        # idf = log(#samples) - log(max(1, df)), computed once per n-gram (np.log, as pycocoevalcap does); an
-        # n-gram no reference has gets log(#samples).
-        self.idf = {
-            ngram: float(self.log_num_references - np.log(max(1.0, frequency)))
-            for ngram, frequency in self.document_frequency.items()
-        }
-        self.unseen_idf = float(self.log_num_references - np.log(1.0))
-        self.cider_refs = [[self._tfidf(ref) for ref in refs] for refs in cooked]
+                document_frequency[ngram] += 1
+        log_samples = np.log(float(len(self._cider_cooked)))
+        return {ngram: float(log_samples - np.log(max(1.0, df))) for ngram, df in document_frequency.items()}
+
+    @cached_property
+    def unseen_idf(self) -> float:
+        """The idf of an n-gram no reference has: log(#samples)."""
+        return float(np.log(float(len(self._cider_cooked))) - np.log(1.0))
+
+    @cached_property
+    def cider_refs(self) -> list[list[tuple[list[dict], list[float], int]]]:
+        """CIDEr-D: each reference's tf-idf vectors, norms and length."""
+        return [[self._tfidf(ref) for ref in refs] for refs in self._cider_cooked]
 
     def _tfidf(self, counts: dict[tuple[str, ...], int]) -> tuple[list[dict], list[float], int]:
         """tf-idf vector per n-gram order, its norms, and pycocoevalcap's "length" (the bigram count).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,22 @@ from contract import (
     read_json,
     read_jsonl,
     results_file,
+    spreadsheet_safe,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
 )
-from scoring.engine import ALL_METRICS, MIN_BOOTSTRAP, ModelResult
+from scoring.engine import MIN_BOOTSTRAP, ModelResult
 from scoring.java import ScoringError
-from scoring.resample import SampleMatrix, bootstrap_weights, confidence_intervals, corpus_metrics, paired_p_value
+from scoring.metrics import FILE_ORDER, LEFT_OUT, METRICS, TABLE_METRICS, Metric
+from scoring.resample import (
+    SampleMatrix,
+    bootstrap_weights,
+    confidence_intervals,
+    corpus_metrics,
+    paired_p_value,
+    resampling_units,
+)
 
 _METRICS_SUFFIX = METRICS_JSON.replace("{model}", "")
 
@@ -44,19 +54,19 @@ def write_model_outputs(result: ModelResult, out_dir: Path) -> Path:
     return metrics_path
 
 
-CONSOLE_SCALE = 100.0  # people read x100 (the captioning papers' convention); the files keep 0-1
-
-
 def metric_line(metrics: MetricsFile) -> str:
-    """One readable line per model for the terminal, x100 with 95% intervals."""
+    """One readable line per model for the terminal, on each metric's display scale (x100) with 95% intervals; the
+    metrics left out with --metrics are not repeated on every line."""
     parts = []
-    for metric in ("cider", "bleu4", "coco_bleu4", "meteor", "rougeL", "spice"):
-        value = metrics.metrics.get(metric)
-        interval = metrics.ci.get(metric)
-        text = "n/a" if value is None else f"{value * CONSOLE_SCALE:.2f}"
+    for metric in TABLE_METRICS:
+        value = metrics.metrics.get(metric.key)
+        interval = metrics.ci.get(metric.key)
+        if value is None and metrics.unavailable.get(metric.key) == LEFT_OUT:
+            continue  # said once for all models, after their lines
+        text = "n/a" if value is None else f"{value * metric.scale:.2f}"
         if interval is not None and value is not None:
-            text += f" [{interval[0] * CONSOLE_SCALE:.2f}, {interval[1] * CONSOLE_SCALE:.2f}]"
-        parts.append(f"{metric}={text}")
+            text += f" [{interval[0] * metric.scale:.2f}, {interval[1] * metric.scale:.2f}]"
+        parts.append(f"{metric.key}={text}")
     counts = metrics.counts
     return (
         f"{metrics.model_name} ({metrics.model_id}): n={metrics.num_samples} "
@@ -64,31 +74,55 @@ def metric_line(metrics: MetricsFile) -> str:
     )
 
 
-def _matrix_from_sample_scores(rows: list[SampleScores]) -> SampleMatrix:
-    spice = [row.scores.get("spice") for row in rows]
-    return SampleMatrix(
-        sacrebleu=np.array([row.stats["sacrebleu"] for row in rows], dtype=np.float64),
-        coco_bleu=np.array([row.stats["coco_bleu"] for row in rows], dtype=np.float64),
-        meteor=np.array([row.stats["meteor"] for row in rows], dtype=np.float64),
-        rouge=np.array([row.scores["rougeL"] for row in rows], dtype=np.float64),
-        cider=np.array([row.scores["cider"] for row in rows], dtype=np.float64),
-        spice=None if any(value is None for value in spice) else np.array(spice, dtype=np.float64),
-    )
+def computed_metrics(metrics: MetricsFile) -> list[Metric]:
+    """The registry's metrics this model has a value for (the others were left out)."""
+    return [m for m in METRICS if metrics.metrics.get(m.key) is not None]
 
 
-def _read_models(results_dir: Path) -> list[tuple[MetricsFile, list[SampleScores] | None]]:
+def matrix_from_sample_scores(path: Path, rows: list[SampleScores], metrics: list[Metric]) -> SampleMatrix:
+    """The per-sample statistics of `metrics` and each sample's resampling unit, from a sample-scores file."""
+    stale = f"{path}: written by an older version of `python -m scoring`; score these predictions again"
+    if any(row.image is None for row in rows):
+        raise ScoringError(f"{stale} (no image per sample, which the bootstrap resamples)")
+    stats = {}
+    for m in metrics:
+        key = m.statistics.key
+        if key in stats:
+            continue
+        missing = [row.sample_id for row in rows if key not in row.stats]
+        if missing:
+            raise ScoringError(f"{stale} (no {key!r} statistics for sample {missing[0]})")
+        stats[key] = np.array([row.stats[key] for row in rows], dtype=np.float64).reshape(len(rows), -1)
+        if stats[key].shape[1] != len(m.statistics.columns):
+            raise ScoringError(f"{path}: {key!r} statistics have {stats[key].shape[1]} numbers per sample, "
+                               f"expected {len(m.statistics.columns)}")  # fmt: skip
+    groups, unit = resampling_units([row.image for row in rows])
+    return SampleMatrix(stats=stats, groups=groups, unit=unit)
+
+
+def _read_models(results_dir: Path) -> list[tuple[MetricsFile, Path, list[SampleScores] | None]]:
     models = []
     for path in sorted(results_dir.glob("*" + _METRICS_SUFFIX)):
         metrics = read_json(path, MetricsFile)
         scores_path = results_file(results_dir, SAMPLE_SCORES_JSONL, metrics.model_name)
         rows = list(read_jsonl(scores_path, SampleScores)) if scores_path.is_file() else None
-        models.append((metrics, rows))
+        models.append((metrics, scores_path, rows))
     return sorted(models, key=lambda model: model[0].model_name)
+
+
+@dataclass
+class _Bootstrapped:
+    sample_ids: list[str]
+    unit: str
+    computed: list[Metric]
+    values: dict[str, np.ndarray]
+    observed: dict[str, float]
 
 
 def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int = 0) -> Summary:
     """Summary of every `<model>_metrics.json` in the folder, with paired bootstrap p-values, differences and the
-    differences' 95% CIs between every two models scored on the same samples (resampled with the same indices)."""
+    differences' 95% CIs between every two models scored on the same samples (resampled with the same units: the
+    same images when an image carries several samples)."""
     models = _read_models(results_dir)
     if not models:
         raise ScoringError(f"{results_dir}: no *{_METRICS_SUFFIX} files to summarise")
@@ -101,38 +135,43 @@ def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int =
             ci=metrics.ci,
             counts=metrics.counts.model_dump(),
             unavailable=metrics.unavailable,
+            bootstrap_unit=metrics.signature.get("bootstrap_unit"),
         )
-        for metrics, _ in models
+        for metrics, _, _ in models
     ]
     significance: dict[str, dict[str, float]] = {}
     differences: dict[str, dict[str, PairDifference]] = {}
-    bootstrapped: dict[str, tuple[list[str], dict[str, np.ndarray], dict[str, float]]] = {}
-    for metrics, rows in models:
+    bootstrapped: dict[str, _Bootstrapped] = {}
+    for metrics, path, rows in models:
         if rows is None:
             continue
-        order = sorted(range(len(rows)), key=lambda index: rows[index].sample_id)
-        rows = [rows[index] for index in order]
-        matrix = _matrix_from_sample_scores(rows)
-        values = corpus_metrics(matrix, bootstrap_weights(len(rows), resamples, seed))
-        observed = {metric: float(v[0]) for metric, v in corpus_metrics(matrix, np.ones((1, len(rows)))).items()}
-        bootstrapped[metrics.model_name] = ([row.sample_id for row in rows], values, observed)
-    for (name_a, (ids_a, values_a, observed_a)), (name_b, (ids_b, values_b, observed_b)) in itertools.combinations(
-        bootstrapped.items(), 2
-    ):
-        if ids_a != ids_b:
-            continue  # p-values only for models scored on the same samples
-        for metric in ALL_METRICS:
-            if metric in values_a and metric in values_b:
+        rows = sorted(rows, key=lambda row: row.sample_id)
+        computed = computed_metrics(metrics)
+        matrix = matrix_from_sample_scores(path, rows, computed)
+        values = corpus_metrics(computed, matrix, bootstrap_weights(matrix.groups, resamples, seed))
+        observed = {key: float(v[0]) for key, v in corpus_metrics(computed, matrix, np.ones((1, len(rows)))).items()}
+        bootstrapped[metrics.model_name] = _Bootstrapped([row.sample_id for row in rows], matrix.unit, computed,
+                                                         values, observed)  # fmt: skip
+    units = set()
+    for (name_a, a), (name_b, b) in itertools.combinations(bootstrapped.items(), 2):
+        if a.sample_ids != b.sample_ids:
+            continue  # p-values only for models scored on the same samples (hence the same images)
+        units.add(a.unit)
+        for m in METRICS:
+            if m in a.computed and m in b.computed:
                 pair = f"{name_a}|{name_b}"
-                p = paired_p_value(observed_a[metric], observed_b[metric], values_a[metric], values_b[metric])
-                significance.setdefault(metric, {})[pair] = p
-                difference = observed_a[metric] - observed_b[metric]
-                ci = confidence_intervals({metric: values_a[metric] - values_b[metric]})[metric]
+                key = m.key
+                p = paired_p_value(a.observed[key], b.observed[key], a.values[key], b.values[key])
+                significance.setdefault(key, {})[pair] = p
+                difference = a.observed[key] - b.observed[key]
+                ci = confidence_intervals({key: a.values[key] - b.values[key]})[key]
                 if np.isfinite([difference, *ci]).all():  # JSON has no NaN; a NaN metric has no difference
-                    differences.setdefault(metric, {})[pair] = PairDifference(difference=difference, ci=ci)
+                    differences.setdefault(key, {})[pair] = PairDifference(difference=difference, ci=ci)
     signature = dict(models[0][0].signature)
+    unit = " or ".join(f"{u}s" for u in sorted(units)) or "images (or samples when no image has two)"
     signature["significance"] = (
-        f"paired bootstrap, {resamples} resamples, seed {seed}, two-sided, p=(1+#|d_b-d|>=|d|)/(B+1)"
+        f"paired bootstrap resampling {unit}, the same for both models, {resamples} resamples, seed {seed}, "
+        "two-sided, p=(1+#|d_b-d|>=|d|)/(B+1)"
     )
     return Summary(models=entries, significance=significance, signature=signature, differences=differences)
 
@@ -140,12 +179,11 @@ def build_summary(results_dir: Path, resamples: int = MIN_BOOTSTRAP, seed: int =
 def comparison_csv(summary: Summary) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model_name", "model_id", "num_samples", *ALL_METRICS])
+    writer.writerow(["model_name", "model_id", "num_samples", *FILE_ORDER])
     for entry in summary.models:
-        values = [entry.metrics.get(metric) for metric in ALL_METRICS]
-        writer.writerow(
-            [entry.model_name, entry.model_id, entry.num_samples, *("" if v is None else repr(v) for v in values)]
-        )
+        values = [entry.metrics.get(key) for key in FILE_ORDER]
+        names = [spreadsheet_safe(entry.model_name), spreadsheet_safe(entry.model_id)]  # never a formula
+        writer.writerow([*names, entry.num_samples, *("" if v is None else repr(v) for v in values)])
     return buffer.getvalue()
 
 

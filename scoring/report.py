@@ -34,7 +34,6 @@ from contract import (
     PREDICTIONS_JSONL,
     REPORT_HTML,
     RUN_MANIFEST,
-    SAMPLE_SCORE_KEYS,
     SAMPLE_SCORES_JSONL,
     SUMMARY_JSON,
     AblationManifest,
@@ -53,6 +52,7 @@ from contract import (
     write_text_atomic,
 )
 from contract.dataset import resolve_image
+from scoring.metrics import LABELS, METRICS, TABLE_METRICS
 
 COMPARISON_MD = "comparison.md"
 COMPARISON_TEX = "comparison.tex"
@@ -62,18 +62,14 @@ THUMB_SIZE = (256, 128)  # 2:1 like the equirectangular panoramas
 # "human-baseline" (its --name can change that; its model_id always starts with "human (").
 HUMAN_BASELINE_NAME = "human-baseline"
 HUMAN_BASELINE_ID_PREFIX = "human ("
-# Report columns: sacreBLEU's BLEU-4 (the tool's own signature) beside pycocoevalcap's, which papers report.
-REPORT_METRICS = ("bleu4", "coco_bleu4", "meteor", "rougeL", "cider", "spice")
-METRIC_LABELS = {
-    "bleu4": "sacreBLEU BLEU-4",
-    "coco_bleu4": "COCO BLEU-4",
-    "meteor": "METEOR",
-    "rougeL": "ROUGE-L",
-    "cider": "CIDEr",
-    "spice": "SPICE",
-}
+# Report columns and labels come from the metric registry (scoring/metrics.py): sacreBLEU's BLEU-4 (the tool's own
+# signature) beside pycocoevalcap's, which papers report, then METEOR, ROUGE-L, CIDEr, SPICE.
+REPORT_METRICS = tuple(metric.key for metric in TABLE_METRICS)
+METRIC_LABELS = LABELS
+SCALES = {metric.key: metric.scale for metric in METRICS}  # shown x scale (files keep the 0-1 scale)
+# Per-sample scores shown in the sample browser: the metrics with a score of their own per sample.
+SAMPLE_METRICS = tuple(metric.key for metric in METRICS if metric.sentence is not None)
 DEFAULT_RANK_METRIC = "cider"
-SCALE = 100.0  # scores are shown x100, the captioning papers' convention (files keep the 0-1 scale)
 ALPHA = 0.05  # family-wise error rate of the Holm-Bonferroni correction, per metric
 DEMO_SENTENCE = "DEMO: random-weight models; these numbers mean nothing"
 MAX_FAILED_SAMPLES_LISTED = 50  # per model in the page; the predictions file has them all
@@ -375,16 +371,26 @@ def _thumbnail(image: Path, thumbs: Path, pil_image: Any) -> str | None:
 # Numbers: formatting, significance after correction, rankings.
 
 
-def fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
-    """x100 with `digits` decimals; a real minus sign so negative gaps read as such."""
+def fmt(value: float | None, digits: int = 2, sign: bool = False, metric: str | None = None) -> str:
+    """On the metric's display scale (x100) with `digits` decimals; a real minus sign so negative gaps read as such."""
     if value is None or not math.isfinite(value):
         return "n/a"
-    shown = round(value * SCALE, digits) or 0.0  # a tiny negative rounds to 0.00, never to "-0.00"
+    shown = round(value * _scale(metric), digits) or 0.0  # a tiny negative rounds to 0.00, never to "-0.00"
     return f"{shown:{'+' if sign else ''}.{digits}f}".replace("-", "\u2212")
 
 
-def fmt_ci(ci: tuple[float, float] | None, digits: int = 2) -> str:
-    return "" if ci is None else f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+def fmt_ci(ci: tuple[float, float] | None, digits: int = 2, metric: str | None = None) -> str:
+    return "" if ci is None else f"[{fmt(ci[0], digits, metric=metric)}, {fmt(ci[1], digits, metric=metric)}]"
+
+
+def _scale(metric: str | None) -> float:
+    return SCALES.get(metric, SCALES["cider"]) if metric is not None else SCALES["cider"]
+
+
+def scale_text() -> str:
+    """How the tables' numbers are scaled, said once: "x100" when every column shares it."""
+    scales = {SCALES[key] for key in REPORT_METRICS}
+    return f"x{scales.pop():g}" if len(scales) == 1 else "each on the scale its label gives"
 
 
 def fmt_p(p: float) -> str:
@@ -495,7 +501,7 @@ def rank(inputs: ReportInputs, metric: str) -> Ranking:
             cells[name] = RankCells(position, "best", "", False, f"highest {label}")
             continue
         test = tests.get((name, best_name))
-        gap = fmt(value - best_value, sign=True)
+        gap = fmt(value - best_value, sign=True, metric=metric)
         if test is None:
             cells[name] = RankCells(position, gap, "", False, f"no paired test with {best_name} (other samples)")
             continue
@@ -504,7 +510,7 @@ def rank(inputs: ReportInputs, metric: str) -> Ranking:
             f"{name} \u2212 {best_name}: p = {test.p:.4f}, Holm-adjusted p = {test.p_holm:.4f} "
             f"({verdict} at {ALPHA} after the correction over {len(tests) // 2} pairs)"
         )
-        cells[name] = RankCells(position, gap, fmt_ci(test.ci), test.significant, title)
+        cells[name] = RankCells(position, gap, fmt_ci(test.ci, metric=metric), test.significant, title)
     return Ranking(metric, [name for name, _ in valued], cells, tests)
 
 
@@ -513,7 +519,7 @@ def best_values(models: list[ModelView], digits: int) -> dict[str, float]:
     bold with fewer than two models to compare."""
     best: dict[str, float] = {}
     for metric in REPORT_METRICS:
-        values = [round(v * SCALE, digits) for m in models if (v := m.metric(metric)) is not None]
+        values = [round(v * SCALES[metric], digits) for m in models if (v := m.metric(metric)) is not None]
         if len(models) >= 2 and values:
             best[metric] = max(values)
     return best
@@ -521,7 +527,7 @@ def best_values(models: list[ModelView], digits: int) -> dict[str, float]:
 
 def is_best(model: ModelView, metric: str, best: dict[str, float], digits: int) -> bool:
     value = model.metric(metric)
-    return value is not None and metric in best and round(value * SCALE, digits) == best[metric]
+    return value is not None and metric in best and round(value * SCALES[metric], digits) == best[metric]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -597,9 +603,10 @@ def metric_charts(inputs: ReportInputs) -> dict[str, str]:
             if not rows:
                 continue
             rows.sort(key=lambda row: row[1])
-            values = [v * SCALE for _, v, _ in rows]
-            low = [max(0.0, (v - ci[0]) * SCALE) if ci else 0.0 for _, v, ci in rows]
-            high = [max(0.0, (ci[1] - v) * SCALE) if ci else 0.0 for _, v, ci in rows]
+            scale = SCALES[metric]
+            values = [v * scale for _, v, _ in rows]
+            low = [max(0.0, (v - ci[0]) * scale) if ci else 0.0 for _, v, ci in rows]
+            high = [max(0.0, (ci[1] - v) * scale) if ci else 0.0 for _, v, ci in rows]
             width, height = 4.6, 0.32 * len(rows) + 0.9
             figure, axes = plt.subplots(figsize=(width, height))
             # Fixed margins sized from the longest name instead of tight_layout, which draws every figure twice.
@@ -612,8 +619,8 @@ def metric_charts(inputs: ReportInputs) -> dict[str, str]:
             axes.set_yticks(list(positions), [name for name, _, _ in rows])
             human = inputs.human.metrics.get(metric) if inputs.human else None
             if human is not None:  # the figure caption in the page names the line
-                axes.axvline(human * SCALE, color="#e45756", linestyle="--", linewidth=1)
-            reach = max([v + h for v, h in zip(values, high, strict=True)] + [human * SCALE if human else 0.0])
+                axes.axvline(human * scale, color="#e45756", linestyle="--", linewidth=1)
+            reach = max([v + h for v, h in zip(values, high, strict=True)] + [human * scale if human else 0.0])
             axes.set_xlim(0, reach * 1.05 if reach > 0 else 1)  # bars start at 0; an all-zero chart still has a scale
             axes.set_xlabel(f"{METRIC_LABELS[metric]}, error bars: 95% CI")
             axes.spines[["top", "right"]].set_visible(False)
@@ -700,18 +707,18 @@ def paper_cells(model: ModelView, best: dict[str, float], style: str) -> list[st
     cells = []
     for metric in REPORT_METRICS:
         value, ci = model.metric(metric), model.ci(metric)
-        text = fmt(value, 1)
+        text = fmt(value, 1, metric=metric)
         if is_best(model, metric, best, 1):
             text = f"**{text}**" if style == "md" else f"\\textbf{{{text}}}"
         if value is not None and ci is not None:
-            half = fmt((ci[1] - ci[0]) / 2, 1)
+            half = fmt((ci[1] - ci[0]) / 2, 1, metric=metric)
             text += f" ± {half}" if style == "md" else f" {{\\scriptsize $\\pm$ {half}}}"
         cells.append(text)
     return cells
 
 
 def _human_cells(human: MetricsFile) -> list[str]:
-    return [fmt(human.metrics.get(metric), 1) for metric in REPORT_METRICS]
+    return [fmt(human.metrics.get(metric), 1, metric=metric) for metric in REPORT_METRICS]
 
 
 def _not_shown(model: ModelView) -> str:
@@ -770,6 +777,7 @@ _ENV.globals.update(
     MAX_FAILED_SAMPLES_LISTED=MAX_FAILED_SAMPLES_LISTED,
     PREDICTIONS_JSONL=PREDICTIONS_JSONL,
     ABLATION_MANIFEST=ABLATION_MANIFEST,
+    scale_text=scale_text,
 )
 
 
@@ -790,7 +798,7 @@ def page_data(inputs: ReportInputs, rankings: dict[str, Ranking], ranked: list[s
             record = model.predictions.get(sample.sample_id)
             if score is not None:
                 predictions.append(score.prediction)
-                scores.append([_round(score.scores.get(metric)) for metric in SAMPLE_SCORE_KEYS])
+                scores.append([_round(score.scores.get(metric)) for metric in SAMPLE_METRICS])
                 errors.append(score.error or (record.error if record else None))
             else:
                 predictions.append(record.prediction if record else None)
@@ -808,9 +816,9 @@ def page_data(inputs: ReportInputs, rankings: dict[str, Ranking], ranked: list[s
             }
         )
     return {
-        "scale": SCALE,
+        "scales": SCALES,
         "labels": METRIC_LABELS,
-        "sampleMetrics": list(SAMPLE_SCORE_KEYS),
+        "sampleMetrics": list(SAMPLE_METRICS),
         "models": [m.name for m in shown],
         "scoredModels": ranked,  # best first, as in the leaderboard
         "queries": queries,
@@ -836,6 +844,16 @@ def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 5)
 
 
+def resampled_units(inputs: ReportInputs) -> str:
+    """What the bootstrap resampled, from the models' signatures: images when an image carries several samples."""
+    units = {m.metrics.signature.get("bootstrap_unit") for m in inputs.scored if m.metrics}
+    if units == {"image"}:
+        return "images"
+    if units == {"sample"}:
+        return "samples"
+    return "images or samples"
+
+
 def _context(inputs: ReportInputs, rank_by: str) -> dict[str, Any]:
     """What every template gets: the models ranked, the notes said once, the demo flag."""
     rankings = {metric: rank(inputs, metric) for metric in REPORT_METRICS}
@@ -858,6 +876,7 @@ def _context(inputs: ReportInputs, rank_by: str) -> dict[str, Any]:
         "notes": notes(inputs),
         "num_samples": _num_samples_text(inputs),
         "prompts": _prompts(inputs),
+        "resampled": resampled_units(inputs),
     }
 
 
@@ -874,7 +893,7 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
         charts=charts,
         best=best_values(inputs.scored, 2),
         per_query_metrics=per_query or list(context["with_values"]),
-        sample_metrics=[m for m in SAMPLE_SCORE_KEYS if m in context["with_values"]] or list(SAMPLE_SCORE_KEYS),
+        sample_metrics=[m for m in SAMPLE_METRICS if m in context["with_values"]] or list(SAMPLE_METRICS),
         data=page_data(inputs, context["rankings"], [m.name for m in context["ranked"]]),
         css=Markup((_ASSETS / "report.css").read_text(encoding="utf-8")),
         js=Markup((_ASSETS / "report.js").read_text(encoding="utf-8")),

@@ -49,6 +49,9 @@ from contract import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# `python -m scoring` / `python -m orchestrator ablation` arguments that leave SPICE out deliberately: for tests that do
+# not check SPICE (a run that should compute SPICE and cannot fails; its CoreNLP jars are not everywhere).
+WITHOUT_SPICE = ("--metrics", "all,-spice")
 
 # (width, height, format): 2:1 equirectangular, small so tests stay fast, different sizes and encodings.
 PANORAMA_SIZES: tuple[tuple[int, int, str], ...] = (

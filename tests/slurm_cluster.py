@@ -275,10 +275,17 @@ def _run_first_job(conf: Path, timeout: float) -> None:
 
 
 def start_cluster(
-    folder: Path, gpus: int = 2, cpus: int = 2, min_job_age: int = 300, timeout: float = 30
+    folder: Path,
+    gpus: int = 2,
+    cpus: int = 2,
+    min_job_age: int = 300,
+    timeout: float = 30,
+    def_mem_per_cpu: int | None = None,
 ) -> SlurmTestCluster:
     """Start munged, slurmctld and slurmd for a cluster in `folder` and wait until its node is idle.
 
+    `def_mem_per_cpu` (MB): what a job that asks for no memory gets per CPU, and is killed above (jobacct_gather's
+    OverMemoryKill); default 1024, a common real-cluster default, or less on a node too small for it.
     Whatever was started is stopped again when the cluster does not come up."""
     reason = missing_requirements()
     if reason:
@@ -291,7 +298,7 @@ def start_cluster(
     if len(str(folder / "spool")) + len(node) + 25 > MAX_SOCKET_PATH:
         raise ClusterError(f"{folder} is too long a path for slurmd's step sockets (keep it under ~60 characters)")
     real_memory = max(512, min(_node_memory_mb() - 1024, 16384))
-    def_mem = max(128, min(1024, real_memory // (2 * cpus)))
+    def_mem = def_mem_per_cpu or max(128, min(1024, real_memory // (2 * cpus)))
     ports = _free_ports(2)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("state", "spool", "log"):
@@ -548,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument(
         "--min-job-age", type=int, default=300, help="seconds the controller keeps an ended job (default 300)"
     )
+    start.add_argument(
+        "--def-mem-per-cpu", type=int, help="MB per CPU a job that asks for no memory gets, and is held to (1024)"
+    )
     stop = commands.add_parser("stop", help="stop the cluster in DIR and every process it started")
     stop.add_argument("folder", type=Path, metavar="DIR")
     timing = commands.add_parser("measure", help="submit-to-start latency and per-task overhead on the cluster in DIR")
@@ -561,13 +571,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "start":
         try:
-            cluster = start_cluster(args.folder, gpus=args.gpus, cpus=args.cpus, min_job_age=args.min_job_age)
+            cluster = start_cluster(
+                args.folder,
+                gpus=args.gpus,
+                cpus=args.cpus,
+                min_job_age=args.min_job_age,
+                def_mem_per_cpu=args.def_mem_per_cpu,
+            )
         except ClusterError as error:
             print(error, file=sys.stderr)
             return 1
         print(
             f"Slurm test cluster up in {cluster.folder}: node {cluster.node}, {cluster.cpus} CPUs, "
-            f"{cluster.real_memory_mb} MB, {cluster.gpus} fake GPUs (gres gpu)"
+            f"{cluster.real_memory_mb} MB ({cluster.def_mem_per_cpu_mb} MB per CPU by default, enforced), "
+            f"{cluster.gpus} fake GPUs (gres gpu)"
         )
         print(f"export SLURM_CONF={cluster.conf}")
         return 0

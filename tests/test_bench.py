@@ -88,6 +88,8 @@ def test_gpu_bench_tiny_mode_runs_both_paths_and_writes_json(tmp_path: Path) -> 
     report = json.loads(out.read_text())
     assert report["mode"] == "tiny"
     assert report["settings"]["min_new_tokens"] == report["settings"]["max_new_tokens"] == 6
+    # As the measured runs: every sample encodes its own image; 3 queries per panorama (QuIC-360's usual).
+    assert (report["settings"]["reuse_images"], report["settings"]["queries_per_image"]) == ("off", 3)
     by_model = {entry["model"]: entry for entry in report["models"]}
     assert set(by_model) == {"llava-1.5-7b", "gemma-3-4b"}
     for name, old_batch in (("llava-1.5-7b", 2), ("gemma-3-4b", 1)):
@@ -154,7 +156,8 @@ def test_projection_is_the_stated_bandwidth_arithmetic() -> None:
                              kv_bytes_per_token_bf16=524_288)  # fmt: skip
     shape = {"prompt_tokens": 600, "image_tokens": 576, "image_size": [672, 336]}
     args = argparse.Namespace(samples=1211, new_tokens=64, batch_size=32, bandwidth=3.35e12, peak_flops=989e12,
-                              mfu=0.4, disk_bytes_per_s=2e9, startup_s=10.0, step_overhead_ms=10.0)  # fmt: skip
+                              mfu=0.4, disk_bytes_per_s=2e9, startup_s=10.0, step_overhead_ms=10.0,
+                              reuse_images=False, images=393)  # fmt: skip
     row = project_model(MODELS["llava-1.5-7b"], counts, shape, args)
     steps = 38 * 64  # ceil(1211 / 32) batches x 64 tokens
     step_s = (2 * 6.7e9 + 32 * (600 + 32) * 524_288) / 3.35e12
@@ -166,3 +169,58 @@ def test_projection_is_the_stated_bandwidth_arithmetic() -> None:
     assert row["prefill_s"] == pytest.approx(prefill, abs=0.05)
     assert row["total_s"] == pytest.approx(row["decode_s"] + row["prefill_s"] + row["load_s"] + row["step_overhead_s"],
                                            abs=0.2)  # fmt: skip
+    # --reuse-images: the vision side runs over the 393 distinct images instead of the 1,211 samples.
+    args.reuse_images = True
+    reused = project_model(MODELS["llava-1.5-7b"], counts, shape, args)
+    prefill = 2 * (1211 * 6.7e9 * 600 + 393 * 0.3e9 * 577) / (989e12 * 0.4)
+    assert reused["prefill_s"] == pytest.approx(prefill, abs=0.05)
+    assert reused["decode_s"] == row["decode_s"] and reused["load_s"] == row["load_s"]
+
+
+def test_reuse_skips_only_the_vit_for_the_blip_family() -> None:
+    """What reuse encodes once per image: the whole vision side, but only the ViT for BLIP-2 and InstructBLIP
+    (their Q-Former and projection run per sample; InstructBLIP's Q-Former reads the instruction)."""
+    from bench.projection import reused_parameters
+
+    for name in ("qwen2.5-vl-3b", "gemma-3-4b", "llava-1.6-mistral-7b", "internvl2-2b"):
+        counts = count_parameters(load_bench_config(name))
+        assert reused_parameters(MODELS[name], counts) == counts.vision_side
+    for name in ("instructblip-vicuna-7b", "blip2-opt-2.7b"):
+        counts = count_parameters(load_bench_config(name))
+        vit = reused_parameters(MODELS[name], counts)
+        assert 0.9e9 < vit < counts.vision_side  # EVA ViT-g: about 1 B parameters
+
+
+QUIC360_TSV = REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv"
+
+
+@pytest.mark.skipif(not QUIC360_TSV.is_file(), reason=f"{QUIC360_TSV} (the QuIC-360 test split text) is not here")
+def test_image_reuse_bench_takes_the_split_structure_and_counts_the_tower_runs(tmp_path: Path) -> None:
+    from bench.image_reuse import quic360_structure
+
+    structure = quic360_structure(QUIC360_TSV, 393)
+    assert (structure.images, structure.samples) == (393, 1211)
+    assert sum(len(queries) for _, queries in structure.chosen) == 1211
+    out = tmp_path / "image_reuse.json"
+    done = run_module("bench.image_reuse", "--tiny", "--images", "2", "--families", "llava-1.5-7b", "--dtype",
+                      "float32", "--data", str(QUIC360_TSV), "--out", str(out),
+                      "--work-dir", str(tmp_path / "w"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["data"]["images"] == 2 and report["data"]["samples"] == sum(report["data"]["queries_per_image"])
+    (entry,) = report["models"]
+    assert entry["identical_predictions"] is True
+    assert entry["off"]["image_encodings"] == report["data"]["samples"]
+    assert entry["on"]["image_encodings"] == 2 == entry["on"]["distinct_images"]
+
+
+def test_cpu_vision_share_is_scaled_to_the_real_depths(tmp_path: Path) -> None:
+    from bench.projection import cpu_vision_shares, stack_depths
+
+    assert stack_depths("qwen2.5-vl-3b") == (32, 36) and stack_depths("gemma-3-4b") == (27, 34)
+    off = {"cpu_s": 30.0, "vision_cpu_s": 10.0}
+    run = {"settings": {"layers": 2}, "models": [{"model": "qwen2.5-vl-3b", "off": off}]}
+    path = tmp_path / "image_reuse.json"
+    path.write_text(json.dumps(run))
+    vision, rest = 10.0 * 32 / 2, 20.0 * 36 / 2
+    assert cpu_vision_shares(path) == {"qwen2.5-vl-3b": pytest.approx(vision / (vision + rest))}

@@ -9,13 +9,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from _orchestrator_helpers import REPO_ROOT, manifest, model_root, orchestrator_env, predictions
+from _orchestrator_helpers import (
+    REPO_ROOT,
+    manifest,
+    model_root,
+    orchestrator_command,
+    orchestrator_env,
+    predictions,
+)
+from conftest import WITHOUT_SPICE
 from data_formats import SAMPLE_DIR, sample_captions, write_coco, write_csv, write_jsonl, write_karpathy
 
 from contract import METRICS_JSON, RUN_MANIFEST, MetricsFile, RunManifest, read_json
 from runner.loop import DEFAULT_CAPTION_PROMPT
 
 MODEL = "blip2-opt-2.7b"
+NO_SPICE = " ".join(WITHOUT_SPICE)  # these tests are about data files; SPICE is left out deliberately
 
 
 def make_ablation(out: Path, root: Path, *variables: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +33,7 @@ def make_ablation(out: Path, root: Path, *variables: str) -> subprocess.Complete
         f"OUTPUT_DIR={out}", "ENGINE=local", "GPUS=none", "BATCH_SIZE=3", "MAX_NEW_TOKENS=6", *variables,
     ]  # fmt: skip
     if not any(variable.startswith("EXTRA_ARGS=") for variable in variables):
-        command.append(f"EXTRA_ARGS=--model-path-root {root} --no-report")
+        command.append(f"EXTRA_ARGS=--model-path-root {root} --no-report {NO_SPICE}")
     return subprocess.run(command, capture_output=True, text=True, env=orchestrator_env(), timeout=600)
 
 
@@ -52,7 +61,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> dict[str,
         # DATA_CSV, the older name, and the options through EXTRA_ARGS
         "jsonl": [
             f"DATA_CSV={files['jsonl']}",
-            f"EXTRA_ARGS=--model-path-root {root} --no-report --data-format jsonl --image-root {SAMPLE_DIR}",
+            f"EXTRA_ARGS=--model-path-root {root} --no-report --data-format jsonl --image-root {SAMPLE_DIR} {NO_SPICE}",
         ],
     }
     outs = {}
@@ -125,7 +134,8 @@ def test_a_split_other_than_test_is_scored_reported_and_never_mixed_with_another
 ) -> None:
     """A Karpathy file without a test split: the runner, scoring and the report read the split the run used (the
     report from the manifests); a rerun with another split into the same folder (same file, same sha256) is refused
-    before the model loads (exit 2), and the first run's predictions stay as they were."""
+    before the model loads (exit 2), by the runner and, before anything starts, by an ablation, and the first run's
+    files stay as they were."""
     data = write_karpathy(
         tmp_path / "dataset_flickr8k.json", {"val": sample_captions()[:2], "train": sample_captions(1)[2:3]}
     )
@@ -137,14 +147,29 @@ def test_a_split_other_than_test_is_scored_reported_and_never_mixed_with_another
     assert len(first.predictions) == 2 and first.manifest is not None
     assert (first.manifest.data_format, first.manifest.data_split) == ("karpathy", "val")
     scoring = [sys.executable, "-m", "scoring", "score", "--predictions", str(out / f"{MODEL}_predictions.jsonl"),
-               "--data", str(data), "--split", "val", "--output-dir", str(out), "--report",
-               "--spice-jars", str(tmp_path / "none")]  # fmt: skip
+               "--data", str(data), "--split", "val", "--output-dir", str(out), "--report", *WITHOUT_SPICE]  # fmt: skip
     scored = subprocess.run(scoring, capture_output=True, text=True, env=orchestrator_env(), cwd=REPO_ROOT, timeout=600)
     assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
     assert _metrics(out).num_samples == 2 and (out / "report.html").is_file()
+
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
 
     second = run_runner(*common, "--split", "train", expect_ok=False)
     assert second.returncode == 2
     assert "was made with other arguments {'data_split': ('val', 'train')} (previous, now)" in second.stderr
     assert "loading" not in second.stderr
     assert [r.model_dump() for r in second.predictions] == [r.model_dump() for r in first.predictions]
+
+    root = model_root(tmp_path, tiny_checkpoint, [MODEL])
+    ablation = orchestrator_command("ablation", "--models", MODEL, "--data", data, "--split", "train",
+                                    "--image-root", SAMPLE_DIR, "--output-dir", out, "--engine", "local",
+                                    "--gpus", "none", "--model-path-root", root, "--no-report")  # fmt: skip
+    refused = subprocess.run(
+        ablation, capture_output=True, text=True, env=orchestrator_env(), cwd=REPO_ROOT, timeout=300
+    )
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert refused.stderr.count("holds predictions made from another data file, format or split") == 1
+    read = f"{data.resolve()}, sha256 {first.manifest.data_sha256[:12]}..., karpathy"
+    assert f"{MODEL} ({MODEL}_run.json: {read} split 'val'); now {read} split 'train'." in refused.stderr
+    assert "started at" not in refused.stdout
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before  # nothing touched

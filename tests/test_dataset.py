@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, write_quic_csv
 
 from contract import DataFileError, load_dataset, sample_id
-from tests.conftest import REPO_ROOT, write_quic_csv
 
 QUIC_TEST = REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv"
 

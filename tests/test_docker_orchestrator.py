@@ -163,6 +163,48 @@ def test_inference_container_is_locked_down(client, tmp_path: Path, tiny_checkpo
     assert managed_containers(client) == []
 
 
+def test_memory_auto_gives_each_container_its_steps_figure(
+    client, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    """`--memory auto` on the real engine: the runner and scoring containers get their own step's figure as their
+    limit (no swap on top), the fetch container none."""
+    from orchestrator.docker_engine import DockerEngine
+    from orchestrator.engines import Task
+    from orchestrator.plan import AblationOptions, GpuSelection, build_plan
+    from orchestrator.resources import size_bytes
+
+    data = _data(make_panorama_data, tmp_path / "data", num_images=1)
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
+    plan = build_plan(
+        AblationOptions(
+            models=["llava-1.5-7b"],
+            data_file=data.data_file,
+            output_dir=writable_results(tmp_path / "out"),
+            model_path_root=root,
+        )
+    )
+    engine = DockerEngine(client=client, user=CONTAINER_USER_ARGS[1] if CONTAINER_USER_ARGS else None, memory="auto")
+    engine.preflight(plan, [FAMILY_IMAGES["llava"], SCORING_IMAGE])
+    tasks = [
+        Task("llava-1.5-7b", "runner", FAMILY_IMAGES["llava"], ["--help"], GpuSelection("none")),
+        Task("scoring", "scoring", SCORING_IMAGE, ["--help"], GpuSelection("none")),
+    ]
+    try:
+        limits = []
+        for task in tasks:
+            container = engine.create(task)
+            host = client.api.inspect_container(container.id)["HostConfig"]
+            expected = size_bytes(engine.step_resources(task).docker_memory)
+            assert host["Memory"] == host["MemorySwap"] == expected, task.name
+            limits.append(expected)
+        assert limits[0] != limits[1]  # each step its own figure, not one limit for all
+        fetch = Task("llava-1.5-7b", "fetch", FAMILY_IMAGES["llava"], [], GpuSelection("none"), network=True)
+        assert engine.memory_limit(fetch) is None
+    finally:
+        engine.stop_all()
+    assert managed_containers(client) == []
+
+
 def _start(out: Path, data_file: Path, root: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         orchestrator_command(

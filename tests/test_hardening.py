@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from _orchestrator_helpers import (
     REPO_ROOT,
+    WITHOUT_SPICE,
     manifest,
     model_root,
     orchestrator_command,
@@ -158,7 +159,7 @@ def test_changed_predictions_mark_their_metrics_summary_and_report_stale(
     # Score the two samples as an --limit 2 ablation does; the summary and metrics now describe 2 predictions.
     subprocess.run(
         [sys.executable, "-m", "scoring", "score", "--predictions", out / f"{FAST_MODEL}_predictions.jsonl",
-         "--data", data.data_file, "--limit", "2", "--output-dir", out],
+         "--data", data.data_file, "--limit", "2", "--output-dir", out, *WITHOUT_SPICE],
         check=True, capture_output=True, env=orchestrator_env(), cwd=REPO_ROOT, timeout=300,
     )  # fmt: skip
     metrics = out / METRICS_JSON.format(model=FAST_MODEL)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from _orchestrator_helpers import (
     REPO_ROOT,
+    WITHOUT_SPICE,
     break_checkpoint,
     manifest,
     model_root,
@@ -171,6 +172,9 @@ def test_both_engines_get_the_same_arguments_but_for_paths(tmp_path: Path, panor
         "score", "--predictions", "/results/a_predictions.jsonl", "/results/b_predictions.jsonl",
         "--output-dir", "/results", "--data", "/data/data.csv", "--limit", "5", "--report",
     ]  # fmt: skip
+    # --metrics reaches the scoring step as given (the scoring CLI checks it; the orchestrator's CLI does too).
+    options.metrics = "all,-spice"
+    assert scoring_argv(build_plan(options), container, ["a"])[-3:] == ["--metrics", "all,-spice", "--report"]
 
 
 # --- whole ablations on the local engine ----------------------------------------------------------------------
@@ -400,7 +404,7 @@ def test_a_model_only_in_a_users_models_file_runs_through_make_ablation_and_repr
     ablation = subprocess.run(
         [*make, "ablation", "MODELS=my-llava", f"MODELS_FILE={models_file}", f"DATA_CSV={data.data_file}",
          f"OUTPUT_DIR={out}", "ENGINE=local", "GPUS=none", "BATCH_SIZE=2", "MAX_NEW_TOKENS=4",
-         f"EXTRA_ARGS=--model-path-root {root} --no-report"],
+         f"EXTRA_ARGS=--model-path-root {root} --no-report {' '.join(WITHOUT_SPICE)}"],
         capture_output=True, text=True, env=orchestrator_env(), timeout=600,
     )  # fmt: skip
     assert ablation.returncode == 0, ablation.stdout[-3000:] + ablation.stderr[-2000:]

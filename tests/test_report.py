@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import WITHOUT_SPICE
 
 from bench.bench_report import SPICE_UNAVAILABLE_REASON, write_synthetic_results
 from contract import (
@@ -170,11 +171,12 @@ def demo_results_folder(tmp_path: Path, request: pytest.FixtureRequest) -> Repor
         _run(
             [*python, "orchestrator", "ablation", "--engine", "local", "--gpus", "none",
              "--models", ",".join(DEMO_MODELS), "--data", str(data_file), "--output-dir", str(results),
-             "--model-path-root", str(tiny), "--batch-size", "4", "--max-new-tokens", "12"],
+             "--model-path-root", str(tiny), "--batch-size", "4", "--max-new-tokens", "12", *WITHOUT_SPICE],
             env,
         )  # fmt: skip
         assert (results / "run_manifest.json").is_file() and (results / "report.html").is_file()
-        _run([*python, "scoring", "human-baseline", "--data", str(data_file), "--output-dir", str(results)], env)
+        _run([*python, "scoring", "human-baseline", "--data", str(data_file), "--output-dir", str(results),
+              *WITHOUT_SPICE], env)  # fmt: skip
         _run([*python, "scoring", "report", str(results)], env)
     else:
         for model in DEMO_MODELS:
@@ -185,10 +187,22 @@ def demo_results_folder(tmp_path: Path, request: pytest.FixtureRequest) -> Repor
                  "--no-progress"],
                 env,
             )  # fmt: skip
-        _run([*python, "scoring", "human-baseline", "--data", str(data_file), "--output-dir", str(results)], env)
+        _run([*python, "scoring", "human-baseline", "--data", str(data_file), "--output-dir", str(results),
+              *WITHOUT_SPICE], env)  # fmt: skip
         predictions = [str(results / f"{m}_predictions.jsonl") for m in DEMO_MODELS]
         _run(
-            [*python, "scoring", "score", "--predictions", *predictions, "--output-dir", str(results), "--report"], env
+            [
+                *python,
+                "scoring",
+                "score",
+                "--predictions",
+                *predictions,
+                "--output-dir",
+                str(results),
+                "--report",
+                *WITHOUT_SPICE,
+            ],
+            env,  # fmt: skip
         )
     return _folder(results, data_file, list(DEMO_MODELS), list(DEMO_MODELS))
 
@@ -397,7 +411,8 @@ def test_holm_adjusted_p_values() -> None:
 def test_summary_stores_paired_differences_with_their_bootstrap_ci(tmp_path: Path) -> None:
     """build_summary resamples every model with the same indices; each pair's difference and the percentile 95%
     CI of the resampled differences are stored next to the p-value (checked here on ROUGE-L and CIDEr, which are
-    plain means of the per-sample scores, against a computation that does not use scoring.outputs)."""
+    plain means of the per-sample scores, against a computation that does not use scoring.outputs). Every sample has
+    its own image here, so samples are resampled."""
     from scoring.outputs import build_summary
     from scoring.resample import bootstrap_weights
 
@@ -410,10 +425,11 @@ def test_summary_stores_paired_differences_with_their_bootstrap_ci(tmp_path: Pat
         per_model[name] = {"rougeL": rouge, "cider": cider}
         rows = [
             SampleScores(
-                sample_id=sid, query="q", prediction="p", raw_prediction="p",
+                sample_id=sid, image=f"img-{sid}.jpg", query="q", prediction="p", raw_prediction="p",
                 scores={"rougeL": float(rouge[i]), "cider": float(cider[i]), "spice": None},
                 stats={"sacrebleu": [10, 10, 6, 4, 2, 1, 10, 9, 8, 7], "coco_bleu": [10, 10, 10, 9, 8, 7, 6, 4, 2, 1],
-                       "meteor": [10, 10, 3, 3, 4, 4, 2, 2] + [0] * 12 + [2, 6, 6]},
+                       "meteor": [10, 10, 3, 3, 4, 4, 2, 2] + [0] * 12 + [2, 6, 6],
+                       "rougeL": [float(rouge[i]), 1.0], "cider": [float(cider[i]), 1.0]},
             )
             for i, sid in enumerate(reversed(ids))  # file order differs from sample_id order
         ]  # fmt: skip
@@ -425,7 +441,7 @@ def test_summary_stores_paired_differences_with_their_bootstrap_ci(tmp_path: Pat
                         counts=SampleCounts(scored=n, empty=0, failed=0)),
         )  # fmt: skip
     summary = build_summary(tmp_path, resamples=resamples, seed=3)
-    weights = bootstrap_weights(n, resamples, 3)
+    weights = bootstrap_weights(np.arange(n), resamples, 3)
     for metric in ("rougeL", "cider"):
         # build_summary orders samples by sample_id: the files hold `ids` reversed, so reverse the values back.
         a, b = (per_model[name][metric][::-1] for name in ("alpha", "beta"))
@@ -673,7 +689,8 @@ def test_build_report_shows_only_the_models_it_is_given(tmp_path: Path, request)
 def test_scoring_score_report_reads_only_the_models_it_scored(tmp_path: Path) -> None:
     """Regression: `score --predictions A B --report` read every *_predictions.jsonl in the output folder, so an
     unrelated unreadable file there crashed it after the metrics were written."""
-    from tests.conftest import write_quic_csv
+    from conftest import write_quic_csv
+
     from tests.test_scoring_cli import ROWS, scoring, write_predictions
 
     data_file = write_quic_csv(tmp_path / "data.csv", ROWS)
@@ -689,7 +706,7 @@ def test_scoring_score_report_reads_only_the_models_it_scored(tmp_path: Path) ->
     )
     completed = scoring(
         "score", "--predictions", alpha, beta, "--data", data_file, "--output-dir", out,
-        "--spice-jars", tmp_path / "none", "--report",
+        *WITHOUT_SPICE, "--report",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert f"report: {out / 'report.html'}" in completed.stdout

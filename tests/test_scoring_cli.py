@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env, write_quic_csv
 
 from contract import (
     SUMMARY_JSON,
@@ -20,11 +21,11 @@ from contract import (
     PredictionRecord,
     RunManifest,
     SampleScores,
+    Summary,
     load_dataset,
     read_json,
     read_jsonl,
 )
-from tests.conftest import REPO_ROOT, runner_env, write_quic_csv
 
 ROWS = [
     ("pano_0.jpg", "location", "A sandy beach next to the blue sea."),
@@ -105,7 +106,7 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
     (tmp_path / "beta_run.json").write_text(manifest.model_dump_json())
     out = tmp_path / "results"
 
-    refused = scoring("score", "--predictions", alpha, beta, "--data", data_file, "--output-dir", out)
+    refused = scoring("score", "--predictions", alpha, beta, "--data", data_file, "--output-dir", out, *WITHOUT_SPICE)
     assert refused.returncode == 2
     assert "1 sample_ids not in the data" in refused.stderr and "1 data samples without a prediction" in refused.stderr
     assert "--intersection" in refused.stderr and str(alpha) in refused.stderr
@@ -113,7 +114,7 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
 
     completed = scoring(
         "score", "--predictions", alpha, beta, "--data", data_file, "--intersection",
-        "--model-id", "alpha=Org/Alpha-2B", "--output-dir", out, "--spice-jars", tmp_path / "none", "--report",
+        "--model-id", "alpha=Org/Alpha-2B", "--output-dir", out, *WITHOUT_SPICE, "--report",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     alpha_metrics = read_json(out / "alpha_metrics.json", MetricsFile)
@@ -135,6 +136,7 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
     assert empty.prediction == "" and empty.scores["meteor"] == 0.0 and empty.scores["bleu4"] == 0.0
     assert failed.prediction == "" and failed.error == "CUDA out of memory"
     assert first.scores["meteor"] > 0.2 and first.scores["spice"] is None
+    assert first.image == samples[0].image and [row.image for row in rows.values()].count("pano_0.jpg") == 2
 
     printed = completed.stdout
     assert "alpha (Org/Alpha-2B): n=4 (empty 1, failed 1, missing 1)" in printed
@@ -144,11 +146,17 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
     assert summary["significance"] == {}  # different sample sets: no paired test
     # --report hands the folder to scoring.report.build_report after the metrics are written.
     assert f"report: {out / 'report.html'}" in printed and (out / "report.html").is_file()
+    # Two panoramas carry two samples each: intervals resample panoramas, and every file and the page say so.
+    assert alpha_metrics.signature["bootstrap_unit"] == beta_metrics.signature["bootstrap_unit"] == "image"
+    assert beta_metrics.signature["bootstrap"].startswith("1000 resamples of images (3 images carrying 5 samples)")
+    assert [m["bootstrap_unit"] for m in summary["models"]] == ["image", "image"]
+    assert "The bootstrap resamples images" in (out / "report.html").read_text(encoding="utf-8")
+    assert "resampling images" in (out / "comparison.md").read_text(encoding="utf-8")
 
 
 def test_human_baseline_scores_first_reference_against_the_rest(tmp_path: Path, data_file: Path) -> None:
     out = tmp_path / "results"
-    completed = scoring("human-baseline", "--data", data_file, "--output-dir", out, "--spice-jars", tmp_path / "none")
+    completed = scoring("human-baseline", "--data", data_file, "--output-dir", out, *WITHOUT_SPICE)
     assert completed.returncode == 0, completed.stderr
     metrics = read_json(out / "human-baseline_metrics.json", MetricsFile)
     assert metrics.num_samples == 5  # every sample here has >= 2 captions
@@ -166,7 +174,9 @@ def test_meteor_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, d
         tmp_path / "m_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)}
     )
     out = tmp_path / "results"
-    completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--meteor-heap", "8m")
+    completed = scoring(
+        "score", "--predictions", predictions, "--output-dir", out, "--meteor-heap", "8m", *WITHOUT_SPICE
+    )
     assert completed.returncode == 2
     assert "METEOR (meteor-1.5.jar) died" in completed.stderr
     assert "OutOfMemoryError" in completed.stderr  # the JVM's own stderr tail
@@ -197,7 +207,9 @@ def test_java_missing_names_the_package(tmp_path: Path, data_file: Path) -> None
     env = runner_env()
     env["PATH"] = str(tmp_path / "empty-bin")
     env.pop("SCORING_JAVA", None)
-    completed = scoring("score", "--predictions", predictions, "--output-dir", tmp_path / "results", env=env)
+    completed = scoring(
+        "score", "--predictions", predictions, "--output-dir", tmp_path / "results", *WITHOUT_SPICE, env=env
+    )
     assert completed.returncode == 2
     assert "default-jre-headless" in completed.stderr
     assert not (tmp_path / "results").exists()
@@ -209,26 +221,79 @@ def test_bad_prediction_files_are_refused_before_any_work(tmp_path: Path, data_f
     no_refs.write_text(
         PredictionRecord(sample_id="a", image="i", query="q", prediction="p", references=[]).model_dump_json() + "\n"
     )
-    completed = scoring("score", "--predictions", no_refs, "--output-dir", out)
+    completed = scoring("score", "--predictions", no_refs, "--output-dir", out, *WITHOUT_SPICE)
     assert completed.returncode == 2 and "has no references; pass --data FILE" in completed.stderr
 
     broken = tmp_path / "b_predictions.jsonl"
     broken.write_text('{"sample_id": "a"}\n')
-    completed = scoring("score", "--predictions", broken, "--output-dir", out)
+    completed = scoring("score", "--predictions", broken, "--output-dir", out, *WITHOUT_SPICE)
     assert completed.returncode == 2 and f"{broken}:1: not a valid PredictionRecord" in completed.stderr
 
-    completed = scoring("score", "--predictions", tmp_path / "absent.jsonl", "--output-dir", out)
+    completed = scoring("score", "--predictions", tmp_path / "absent.jsonl", "--output-dir", out, *WITHOUT_SPICE)
     assert completed.returncode == 2 and "predictions file not found" in completed.stderr
 
     good = write_predictions(tmp_path / "g_predictions.jsonl", data_file, {0: ("x", None)})
     completed = scoring("score", "--predictions", good, "--data", data_file, "--annotation-column", "caption",
-                        "--output-dir", out)  # fmt: skip
+                        "--output-dir", out, *WITHOUT_SPICE)  # fmt: skip
     assert completed.returncode == 2
     assert "missing column(s) ['caption']; columns found: ['url', 'query', 'annotation']" in completed.stderr
 
-    completed = scoring("score", "--predictions", good, "--output-dir", out, "--bootstrap", "100")
+    completed = scoring("score", "--predictions", good, "--output-dir", out, "--bootstrap", "100", *WITHOUT_SPICE)
     assert completed.returncode == 2 and "at least 1000" in completed.stderr
     assert not out.exists()
+
+
+def test_spice_is_required_unless_left_out(tmp_path: Path, data_file: Path) -> None:
+    """Without its jars, a run that should compute SPICE stops before reading anything, with the reason and both fixes;
+    it never writes a null SPICE silently."""
+    predictions = write_predictions(
+        tmp_path / "p_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)}
+    )
+    out = tmp_path / "results"
+    no_jars = tmp_path / "no-jars"
+    completed = scoring(
+        "score", "--predictions", tmp_path / "absent.jsonl", "--output-dir", out, "--spice-jars", no_jars
+    )
+    assert completed.returncode == 2
+    assert "cannot compute SPICE: SPICE needs Stanford CoreNLP 3.6.0 jars" in completed.stderr
+    assert f"python -m scoring fetch-spice --dest {no_jars}" in completed.stderr
+    assert "leave it out deliberately: --metrics all,-spice" in completed.stderr
+    assert "predictions file not found" not in completed.stderr  # refused before reading any input
+    completed = scoring("human-baseline", "--data", data_file, "--output-dir", out, "--spice-jars", no_jars)
+    assert completed.returncode == 2 and "cannot compute SPICE" in completed.stderr
+    assert not out.exists()
+
+    completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--metrics", "ciderD")
+    assert completed.returncode == 2 and "unknown metric 'ciderD'; known: bleu4, coco_bleu1" in completed.stderr
+
+    # Only what is asked for is computed (no METEOR JVM here); the rest is null with the reason.
+    completed = scoring("score", "--predictions", predictions, "--output-dir", out, "--metrics", "cider,bleu4")
+    assert completed.returncode == 0, completed.stderr
+    metrics = read_json(out / "p_metrics.json", MetricsFile)
+    assert {key for key, value in metrics.metrics.items() if value is not None} == {"bleu4", "cider"}
+    assert set(metrics.unavailable) == set(metrics.metrics) - {"bleu4", "cider"}
+    assert set(metrics.unavailable.values()) == {"left out by --metrics"}
+    assert metrics.signature["metrics"] == "bleu4,cider"
+    assert "left out by --metrics (null in the files): coco_bleu1, coco_bleu2" in completed.stdout
+    assert "cider=" in completed.stdout and "meteor=" not in completed.stdout and "METEOR" not in completed.stdout
+    summary = read_json(out / SUMMARY_JSON, Summary)
+    assert summary.models[0].metrics["meteor"] is None
+
+
+def test_summarise_refuses_sample_scores_written_before_images_were_recorded(tmp_path: Path) -> None:
+    """Intervals resample images; a sample-scores file without them cannot be summarised again: a clear error."""
+    from contract import SampleCounts, write_json_atomic, write_jsonl_atomic
+
+    write_json_atomic(tmp_path / "old_metrics.json", MetricsFile(model_name="old", model_id="old", num_samples=1,
+                      metrics={"rougeL": 0.5}, counts=SampleCounts(scored=1, empty=0, failed=0)))  # fmt: skip
+    row = SampleScores(sample_id="a", query="q", prediction="p", raw_prediction="p", scores={"rougeL": 0.5})
+    write_jsonl_atomic(tmp_path / "old_sample_scores.jsonl", [row])
+    completed = scoring("summarize", tmp_path)
+    assert completed.returncode == 2
+    assert f"{tmp_path / 'old_sample_scores.jsonl'}: written by an older version of `python -m scoring`" in (
+        completed.stderr
+    )
+    assert "score these predictions again" in completed.stderr
 
 
 def test_java_is_not_needed_to_summarise(tmp_path: Path) -> None:
@@ -248,20 +313,16 @@ def test_fetch_spice_downloads_verified_jars(tmp_path: Path) -> None:
 def test_ptb_tokenizer_keeps_unicode_and_lines_in_a_c_locale(tmp_path: Path) -> None:
     """Containers often run with LANG=C: non-ASCII captions must still come back intact, one line each."""
     code = (
-        "import json, sys; from pathlib import Path; from scoring.ptb import ptb_tokenize; "
+        "import json, sys; from pathlib import Path; from scoring.ptb import ptb_tokenize_documents; "
         "from scoring.java import find_java; "
         "texts = ['Café naïve — 3.5 km, \"quoted\"!', 'Ünïcode 東京 tower.', '', 'last one']; "
-        "print(json.dumps(ptb_tokenize(texts, find_java(), Path(sys.argv[1]))))"
+        "print(json.dumps(ptb_tokenize_documents([texts, texts[:2], texts], find_java(), Path(sys.argv[1]))))"
     )
     env = {**runner_env(), "LC_ALL": "C", "LANG": "C"}
     completed = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO_ROOT
     )
     assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout) == {
-        'Café naïve — 3.5 km, "quoted"!': "café naïve 3.5 km quoted",
-        "Ünïcode 東京 tower.": "ünïcode 東京 tower",
-        "": "",
-        "last one": "last one",
-    }
-    assert list(tmp_path.iterdir()) == []  # its input file is removed
+    expected = ["café naïve 3.5 km quoted", "ünïcode 東京 tower", "", "last one"]
+    assert json.loads(completed.stdout) == [expected, expected[:2], expected]
+    assert list(tmp_path.iterdir()) == []  # its input files are removed

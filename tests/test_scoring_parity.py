@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 
 from contract import (
     COMPARISON_CSV,
@@ -26,9 +28,9 @@ from contract import (
     read_jsonl,
     sample_id,
 )
-from tests.conftest import REPO_ROOT, runner_env
 
-QUIC_TEST = REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv"
+# The shared data folder next to the checkout; QUIC360_TEST_TSV points elsewhere (a checkout kept somewhere else).
+QUIC_TEST = Path(os.environ.get("QUIC360_TEST_TSV") or REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv")
 TOLERANCE = 1e-9
 MODELS = ("loo", "loo-perturbed")
 
@@ -83,7 +85,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory, loo_items: list) -> tuple[P
         paths.append(str(path))
     out = folder / "results"
     command = [sys.executable, "-m", "scoring", "score", "--predictions", *paths, "--output-dir", str(out)]
-    command += ["--spice-jars", str(folder / "no-spice-jars")]
+    command += WITHOUT_SPICE
     completed = subprocess.run(command, capture_output=True, text=True, env=runner_env(), cwd=REPO_ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return out, completed
@@ -150,32 +152,38 @@ def test_per_sample_scores_equal_the_reference_tools(scored, direct, model: str)
         np.testing.assert_allclose(ours, np.array(direct[model]["segments"][metric]), rtol=0, atol=TOLERANCE)
 
 
-def test_spice_is_null_with_reason_and_visible_warning(scored) -> None:
+def test_spice_left_out_is_null_with_the_reason_said_once(scored) -> None:
     out, completed = scored
     metrics = read_json(out / "loo_metrics.json", MetricsFile)
     assert metrics.metrics["spice"] is None
     assert metrics.ci["spice"] is None
-    assert "stanford-corenlp-3.6.0.jar" in metrics.unavailable["spice"]
-    assert any("spice is null" in warning for warning in metrics.warnings)
-    spice_warnings = [line for line in completed.stdout.splitlines() if "WARNING" in line and "spice" in line.lower()]
-    assert len(spice_warnings) == 1 and "spice is null" in spice_warnings[0]  # visible, and once
+    assert metrics.unavailable == {"spice": "left out by --metrics"}
+    assert not any("spice" in warning.lower() for warning in metrics.warnings)  # deliberate: not a warning
+    assert "left out by --metrics (null in the files): spice" in completed.stdout.splitlines()
+    assert all("spice=" not in line for line in completed.stdout.splitlines() if line.startswith("loo"))
     rows = list(read_jsonl(out / "loo_sample_scores.jsonl", SampleScores))
-    assert all(row.scores["spice"] is None for row in rows)
+    assert all(row.scores["spice"] is None and "spice" not in row.stats for row in rows)
 
 
-def test_corpus_metrics_recompute_from_sample_statistics_and_bootstrap(scored) -> None:
-    from scoring.outputs import _matrix_from_sample_scores
-    from scoring.resample import bootstrap_weights, corpus_metrics
+def test_corpus_metrics_recompute_from_sample_statistics_and_bootstrap_images(scored) -> None:
+    from scoring.outputs import computed_metrics, matrix_from_sample_scores
+    from scoring.resample import IMAGE_UNIT, bootstrap_weights, corpus_metrics
 
     out, _ = scored
     metrics = read_json(out / "loo_metrics.json", MetricsFile)
-    rows = list(read_jsonl(out / "loo_sample_scores.jsonl", SampleScores))
-    matrix = _matrix_from_sample_scores(rows)
-    recomputed = corpus_metrics(matrix, np.ones((1, len(rows))))
+    path = out / "loo_sample_scores.jsonl"
+    rows = list(read_jsonl(path, SampleScores))
+    computed = computed_metrics(metrics)
+    matrix = matrix_from_sample_scores(path, rows, computed)
+    recomputed = corpus_metrics(computed, matrix, np.ones((1, len(rows))))
     for metric, values in recomputed.items():
         assert values[0] == pytest.approx(metrics.metrics[metric], abs=TOLERANCE, rel=0), metric
+    # QuIC-360 asks several queries about each panorama: the bootstrap resamples the 393 panoramas.
+    assert matrix.unit == IMAGE_UNIT and matrix.num_units == len({row.image for row in rows}) < len(rows)
+    assert metrics.signature["bootstrap_unit"] == "image"
+    assert metrics.signature["bootstrap"].startswith(f"1000 resamples of images ({matrix.num_units} images carrying")
     # The stored CI is the seeded 1000-resample percentile interval, reproducible from the files alone.
-    resampled = corpus_metrics(matrix, bootstrap_weights(len(rows), 1000, 0))
+    resampled = corpus_metrics(computed, matrix, bootstrap_weights(matrix.groups, 1000, 0))
     for metric, (low, high) in ((m, ci) for m, ci in metrics.ci.items() if ci is not None):
         assert low < metrics.metrics[metric] < high, metric
         assert (low, high) == pytest.approx(tuple(np.percentile(resampled[metric], [2.5, 97.5])), abs=1e-12)
@@ -197,6 +205,8 @@ def test_summary_and_comparison_with_paired_significance(scored) -> None:
         p = summary.significance[metric]["loo|loo-perturbed"]
         assert 0 < p <= 1
     assert "spice" not in summary.significance
+    assert all(entry.bootstrap_unit == "image" for entry in summary.models)
+    assert summary.signature["significance"].startswith("paired bootstrap resampling images, the same for both")
     lines = (out / COMPARISON_CSV).read_text().splitlines()
     assert lines[0].split(",")[:4] == ["model_name", "model_id", "num_samples", "bleu4"]
     loo = read_json(out / "loo_metrics.json", MetricsFile)
@@ -223,6 +233,7 @@ def test_human_baseline_on_the_data_file_equals_the_leave_one_out_reference(tmp_
         str(QUIC_TEST),
         "--output-dir",
         str(tmp_path),
+        *WITHOUT_SPICE,
     ]
     completed = subprocess.run(command, capture_output=True, text=True, env=runner_env(), cwd=REPO_ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]

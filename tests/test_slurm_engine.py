@@ -1,9 +1,12 @@
-"""`--engine slurm` end to end on a REAL single-node Slurm cluster (tests/slurm_cluster.py: two fake GPUs), the
-tiny checkpoints, container runtime `none` (the nodes' Python: this venv): completion identical to the local engine,
-shards over both GPUs, a broken model failing alone, Ctrl-C leaving no job, a time limit, --detach then status."""
+"""`--engine slurm` end to end on a REAL single-node Slurm cluster (tests/slurm_cluster.py: two fake GPUs, at most
+1 GB per CPU by default and memory enforced), the tiny checkpoints, container runtime `none` (the nodes' Python: this
+venv): completion identical to the local engine with each job asking for its own memory, shards over both GPUs, a
+broken model failing alone, a job killed for memory reported as such, Ctrl-C leaving no job, a time limit, --detach
+then status."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -27,8 +30,6 @@ from contract import METRICS_JSON
 from runner.registry import MODELS
 
 pytestmark = pytest.mark.slow
-# The scoring job runs METEOR's JVM (-Xmx2G): every job asks for memory enough for it, as a user would.
-MEMORY = ["--slurm-arg", "mem=3G"]
 
 
 def slurm_env(cluster: SlurmTestCluster) -> dict[str, str]:
@@ -47,7 +48,7 @@ def jobs_in_queue(cluster: SlurmTestCluster, word: str) -> list[str]:
 def ablation_args(data_file: Path, root: Path, out: Path, models: str, *extra: str) -> list[str | Path]:
     return ["ablation", "--engine", "slurm", "--container-runtime", "none", "--models", models, "--data", data_file,
             "--model-path-root", root, "--output-dir", out, "--batch-size", "2", "--max-new-tokens", "4",
-            "--no-report", *MEMORY, *extra]  # fmt: skip
+            "--no-report", *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,37 @@ def test_eight_models_in_two_shards_each_equal_the_local_engine(eight) -> None:
     assert all(getattr(record, "slurm_job_id", None) for record in recorded.models)
 
 
+def scontrol(cluster: SlurmTestCluster, *args: str) -> str:
+    done = subprocess.run(["scontrol", *args], capture_output=True, text=True, env=slurm_env(cluster), timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_every_job_asked_for_its_own_memory_on_a_cluster_of_1_gb_per_cpu(eight, slurm_cluster) -> None:
+    """No --slurm-arg mem=: the runners and the scoring job (METEOR's JVM, SPICE's heap) asked for what they need,
+    as the controller recorded it, on a cluster whose default would have killed the scoring job."""
+    from scoring import spice
+
+    _data, tmp, slurm, _local = eight
+    assert slurm.returncode == 0, slurm.stdout[-5000:]
+    config = scontrol(slurm_cluster, "show", "config")
+    assert re.search(rf"^DefMemPerCPU\s*=\s*{slurm_cluster.def_mem_per_cpu_mb}$", config, re.MULTILINE)
+    assert slurm_cluster.def_mem_per_cpu_mb <= 1024 and "OverMemoryKill" in config  # 1 GB per CPU at most, enforced
+    recorded = manifest(tmp / "slurm")
+    requests = recorded.slurm["requests"]  # type: ignore[attr-defined]
+    scoring = requests["scoring"]
+    assert scoring["source"] == "estimate" and "SPICE JVM -Xmx" + spice.SPICE_HEAP in scoring["estimate"]
+    asked_mib = int(scoring["memory"].removeprefix("--mem=").removesuffix("M"))
+    assert asked_mib > slurm_cluster.def_mem_per_cpu_mb * scoring["cpus"]  # the default would not have done
+    shown = scontrol(slurm_cluster, "-o", "show", "job", recorded.slurm["scoring_job"])  # type: ignore[attr-defined]
+    granted = re.search(r"MinMemoryNode=(\d+)([MG])", shown)
+    assert granted and int(granted.group(1)) * (1024 if granted.group(2) == "G" else 1) == asked_mib, shown
+    assert f"NumCPUs={scoring['cpus']}" in shown
+    for model in MODELS:
+        assert requests[model]["memory"].startswith("--mem=") and "batch 2, cuda" in requests[model]["estimate"]
+    assert recorded.scoring is not None and recorded.scoring.status == "completed" and recorded.scoring.message is None
+
+
 def test_the_two_shards_of_a_model_get_the_two_fake_gpus(eight) -> None:
     _data, tmp, _slurm, _local = eight
     seen = set()
@@ -110,6 +142,54 @@ def test_a_broken_checkpoint_fails_alone_and_the_others_are_scored(
     assert message and "exited with code 1" in message
     assert (out / METRICS_JSON.format(model="blip2-opt-2.7b")).is_file()
     assert not (out / METRICS_JSON.format(model="llava-1.5-7b")).exists()
+
+
+def test_a_scoring_job_given_too_little_memory_is_reported_out_of_memory(
+    slurm_cluster: SlurmTestCluster, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    """--slurm-scoring-arg mem=200M: the cluster kills the scoring job when METEOR's JVM starts (FAILED, with
+    slurmstepd's "exceeded memory limit" in its log); the closing block, the manifest and `status` say out of memory,
+    what it asked for and which option raises it."""
+    data = make_panorama_data(tmp_path / "data", num_images=1)
+    root = model_root(tmp_path, tiny_checkpoint, ["blip2-opt-2.7b"])
+    out = tmp_path / "results"
+    run = run_orchestrator(
+        *ablation_args(data.data_file, root, out, "blip2-opt-2.7b", "--slurm-scoring-arg", "mem=200M"),
+        env=slurm_env(slurm_cluster), timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout[-4000:]
+    assert statuses(out) == {"blip2-opt-2.7b": "completed"}
+    hint = "it asked for --mem=200M; ask for more with --slurm-scoring-arg mem=1G"
+    assert "exceeded memory limit" in (out / "logs" / "scoring.slurm.log").read_text()
+    closing = run.stdout[run.stdout.rindex("Ablation finished") :]
+    assert "  scoring   : FAILED: out of memory: killed at " in closing and hint in closing, closing
+    recorded = manifest(out)
+    assert recorded.scoring is not None and recorded.scoring.status == "failed"
+    message = recorded.scoring.message or ""
+    assert message.startswith("out of memory: killed at ") and message.endswith(hint), message
+    assert "over its limit of 0.20 GiB" in message
+    assert recorded.slurm["requests"]["scoring"]["source"] == "option"  # type: ignore[attr-defined]
+    status = run_orchestrator("status", "--output-dir", out, env=slurm_env(slurm_cluster), timeout=120)
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert f"scoring: failed: {message}" in status.stdout
+
+
+def test_a_runner_given_too_little_memory_fails_out_of_memory(
+    slurm_cluster: SlurmTestCluster, tmp_path: Path, tiny_checkpoint, make_panorama_data
+) -> None:
+    data = make_panorama_data(tmp_path / "data", num_images=1)
+    root = model_root(tmp_path, tiny_checkpoint, ["llava-1.5-7b"])
+    out = tmp_path / "results"
+    run = run_orchestrator(
+        *ablation_args(data.data_file, root, out, "llava-1.5-7b", "--slurm-runner-arg", "mem=150M"),
+        env=slurm_env(slurm_cluster), timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout[-4000:]
+    assert statuses(out) == {"llava-1.5-7b": "failed"}
+    message = manifest(out).models[0].message or ""
+    assert message.startswith("out of memory: killed at "), message
+    assert message.endswith("it asked for --mem=150M; ask for more with --slurm-runner-arg mem=1G"), message
+    assert f"llava-1.5-7b FAILED: {message}" in run.stdout and f"    - llava-1.5-7b: {message}" in run.stdout
 
 
 def _slow_data(make_panorama_data, folder: Path, images: int):  # noqa: ANN001, ANN202

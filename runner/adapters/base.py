@@ -19,6 +19,7 @@ import torch
 import transformers
 from PIL import Image
 
+from runner.adapters.image_reuse import ImageReuse
 from runner.registry import ModelSpec
 
 # Plain greedy decoding, whatever the checkpoint's generation_config says; recorded in the run manifest.
@@ -65,6 +66,9 @@ class Adapter:
         if getattr(self.tokenizer, "pad_token", "") is None and getattr(self.tokenizer, "eos_token", None):
             # Some Llama-family tokenizers ship without a pad token; batching needs one (masked out anyway).
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # One vision-tower run per distinct image (runner/adapters/image_reuse.py): wrapped here where the
+        # architecture allows it, inert until the loop enables it and names each row's image (`image_reuse.batch`).
+        self.image_reuse = ImageReuse(self.model)
 
     # --- loading ----------------------------------------------------------------------------------------
 
@@ -145,6 +149,8 @@ class Adapter:
             "pad_token_id": self.pad_token_id,
             **self.generation_kwargs(),
         }
+        if "stop_strings" in kwargs:
+            kwargs["tokenizer"] = self.tokenizer  # generate() matches stop strings with the tokenizer
         with torch.inference_mode():
             if self.decoder is not None:
                 return self.decoder.generate(self.model, inputs, **kwargs)

@@ -25,8 +25,8 @@ function el(tag, attributes, ...children) {
   return node;
 }
 
-function fmt(value, digits = 2) {
-  return value === null || value === undefined || Number.isNaN(value) ? "n/a" : (value * DATA.scale).toFixed(digits);
+function fmt(value, digits, metric) {
+  return value === null || value === undefined || Number.isNaN(value) ? "n/a" : (value * DATA.scales[metric]).toFixed(digits);
 }
 
 // ---------------------------------------------------------------------------------------------- leaderboard
@@ -94,7 +94,7 @@ function renderHeatmap(metric) {
     const row = el("tr", {}, el("th", { text: name }));
     for (const query of DATA.queries) {
       const v = ((DATA.perQuery[name] || {})[query] || {})[metric];
-      const cell = el("td", { class: "cell", text: fmt(v, 1), title: `${name} · ${query}` });
+      const cell = el("td", { class: "cell", text: fmt(v, 1, metric), title: `${name} · ${query}` });
       if (v !== null && v !== undefined) cell.style.background = shade(high > low ? (v - low) / (high - low) : 0.5);
       row.append(cell);
     }
@@ -202,8 +202,9 @@ function renderSample(sample) {
   side.append(el("div", {}, el("span", { class: "query", text: DATA.queries[sample.q] })));
   side.append(el("div", { class: "sid", text: sample.id }));
   const { mean, spread } = stats(sample, metricIndex);
-  const label = DATA.labels[DATA.sampleMetrics[metricIndex]];
-  side.append(el("div", { class: "spread", text: `${label}: mean ${fmt(mean, 1)}, spread ${fmt(spread, 1)}` }));
+  const shown = DATA.sampleMetrics[metricIndex];
+  const label = DATA.labels[shown];
+  side.append(el("div", { class: "spread", text: `${label}: mean ${fmt(mean, 1, shown)}, spread ${fmt(spread, 1, shown)}` }));
 
   const refs = el("ol", { class: "refs" });
   for (const ref of sample.refs) refs.append(el("li", { text: ref }));
@@ -216,8 +217,8 @@ function renderSample(sample) {
     const top = score !== null && DATA.models.length > 1 && score === best && best > 0;
     const card = el("div", { class: top ? "pred top" : "pred", "data-model": name });
     const all = sample.score[index];
-    const tooltip = all ? DATA.sampleMetrics.map((m, i) => `${DATA.labels[m]} ${fmt(all[i], 1)}`).join(" · ") : "";
-    card.append(el("div", { class: "who" }, el("span", { text: name }), el("span", { class: "score", title: tooltip, text: fmt(score, 1) })));
+    const tooltip = all ? DATA.sampleMetrics.map((m, i) => `${DATA.labels[m]} ${fmt(all[i], 1, m)}`).join(" · ") : "";
+    card.append(el("div", { class: "who" }, el("span", { text: name }), el("span", { class: "score", title: tooltip, text: fmt(score, 1, shown) })));
     const prediction = sample.pred[index];
     card.append(el("div", { class: "text", text: prediction === null ? "" : prediction === "" ? "(empty)" : prediction }));
     if (error) card.append(el("div", { class: "err", text: error }));
