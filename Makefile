@@ -48,11 +48,12 @@ PYTEST_ARGS    ?=
 QUIC360_DIR    ?= data/quic360
 QUIC360_ARGS   ?=
 
-.PHONY: help setup test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample models sif
+.PHONY: help setup spice-jars test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample models sif
 
 help:
 	@echo "Commands:"
 	@echo "  make setup                  create .venv with everything (torch, runner, scoring, orchestrator, tests)"
+	@echo "  make spice-jars             SPICE's jars (Stanford CoreNLP 3.6.0, ~385 MB; verified) into the user cache"
 	@echo "  make demo                   tiny RANDOM-WEIGHT models on data/sample, scored; CPU, minutes (results/demo)"
 	@echo "  make test                   the test suite (Docker tests need an engine at DOCKER_HOST, Slurm tests root)"
 	@echo "  make images                 the family images and the scoring image (or IMAGE_MODELS=... for some models)"
@@ -78,6 +79,12 @@ help:
 setup:
 	python3 -m venv .venv
 	.venv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e '.[runner,scoring,orchestrator,dev]'
+	$(MAKE) spice-jars PYTHON=.venv/bin/python
+
+# SPICE's jars into $SCORING_SPICE_JARS or ~/.cache/vlm-ablation/spice, each checked against its pinned SHA-256;
+# nothing is downloaded when they are there. Uses Maven (mvn) when installed, else downloads from Maven Central.
+spice-jars:
+	$(PYTHON) -m scoring fetch-spice
 
 # Two workers (this project's test machines have 2 cores); --dist loadfile keeps each test file on one worker (the
 # Docker tests count the engine's containers; each worker starts its own Slurm test cluster).
@@ -89,7 +96,7 @@ lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
-demo:
+demo: spice-jars
 	@echo "=== DEMO: tiny RANDOM-WEIGHT models. Their captions are meaningless and their scores say nothing about"
 	@echo "=== the real models; the demo shows that the whole pipeline runs. Real runs: make ablation on a GPU host."
 	$(PYTHON) -m orchestrator tiny --models $(MODELS) --out $(TINY_DIR)

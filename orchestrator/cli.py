@@ -210,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--base-image", help="BASE_IMAGE of the family images (default: the Dockerfiles')")
     images.add_argument("--scoring-base-image", help="BASE_IMAGE of the scoring image (default: the Dockerfile's)")
     images.add_argument("--offline", action="store_true", help="install only from images/wheelhouse (PIP_NO_INDEX=1)")
-    images.add_argument("--skip-spice-jars", action="store_true", help="no CoreNLP download (SPICE unavailable)")
+    images.add_argument(
+        "--skip-spice-jars", action="store_true", help="a scoring image without SPICE's jars (SPICE cannot run)"
+    )
 
     status = commands.add_parser("status", help="report a run (a detached slurm run: its jobs' states)")
     status.add_argument("--output-dir", type=Path, default=Path("results"), help="the run's results folder")

@@ -34,6 +34,9 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, required=True, help="where the result files go")
     parser.add_argument("--spice-jars", type=Path, default=None, help="folder with the Stanford CoreNLP 3.6.0 jars")
     parser.add_argument("--spice-cache", type=Path, default=None, help="SPICE parse cache folder (optional)")
+    parser.add_argument("--spice-workers", type=int, default=None, help="SPICE parsing JVMs (default: per CPU)")
+    parser.add_argument("--spice-heap", type=int, default=None, metavar="MB", help="SPICE JVM heap (default: sized)")
+    parser.add_argument("--spice-timeout", type=float, default=None, metavar="S", help="SPICE time limit (seconds)")
     parser.add_argument("--bootstrap", type=int, default=MIN_BOOTSTRAP, help="bootstrap resamples (>= 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--meteor-heap", default=METEOR_HEAP, help=f"METEOR JVM heap (-Xmx; default {METEOR_HEAP})")
@@ -118,9 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_columns(human)
     _add_scoring_options(human)
 
-    fetch = commands.add_parser("fetch-spice", help="download Stanford CoreNLP 3.6.0 jars for SPICE (needs network)")
-    fetch.add_argument("--dest", type=Path, default=None, help="folder (default: the SPICE jar cache folder)")
-    fetch.add_argument("--sha256", action="append", default=[], metavar="JAR=HEX", help="expected SHA-256 of a jar")
+    fetch = commands.add_parser(
+        "fetch-spice",
+        help="get the jars SPICE needs (Stanford CoreNLP 3.6.0, Rhino), verified against pinned SHA-256",
+        description="Each jar comes from DEST when already there and verified, else from a --from folder, else "
+        "from Maven Central through Maven's client (`mvn`, when on PATH), else by a direct download.",
+    )
+    fetch.add_argument("--dest", type=Path, default=None, help="folder (default: --spice-jars' default folder)")
+    fetch.add_argument("--from", dest="sources", type=Path, action="append", default=[], metavar="DIR",
+                       help="a folder that may already hold the jars (copied, verified; no network)")  # fmt: skip
+    fetch.add_argument("--offline", action="store_true", help="never use the network (only DEST and --from)")
 
     convert = commands.add_parser(
         "convert", help="another harness's caption outputs as COCO results (+ annotations) for score --coco-results"
@@ -145,6 +155,9 @@ def _options(args: argparse.Namespace) -> ScoringOptions:
         seed=args.seed,
         meteor_heap=args.meteor_heap,
         metrics=args.metrics,
+        spice_workers=args.spice_workers,
+        spice_heap_mb=args.spice_heap,
+        spice_timeout=args.spice_timeout,
     )
 
 
@@ -281,10 +294,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         summary = write_summary(args.results_dir, args.bootstrap, args.seed)
         print(f"summarised {len(summary.models)} model(s) in {args.results_dir}")
     elif args.command == "fetch-spice":
-        from scoring.spice import configured_jar_dir, fetch_corenlp
+        from scoring.spice import configured_jar_dir, fetch_spice_jars
 
-        expected = dict(value.split("=", 1) for value in args.sha256 if "=" in value)
-        fetch_corenlp(args.dest or configured_jar_dir(None), expected)
+        dest = args.dest or configured_jar_dir(None)
+        sources = [*args.sources, configured_jar_dir(None)]  # e.g. filling a build context from the user cache
+        fetch_spice_jars(dest, sources, network=not args.offline, log=lambda line: print(line, flush=True))
+        print(f"SPICE jars ready in {dest}")
     elif args.command == "convert":
         from scoring.convert import convert
 

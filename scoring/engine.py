@@ -82,6 +82,9 @@ class ScoringOptions:
     meteor_heap: str = METEOR_HEAP
     work_dir: Path | None = None
     metrics: str | None = None  # --metrics: which metrics to compute (scoring.metrics.select_metrics); None: all
+    spice_workers: int | None = None  # parsing JVMs (default: one per CPU, as the memory allows)
+    spice_heap_mb: int | None = None  # default: sized from the longest caption (scoring.spice.spice_heap_mb)
+    spice_timeout: float | None = None
 
 
 @dataclass
@@ -272,7 +275,7 @@ def _run_tools(
     for tool in tools:
         if tool.background:
             thread = background[id(tool)]
-            context.log(f"waiting for {tool.name}")
+            context.log(f"waiting for {tool.label or tool.name}")
             thread.join()
             if thread.error is not None:
                 raise thread.error
