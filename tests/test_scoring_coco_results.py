@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 from data_formats import SAMPLE_DIR
+from scoring_reference import Corpus, pycocoevalcap_spice
 
 from contract import CAPTION_QUERY, SUMMARY_JSON, MetricsFile, SampleScores, Summary, read_json, read_jsonl, sample_id
 from scoring.cli import main as scoring_main
 from scoring.metrics import LEFT_OUT
-from tests.scoring_reference import Corpus, pycocoevalcap_spice
 
 TOLERANCE = 1e-9
 COCO_METRICS = {"Bleu_1": "coco_bleu1", "Bleu_2": "coco_bleu2", "Bleu_3": "coco_bleu3", "Bleu_4": "coco_bleu4"}
@@ -198,27 +198,16 @@ def test_per_domain_breakdown(scored, direct, name: str) -> None:
         assert row["cider"] == pytest.approx(expected["mean_cider_of_images"], abs=TOLERANCE, rel=0)
 
 
-# What the project's SPICE run prints on a Java without a JavaScript engine (Java 15+ has none built in): SPICE 1.0
-# writes its output through one. Until scoring.spice provides one, the comparison below cannot run on such a Java.
-NO_SCRIPT_ENGINE = 'because "scriptEngine" is null'
-
-
-def test_spice_equals_cocoevalcaps_spice_on_the_same_files(files: dict[str, Path], direct, tmp_path: Path) -> None:
+def test_spice_equals_cocoevalcaps_spice_on_the_same_files(
+    files: dict[str, Path], direct, tmp_path: Path, spice_jars: Path
+) -> None:
     """SPICE of both results files in one scoring run against pycocoevalcap's own `Spice` on exactly the texts
     COCOEvalCap.evaluate hands it for these files (its PTB tokenization of the covered images), in one run: per image,
     per file (the mean, as COCOEvalCap reports it) and per domain (the mean of the domain's images, which is what
     COCOEvalCap reports on the domain's images alone: SPICE scores each image on its own)."""
-    from scoring.spice import configured_jar_dir, unavailable_reason
-
-    jar_dir = configured_jar_dir(None)
-    reason = unavailable_reason(jar_dir)
-    if reason:
-        pytest.skip(f"SPICE's CoreNLP jars are not here ({reason}); set SCORING_SPICE_JARS to run this")
+    jar_dir = spice_jars
     out = tmp_path / "results"
     completed = _score_files(files, out, "--metrics", "spice", "--spice-jars", str(jar_dir))
-    if completed.returncode != 0 and NO_SCRIPT_ENGINE in completed.stdout + completed.stderr:
-        pytest.skip(f"the project's SPICE cannot run on this Java: SPICE 1.0 stops with {NO_SCRIPT_ENGINE!r} (it "
-                    "needs a JavaScript engine, which Java 15+ does not ship)")  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
     names = ("first", "second")
