@@ -4,6 +4,13 @@
 PYTHON         ?= .venv/bin/python
 MODELS         ?= all
 DATA_CSV       ?= data/quic360/test.csv
+# The data file, any format (docs/DATA.md): CSV/TSV, COCO annotations, a Karpathy split file or JSONL. DATA_CSV is
+# its older name. DATA_FORMAT names the format (default: detected), SPLIT a Karpathy file's split (default test),
+# IMAGE_ROOT the folder relative image paths are read from (default: the data file's folder).
+DATA_FILE      ?= $(DATA_CSV)
+DATA_FORMAT    ?=
+SPLIT          ?=
+IMAGE_ROOT     ?=
 OUTPUT_DIR     ?= results
 BATCH_SIZE     ?= auto
 MAX_NEW_TOKENS ?= 64
@@ -51,7 +58,7 @@ help:
 	@echo "  make test                   the test suite (Docker tests need an engine at DOCKER_HOST, Slurm tests root)"
 	@echo "  make images                 the family images and the scoring image (or IMAGE_MODELS=... for some models)"
 	@echo "  make quic360                QuIC-360 test split + its images -> data/quic360/test.csv"
-	@echo "  make ablation               run MODELS over DATA_CSV, score, summarise, report (GPU host: one command)"
+	@echo "  make ablation               run MODELS over DATA_FILE, score, summarise, report (GPU host: one command)"
 	@echo "  make run-one MODEL=name     one model, same pipeline"
 	@echo "  make fetch                  download MODELS' weights into the Hugging Face cache (HF_TOKEN from the env)"
 	@echo "  make reproduce              rerun MANIFEST with its pins and report differences"
@@ -59,7 +66,9 @@ help:
 	@echo "  make sif                    Apptainer .sif images from the family images (slurm engine; needs apptainer)"
 	@echo "Variables (name=default):"
 	@echo "  MODELS=$(MODELS)  comma list, hf:Org/Name[@rev], or all    MODELS_FILE=  your own catalogue entries"
-	@echo "  DATA_CSV=$(DATA_CSV)    OUTPUT_DIR=$(OUTPUT_DIR)    DEMO_DIR=$(DEMO_DIR)"
+	@echo "  DATA_FILE=$(DATA_FILE)  any format (docs/DATA.md; DATA_CSV is its older name)"
+	@echo "  DATA_FORMAT=(detected)  csv|coco|karpathy|jsonl    SPLIT=(test)  a Karpathy file's split    IMAGE_ROOT="
+	@echo "  OUTPUT_DIR=$(OUTPUT_DIR)    DEMO_DIR=$(DEMO_DIR)"
 	@echo "  BATCH_SIZE=$(BATCH_SIZE)    MAX_NEW_TOKENS=$(MAX_NEW_TOKENS)    GPUS=$(GPUS)    ENGINE=$(ENGINE)    TIMEOUT=(none)"
 	@echo "  CONTAINER_USER=(you)  UID:GID containers run as    MEMORY=(none)  per-container memory limit: 64g, or auto"
 	@echo "  EXTRA_ARGS=  more orchestrator options (python -m orchestrator ablation --help)"
@@ -97,7 +106,9 @@ demo: spice-jars
 	@echo "=== DEMO done: results in $(DEMO_OUTPUT)/ (open $(DEMO_OUTPUT)/report.html)."
 
 ablation:
-	$(PYTHON) -m orchestrator ablation --models $(MODELS) --data $(DATA_CSV) --output-dir $(OUTPUT_DIR) \
+	$(PYTHON) -m orchestrator ablation --models $(MODELS) --data $(DATA_FILE) --output-dir $(OUTPUT_DIR) \
+		$(if $(DATA_FORMAT),--data-format $(DATA_FORMAT)) $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT)) \
 		--batch-size $(BATCH_SIZE) --max-new-tokens $(MAX_NEW_TOKENS) --gpus $(GPUS) --engine $(ENGINE) \
 		$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(CONTAINER_USER),--container-user $(CONTAINER_USER)) \
 		$(if $(MEMORY),--memory $(MEMORY)) $(if $(MODELS_FILE),--models-file $(MODELS_FILE)) $(EXTRA_ARGS)
@@ -106,7 +117,7 @@ models:
 	$(PYTHON) -m orchestrator models $(if $(MODELS_FILE),--models-file $(MODELS_FILE))
 
 run-one:
-	@test -n "$(MODEL)" || { echo "usage: make run-one MODEL=<model name> [DATA_CSV=...]"; exit 2; }
+	@test -n "$(MODEL)" || { echo "usage: make run-one MODEL=<model name> [DATA_FILE=...]"; exit 2; }
 	$(MAKE) ablation MODELS=$(MODEL)
 
 fetch:

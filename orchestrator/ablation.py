@@ -138,12 +138,21 @@ def image_for(options: AblationOptions, spec: ModelSpec) -> str:
     return options.images.get(spec.family, spec.image_ref)
 
 
+def data_format_argv(plan: Plan) -> list[str]:
+    """--data-format and --split as the user gave them (the runner and scoring detect the format as the plan did)."""
+    options = plan.options
+    return (["--data-format", options.data_format] if options.data_format else []) + (
+        ["--split", options.split] if options.split else []
+    )
+
+
 def runner_argv(
     plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection, revision: str | None, shard: int | None = None
 ) -> list[str]:
     """The runner CLI's arguments; the same for every engine but for the paths (and the shard)."""
     options = plan.options
     argv = ["--model", spec.reference, "--data", paths.data_file, "--output-dir", paths.output_dir]
+    argv += data_format_argv(plan)
     if paths.models_file:
         argv += ["--models-file", paths.models_file]
     batch_size = options.batch_sizes.get(spec.name, options.batch_size)
@@ -174,6 +183,7 @@ def runner_argv(
 def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
     predictions = [f"{paths.output_dir}/{PREDICTIONS_JSONL.format(model=m)}" for m in models]
     argv = ["score", "--predictions", *predictions, "--output-dir", paths.output_dir, "--data", paths.data_file]
+    argv += data_format_argv(plan)
     if plan.options.limit:
         argv += ["--limit", str(plan.options.limit)]  # score exactly the subset the runners captioned
     if plan.options.shards > 1:
@@ -238,6 +248,8 @@ class Ablation:
             arguments=arguments,
             data_file=str(self.plan.data_file),
             data_sha256=self.plan.data_sha256,
+            data_format=self.plan.data_format,
+            data_split=self.plan.data_split,
             models=[outcome.record for outcome in self.outcomes],
             versions=self.versions,
             scoring_image=self.scoring_record["image"],

@@ -1,6 +1,6 @@
 """Score one or many models in ONE process: each tool of the metric registry (scoring/metrics.py) runs once for all
 models (one PTB tokenizer JVM, one METEOR JVM running while Python computes the other metrics, one SPICE run), then
-every metric, its bootstrap interval and its per-query values come from the per-sample statistics."""
+every metric, its bootstrap interval and its per-query and per-group values come from the per-sample statistics."""
 
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ class ModelPredictions:
     apply_cleanup: bool = True
     random_weights: bool = False  # a tiny random-weight checkpoint (from `<model>_run.json`)
     subset: SubsetInfo | None = None  # only the data file's first N samples were scored (--limit)
+    # Each sample's group in the data file (NoCaps' domain, a JSONL "group"); None: the data set has no groups.
+    groups: list[str | None] | None = None
 
 
 @dataclass
@@ -100,6 +102,7 @@ class ModelResult:
     warnings: list[str]
     ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     per_query: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    per_group: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def metrics_file(self) -> MetricsFile:
         return MetricsFile(
@@ -109,6 +112,7 @@ class ModelResult:
             metrics=self.metrics,
             ci=self.ci,
             per_query=self.per_query,
+            per_group=self.per_group,
             counts=self.counts,
             signature=self.signature,
             unavailable=self.unavailable,
@@ -367,17 +371,27 @@ def _verified(
 
 
 def add_uncertainty(result: ModelResult, resamples: int, seed: int) -> None:
-    """Bootstrap CIs (resampling images when an image carries several samples) and the per-query breakdown, from the
-    per-sample statistics only."""
+    """Bootstrap CIs (resampling images when an image carries several samples) and the per-query and per-group
+    breakdowns, from the per-sample statistics only."""
     matrix = result.matrix
     values = corpus_metrics(result.computed, matrix, bootstrap_weights(matrix.groups, resamples, seed))
     intervals = confidence_intervals(values)
     result.ci = {key: intervals.get(key) for key in FILE_ORDER}
-    queries = result.model.queries
-    for query in sorted(set(queries)):
-        indicator = np.array([[1.0 if q == query else 0.0 for q in queries]])
-        per_metric = corpus_metrics(result.computed, matrix, indicator)
+    result.per_query = breakdown(result.computed, matrix, result.model.queries)
+    result.per_group = breakdown(result.computed, matrix, result.model.groups) if result.model.groups else {}
+
+
+def breakdown(
+    computed: Sequence[Metric], matrix: SampleMatrix, labels: Sequence[str | None]
+) -> dict[str, dict[str, float | None]]:
+    """Every metric over the samples of each label (a query, a group) from their summed statistics, with their
+    count; a sample without a label (None) is in no row. Metrics left out are None."""
+    rows: dict[str, dict[str, float | None]] = {}
+    for label in sorted({label for label in labels if label is not None}):
+        indicator = np.array([[1.0 if other == label else 0.0 for other in labels]])
+        per_metric = corpus_metrics(computed, matrix, indicator)
         row: dict[str, float | None] = dict.fromkeys(FILE_ORDER)
         row.update({key: float(v[0]) for key, v in per_metric.items()})
         row["num_samples"] = float(indicator.sum())
-        result.per_query[query] = row
+        rows[label] = row
+    return rows

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import WITHOUT_SPICE
-
-from contract import MetricsFile, SampleScores, read_json, read_jsonl
-from tests.scoring_corpora import make_corpus, shortened
-from tests.scoring_reference import (
+from scoring_corpora import make_corpus, shortened
+from scoring_reference import (
     CocoResult,
     Corpus,
     ScoringRun,
@@ -32,6 +30,8 @@ from tests.scoring_reference import (
     sacrebleu_bleu4,
     start_scoring,
 )
+
+from contract import MetricsFile, SampleScores, read_json, read_jsonl
 
 SEEDS = [int(s) for s in os.environ.get("SCORING_DIFFERENTIAL_SEEDS", "").split(",") if s] or list(range(40))
 TOLERANCE = 1e-6
