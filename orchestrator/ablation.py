@@ -49,7 +49,15 @@ from contract.shards import Shard, shards_on_disk
 from orchestrator.console import DEMO_NOTICE, Console, clock, duration, metric_line
 from orchestrator.engines import HF_TOKEN_VARIABLES, Engine, RunPaths, Task, TaskResult
 from orchestrator.hub_fetch import FETCH_RESULT_PREFIX
-from orchestrator.plan import AblationOptions, GpuSelection, Plan, PlanError, build_plan, parse_gpus
+from orchestrator.plan import (
+    AblationOptions,
+    GpuSelection,
+    Plan,
+    PlanError,
+    build_plan,
+    check_scoring_here,
+    parse_gpus,
+)
 from runner.registry import BUILTIN_CATALOGUE, HUB_PREFIX, ModelSpec
 
 SCORING_IMAGE = "vlm-ablation/scoring:latest"
@@ -332,6 +340,8 @@ class Ablation:
         requested_gpus = parse_gpus(self.options.gpus)
         images = [image_for(self.options, spec) for spec in plan.specs]
         scoring_image = self.options.images.get("scoring", SCORING_IMAGE)
+        if scoring and self.engine.scores_with_host_files():
+            check_scoring_here(plan)  # SPICE's jars: before the models run, not after all of them
         self.engine.preflight(plan, images + ([scoring_image] if scoring else []))
         self.gpus = self.engine.resolve_gpus(requested_gpus)
         self.versions = {"orchestrator": _version("vlm-ablation")}

@@ -21,6 +21,8 @@ from contract import (
 from contract.shards import shards_on_disk
 from runner.loop import RunnerError, is_batch_size, validate_prompt_template
 from runner.registry import MODELS, Catalogue, CatalogueError, ModelSpec, UnknownModelError
+from scoring.java import ScoringError
+from scoring.metrics import select_metrics
 
 
 class PlanError(ValueError):
@@ -247,6 +249,10 @@ def build_plan(options: AblationOptions) -> Plan:
         raise PlanError(f"--shards must be at least 1, got {options.shards!r}")
     if options.timeout is not None and options.timeout <= 0:
         raise PlanError(f"--timeout must be a positive number of seconds, got {options.timeout}")
+    try:
+        select_metrics(options.metrics)
+    except ScoringError as error:
+        raise PlanError(str(error)) from None
     if options.prompt_template is not None:
         try:  # the {query} field is checked once the data set is read: a data set without queries needs none
             validate_prompt_template(options.prompt_template, has_queries=False)
@@ -324,3 +330,15 @@ def build_plan(options: AblationOptions) -> Plan:
         models_file=models_file,
         dataset_warnings=list(dataset.warnings),
     )
+
+
+def check_scoring_here(plan: Plan) -> None:
+    """For engines whose scoring step runs with this host's files (local; Slurm without containers, on the shared
+    file system): every metric the run computes can be computed (SPICE's jars, Java), checked before any model runs
+    rather than after all of them."""
+    from scoring.engine import ScoringOptions, check_options
+
+    try:
+        check_options(ScoringOptions(metrics=plan.options.metrics))
+    except ScoringError as error:
+        raise PlanError(f"scoring: {error}") from None
