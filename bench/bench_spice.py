@@ -53,7 +53,7 @@ def workload(data: Path, captions: int, models: int) -> list[dict[str, dict[str,
     from scoring.cleanup import normalise_text
     from scoring.inputs import leave_one_out, load_data
     from scoring.java import find_java
-    from scoring.ptb import ptb_tokenize
+    from scoring.ptb import ptb_tokenize_documents
 
     loo = leave_one_out(load_data(data))
     samples, total = 0, 0
@@ -62,14 +62,17 @@ def workload(data: Path, captions: int, models: int) -> list[dict[str, dict[str,
         samples += 1
     hypotheses = [normalise_text(text) for text in loo.raw_predictions[:samples]]
     references = [[normalise_text(text) for text in refs] for refs in loo.references[:samples]]
-    with tempfile.TemporaryDirectory() as temp:
-        tokens = ptb_tokenize([*hypotheses, *(r for refs in references for r in refs)], find_java(), Path(temp))
+    with tempfile.TemporaryDirectory() as temp:  # the two documents COCOEvalCap tokenizes: references, candidates
+        flat_refs, tokenized_hypotheses = ptb_tokenize_documents(
+            [[r for refs in references for r in refs], hypotheses], find_java(), Path(temp)
+        )
+    lines = iter(flat_refs)
     ids = [f"{index:05d}" for index in range(samples)]
-    gts = {sample_id: [tokens[r] for r in refs] for sample_id, refs in zip(ids, references, strict=True)}
+    gts = {sample_id: [next(lines) for _ in refs] for sample_id, refs in zip(ids, references, strict=True)}
     result = []
     for model in range(models):
         # Model 0: the human candidate; model m > 0: its words rotated by m (a new caption, about as long).
-        res = {sample_id: [_rotated(tokens[hypotheses[index]], model)] for index, sample_id in enumerate(ids)}
+        res = {sample_id: [_rotated(tokenized_hypotheses[index], model)] for index, sample_id in enumerate(ids)}
         result.append({"gts": gts, "res": res})
     return result
 
