@@ -73,7 +73,7 @@ def docker_ablation(client, tmp_path_factory: pytest.TempPathFactory, tiny_check
     run = run_orchestrator(
         "ablation", "--engine", "docker", "--gpus", "none", "--models", ",".join(models),
         "--data", data.data_file, "--output-dir", out, "--model-path-root", root,
-        "--batch-size", "2", "--max-new-tokens", "6", "--timeout", "300", *CONTAINER_USER_ARGS,
+        "--batch-size", "2", "--max-new-tokens", "6", "--timeout", "300", "--metrics", "all", *CONTAINER_USER_ARGS,
     )  # fmt: skip
     return data, out, run
 
