@@ -158,6 +158,7 @@ class Plan:
     data_split: str | None = None  # the Karpathy split read
     models_file: Path | None = None  # absolute; the user's catalogue entries the runners must see too
     dataset_warnings: list[str] = field(default_factory=list)
+    longest_reference_words: int = 0  # what SPICE's parser will meet (orchestrator.resources sizes its heap)
 
     def model_path(self, model: str) -> Path | None:
         return self.model_path_root / model if self.model_path_root else None
@@ -329,6 +330,7 @@ def build_plan(options: AblationOptions) -> Plan:
         image_paths=[s.image_path for s in samples if not s.image_path.startswith(("http://", "https://"))],
         models_file=models_file,
         dataset_warnings=list(dataset.warnings),
+        longest_reference_words=max((len(ref.split()) for s in samples for ref in s.references), default=0),
     )
 
 

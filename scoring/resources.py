@@ -88,10 +88,12 @@ def scoring_requirements(
     metrics: Iterable[str] = ("meteor", "spice"),
     meteor_heap: str = METEOR_HEAP,
     workers: int = SPICE_WORKERS,
+    max_caption_tokens: int = spice.TYPICAL_MAX_TOKENS,
 ) -> Requirements:
     """What `python -m scoring score` over `num_models` models of `num_samples` samples each needs. `metrics`: the
     metrics that run a JVM of their own and are computed (METEOR, SPICE; the others are Python). `workers`: SPICE's
-    single-threaded parsing JVMs, each sized for captions of up to scoring.spice.TYPICAL_MAX_TOKENS tokens.
+    single-threaded parsing JVMs, each sized for captions of up to `max_caption_tokens` tokens (SPICE's parser
+    needs memory growing with the square of the longest caption).
 
     CPUs: Python's metrics run beside METEOR's JVM (two at once); while SPICE parses, Python waits for it and METEOR
     goes on, so one CPU per SPICE JVM beside METEOR's."""
@@ -110,9 +112,9 @@ def scoring_requirements(
         others = sum(value for _, value in parts)
         if others < spice.OTHER_SCORING_MB * MIB:
             parts.append(("kept beside SPICE for METEOR and Python", spice.OTHER_SCORING_MB * MIB - others))
-        heap = spice.spice_heap_mb(spice.TYPICAL_MAX_TOKENS, 1)
+        heap = spice.spice_heap_mb(max_caption_tokens, 1)
         label = f"SPICE JVM -Xmx{heap}m" + (f" x {spice_jvms}" if spice_jvms > 1 else "")
-        parts.append((label, spice.spice_memory_mb(spice_jvms, 1) * MIB))
+        parts.append((label, spice.spice_memory_mb(spice_jvms, 1, max_caption_tokens) * MIB))
     return Requirements(
         memory_bytes=sum(value for _, value in parts),
         cpus=1 + max(1, spice_jvms),

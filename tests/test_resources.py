@@ -307,11 +307,21 @@ def test_the_scoring_step_asks_only_for_the_jvms_of_the_metrics_it_computes() ->
 
     from orchestrator.resources import scoring_resources
 
-    def plan(metrics: str | None) -> SimpleNamespace:
-        return SimpleNamespace(num_samples=1211, options=SimpleNamespace(metrics=metrics))
+    def plan(metrics: str | None, max_new_tokens: int = 64, longest_reference_words: int = 70) -> SimpleNamespace:
+        return SimpleNamespace(
+            num_samples=1211,
+            longest_reference_words=longest_reference_words,
+            options=SimpleNamespace(metrics=metrics, max_new_tokens=max_new_tokens),
+        )
 
     everything = scoring_resources(plan(None), 8)  # type: ignore[arg-type]
     without_spice = scoring_resources(plan("all,-spice"), 8)  # type: ignore[arg-type]
     assert everything.memory_bytes == scoring_requirements(8, 1211).memory_bytes
     assert without_spice.memory_bytes == scoring_requirements(8, 1211, metrics=("meteor",)).memory_bytes
     assert "SPICE" in everything.basis and "SPICE" not in without_spice.basis
+    # SPICE's parser needs memory growing with the square of the longest caption: longer outputs ask for more.
+    long_outputs = scoring_resources(plan(None, max_new_tokens=300), 8)  # type: ignore[arg-type]
+    long_references = scoring_resources(plan(None, longest_reference_words=300), 8)  # type: ignore[arg-type]
+    longer = scoring_requirements(8, 1211, max_caption_tokens=300).memory_bytes
+    assert long_outputs.memory_bytes == long_references.memory_bytes == longer > everything.memory_bytes
+    assert f"SPICE JVM -Xmx{spice.spice_heap_mb(300, 1)}m" in long_outputs.basis
