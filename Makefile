@@ -4,6 +4,13 @@
 PYTHON         ?= .venv/bin/python
 MODELS         ?= all
 DATA_CSV       ?= data/quic360/test.csv
+# The data file, any format (docs/DATA.md): CSV/TSV, COCO annotations, a Karpathy split file or JSONL. DATA_CSV is
+# its older name. DATA_FORMAT names the format (default: detected), SPLIT a Karpathy file's split (default test),
+# IMAGE_ROOT the folder relative image paths are read from (default: the data file's folder).
+DATA_FILE      ?= $(DATA_CSV)
+DATA_FORMAT    ?=
+SPLIT          ?=
+IMAGE_ROOT     ?=
 OUTPUT_DIR     ?= results
 BATCH_SIZE     ?= auto
 MAX_NEW_TOKENS ?= 64
@@ -41,11 +48,12 @@ PYTEST_ARGS    ?=
 QUIC360_DIR    ?= data/quic360
 QUIC360_ARGS   ?=
 
-.PHONY: help setup test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample models sif
+.PHONY: help setup spice-jars test lint demo ablation run-one fetch reproduce images wheelhouse quic360 sample models sif
 
 help:
 	@echo "Commands:"
 	@echo "  make setup                  create .venv with everything (torch, runner, scoring, orchestrator, tests)"
+	@echo "  make spice-jars             SPICE's jars (Stanford CoreNLP 3.6.0, ~385 MB; verified) into the user cache"
 	@echo "  make demo                   tiny RANDOM-WEIGHT models on data/sample, scored; CPU, minutes (results/demo)"
 	@echo "  make test                   the test suite (Docker tests need an engine at DOCKER_HOST, Slurm tests root)"
 	@echo "  make lint                   ruff check and ruff format --check"
@@ -53,7 +61,7 @@ help:
 	@echo "  make wheelhouse             download every image's wheels into WHEELHOUSE (then IMAGE_ARGS=--offline)"
 	@echo "  make quic360                QuIC-360 test split + its images -> data/quic360/test.csv"
 	@echo "  make sample                 regenerate data/sample (the demo's panoramas and captions)"
-	@echo "  make ablation               run MODELS over DATA_CSV, score, summarise, report (GPU host: one command)"
+	@echo "  make ablation               run MODELS over DATA_FILE, score, summarise, report (GPU host: one command)"
 	@echo "  make run-one MODEL=name     one model, same pipeline"
 	@echo "  make fetch                  download MODELS' weights into the Hugging Face cache (HF_TOKEN from the env)"
 	@echo "  make reproduce              rerun MANIFEST with its pins and report differences"
@@ -63,7 +71,9 @@ help:
 	@echo "Variables (name=default):"
 	@echo "  MODELS=$(MODELS)  comma list, hf:Org/Name[@rev], or all    MODELS_FILE=  your own catalogue entries"
 	@echo "  MODEL=  one model (make run-one)    PYTHON=$(PYTHON)"
-	@echo "  DATA_CSV=$(DATA_CSV)    OUTPUT_DIR=$(OUTPUT_DIR)    DEMO_DIR=$(DEMO_DIR)"
+	@echo "  DATA_FILE=$(DATA_FILE)  any format (docs/DATA.md)    DATA_CSV=$(DATA_CSV)  its older name"
+	@echo "  DATA_FORMAT=(detected)  csv|coco|karpathy|jsonl    SPLIT=(test)  a Karpathy file's split    IMAGE_ROOT="
+	@echo "  OUTPUT_DIR=$(OUTPUT_DIR)    DEMO_DIR=$(DEMO_DIR)"
 	@echo "  TINY_DIR=$(TINY_DIR)  where make demo keeps its tiny checkpoints"
 	@echo "  BATCH_SIZE=$(BATCH_SIZE)    MAX_NEW_TOKENS=$(MAX_NEW_TOKENS)    GPUS=$(GPUS)    ENGINE=$(ENGINE)    TIMEOUT=(none)"
 	@echo "  CONTAINER_USER=(you)  UID:GID containers run as    MEMORY=(none)  per-container memory limit: 64g, or auto"
@@ -78,6 +88,12 @@ help:
 setup:
 	python3 -m venv .venv
 	.venv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e '.[runner,scoring,orchestrator,dev]'
+	$(MAKE) spice-jars PYTHON=.venv/bin/python
+
+# SPICE's jars into $SCORING_SPICE_JARS or ~/.cache/vlm-ablation/spice, each checked against its pinned SHA-256;
+# nothing is downloaded when they are there. Uses Maven (mvn) when installed, else downloads from Maven Central.
+spice-jars:
+	$(PYTHON) -m scoring fetch-spice
 
 # Two workers (this project's test machines have 2 cores); --dist loadfile keeps each test file on one worker (the
 # Docker tests count the engine's containers; each worker starts its own Slurm test cluster).
@@ -89,17 +105,22 @@ lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
+# The model names are checked first (orchestrator tiny, with the ablation's code and message): a typo stops the demo
+# before anything is built or fetched.
 demo:
 	@echo "=== DEMO: tiny RANDOM-WEIGHT models. Their captions are meaningless and their scores say nothing about"
 	@echo "=== the real models; the demo shows that the whole pipeline runs. Real runs: make ablation on a GPU host."
 	$(PYTHON) -m orchestrator tiny --models $(MODELS) --out $(TINY_DIR)
+	@$(MAKE) --no-print-directory spice-jars PYTHON=$(PYTHON)
 	$(PYTHON) -m orchestrator ablation --engine local --gpus none --models $(MODELS) \
 		--data data/sample/sample.csv --output-dir $(DEMO_OUTPUT) --model-path-root $(TINY_DIR) \
 		--batch-size 4 --max-new-tokens 16 $(EXTRA_ARGS)
 	@echo "=== DEMO done: results in $(DEMO_OUTPUT)/ (open $(DEMO_OUTPUT)/report.html)."
 
 ablation:
-	$(PYTHON) -m orchestrator ablation --models $(MODELS) --data $(DATA_CSV) --output-dir $(OUTPUT_DIR) \
+	$(PYTHON) -m orchestrator ablation --models $(MODELS) --data $(DATA_FILE) --output-dir $(OUTPUT_DIR) \
+		$(if $(DATA_FORMAT),--data-format $(DATA_FORMAT)) $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT)) \
 		--batch-size $(BATCH_SIZE) --max-new-tokens $(MAX_NEW_TOKENS) --gpus $(GPUS) --engine $(ENGINE) \
 		$(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(CONTAINER_USER),--container-user $(CONTAINER_USER)) \
 		$(if $(MEMORY),--memory $(MEMORY)) $(if $(MODELS_FILE),--models-file $(MODELS_FILE)) $(EXTRA_ARGS)
@@ -108,7 +129,7 @@ models:
 	$(PYTHON) -m orchestrator models $(if $(MODELS_FILE),--models-file $(MODELS_FILE))
 
 run-one:
-	@test -n "$(MODEL)" || { echo "usage: make run-one MODEL=<model name> [DATA_CSV=...]"; exit 2; }
+	@test -n "$(MODEL)" || { echo "usage: make run-one MODEL=<model name> [DATA_FILE=...]"; exit 2; }
 	$(MAKE) ablation MODELS=$(MODEL)
 
 fetch:

@@ -151,6 +151,7 @@ class Sample(_Record):
     image_path: str  # resolved local path or http(s) URL the runner opens
     query: str
     references: list[str]
+    group: str | None = None  # a breakdown label from the data file (NoCaps' domain, a JSONL "group")
 
 
 class PredictionRecord(_Record):
@@ -213,6 +214,8 @@ class RunManifest(BaseModel):
     decoding: dict[str, Any] = Field(default_factory=dict)
     data_file: str
     data_sha256: str
+    data_format: str = "csv"  # the data file's format (contract.DATA_FORMATS)
+    data_split: str | None = None  # the split read from a Karpathy split file
     num_samples: int
     batch_size_requested: int | Literal["auto"]  # auto: chosen from free GPU memory after the model loaded
     batch_size_used: int  # what the run used (the auto choice, then halved on CUDA OOM)
@@ -274,6 +277,8 @@ class MetricsFile(BaseModel):
     metrics: dict[str, float | None]  # HEADLINE_METRICS + COCO_BLEU_METRICS at least
     ci: dict[str, tuple[float, float] | None] = Field(default_factory=dict)  # 95% bootstrap interval
     per_query: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    # The same breakdown by the data file's groups (NoCaps' domains, a JSONL "group"); empty when it has none.
+    per_group: dict[str, dict[str, float | None]] = Field(default_factory=dict)
     counts: SampleCounts
     signature: dict[str, str] = Field(default_factory=dict)  # sacrebleu signature, tool versions, seed
     unavailable: dict[str, str] = Field(default_factory=dict)  # metric -> why it is None
@@ -385,6 +390,8 @@ class AblationManifest(BaseModel):
     arguments: dict[str, Any]
     data_file: str
     data_sha256: str
+    data_format: str = "csv"  # the data file's format (contract.DATA_FORMATS)
+    data_split: str | None = None  # the split read from a Karpathy split file
     models: list[ModelRunRecord]
     versions: dict[str, str] = Field(default_factory=dict)
     scoring_image: str | None = None

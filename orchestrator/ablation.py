@@ -52,7 +52,15 @@ from contract.shards import Shard, shards_on_disk
 from orchestrator.console import DEMO_NOTICE, Console, clock, duration, metric_line
 from orchestrator.engines import HF_TOKEN_VARIABLES, Engine, RunPaths, Task, TaskResult
 from orchestrator.hub_fetch import FETCH_RESULT_PREFIX
-from orchestrator.plan import AblationOptions, GpuSelection, Plan, PlanError, build_plan, parse_gpus
+from orchestrator.plan import (
+    AblationOptions,
+    GpuSelection,
+    Plan,
+    PlanError,
+    build_plan,
+    check_scoring_here,
+    parse_gpus,
+)
 from runner.registry import BUILTIN_CATALOGUE, HUB_PREFIX, ModelSpec
 
 SCORING_IMAGE = "vlm-ablation/scoring:latest"
@@ -143,12 +151,21 @@ def image_for(options: AblationOptions, spec: ModelSpec) -> str:
     return options.images.get(spec.family, spec.image_ref)
 
 
+def data_format_argv(plan: Plan) -> list[str]:
+    """--data-format and --split as the user gave them (the runner and scoring detect the format as the plan did)."""
+    options = plan.options
+    return (["--data-format", options.data_format] if options.data_format else []) + (
+        ["--split", options.split] if options.split else []
+    )
+
+
 def runner_argv(
     plan: Plan, spec: ModelSpec, paths: RunPaths, gpus: GpuSelection, revision: str | None, shard: int | None = None
 ) -> list[str]:
     """The runner CLI's arguments; the same for every engine but for the paths (and the shard)."""
     options = plan.options
     argv = ["--model", spec.reference, "--data", paths.data_file, "--output-dir", paths.output_dir]
+    argv += data_format_argv(plan)
     if paths.models_file:
         argv += ["--models-file", paths.models_file]
     batch_size = options.batch_sizes.get(spec.name, options.batch_size)
@@ -179,6 +196,7 @@ def runner_argv(
 def scoring_argv(plan: Plan, paths: RunPaths, models: list[str]) -> list[str]:
     predictions = [f"{paths.output_dir}/{PREDICTIONS_JSONL.format(model=m)}" for m in models]
     argv = ["score", "--predictions", *predictions, "--output-dir", paths.output_dir, "--data", paths.data_file]
+    argv += data_format_argv(plan)
     if plan.options.limit:
         argv += ["--limit", str(plan.options.limit)]  # score exactly the subset the runners captioned
     if plan.options.shards > 1:
@@ -246,6 +264,8 @@ class Ablation:
             arguments=arguments,
             data_file=str(self.plan.data_file),
             data_sha256=self.plan.data_sha256,
+            data_format=self.plan.data_format,
+            data_split=self.plan.data_split,
             models=[outcome.record for outcome in self.outcomes],
             versions=self.versions,
             scoring_image=self.scoring_record["image"],
@@ -335,6 +355,8 @@ class Ablation:
         requested_gpus = parse_gpus(self.options.gpus)
         images = [image_for(self.options, spec) for spec in plan.specs]
         scoring_image = self.options.images.get("scoring", SCORING_IMAGE)
+        if scoring and self.engine.scores_with_host_files():
+            check_scoring_here(plan)  # SPICE's jars: before the models run, not after all of them
         self.engine.preflight(plan, images + ([scoring_image] if scoring else []))
         self.gpus = self.engine.resolve_gpus(requested_gpus)
         self.versions = {"orchestrator": _version("vlm-ablation")}

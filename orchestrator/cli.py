@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from contract import AUTO_FORMAT
+from contract.dataset import add_data_format_arguments
 from orchestrator.engines import EngineError
 from orchestrator.plan import AblationOptions, PlanError, parse_models
 from runner.cli import batch_size, positive_int
@@ -44,7 +46,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
     parser.add_argument(
         "--models-file", type=Path, help="your own catalogue entries (TOML, the format of runner/catalogue.toml)"
     )
-    parser.add_argument("--data", type=Path, required=required, help="data CSV/TSV (columns url,query,annotation)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=required,
+        help="data file: CSV/TSV (url,query,annotation), COCO annotations, Karpathy split or JSONL (docs/DATA.md)",
+    )
+    add_data_format_arguments(parser)
     parser.add_argument("--output-dir", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument(
         "--batch-size",
@@ -85,7 +93,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, required: bool) -> No
         help="runner --reuse-images for every model: on (the default) encodes each image once for all its queries "
         "where the architecture allows, off once per sample; predictions are the same",
     )
-    parser.add_argument("--prompt-template", help="instruction with a {query} field (default: the runner's)")
+    parser.add_argument(
+        "--prompt-template",
+        help="instruction with a {query} field (default: the runner's); optional field for a data set without queries",
+    )
     parser.add_argument(
         "--hf-cache", type=Path, help="Hugging Face cache folder (default: $HF_HOME or ~/.cache/huggingface)"
     )
@@ -205,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--base-image", help="BASE_IMAGE of the family images (default: the Dockerfiles')")
     images.add_argument("--scoring-base-image", help="BASE_IMAGE of the scoring image (default: the Dockerfile's)")
     images.add_argument("--offline", action="store_true", help="install only from images/wheelhouse (PIP_NO_INDEX=1)")
-    images.add_argument("--skip-spice-jars", action="store_true", help="no CoreNLP download (SPICE unavailable)")
+    images.add_argument(
+        "--skip-spice-jars", action="store_true", help="a scoring image without SPICE's jars (SPICE cannot run)"
+    )
 
     status = commands.add_parser("status", help="report a run (a detached slurm run: its jobs' states)")
     status.add_argument("--output-dir", type=Path, default=Path("results"), help="the run's results folder")
@@ -242,6 +255,8 @@ def options_from_args(args: argparse.Namespace) -> AblationOptions:
         timeout=args.timeout,
         parallel=args.parallel,
         image_root=args.image_root,
+        data_format=None if args.data_format == AUTO_FORMAT else args.data_format,
+        split=args.split,
         limit=args.limit,
         dtype=args.dtype,
         prompt_template=args.prompt_template,

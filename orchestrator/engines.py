@@ -125,6 +125,10 @@ class Engine:
     def preflight(self, plan: Plan, images: list[str]) -> None:
         """Checks that need the engine; raise EngineError before any work."""
 
+    def scores_with_host_files(self) -> bool:
+        """Whether the scoring step runs on this host's files (its Java, SPICE's jars) rather than in an image."""
+        return False
+
     def paths(self, plan: Plan) -> RunPaths:
         raise NotImplementedError
 
@@ -179,6 +183,9 @@ class LocalEngine(Engine):
         self.python = python
         self._processes: dict[int, subprocess.Popen[str]] = {}
         self._lock = threading.Lock()
+
+    def scores_with_host_files(self) -> bool:
+        return True
 
     def paths(self, plan: Plan) -> RunPaths:
         return RunPaths.on_host(plan)

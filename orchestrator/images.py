@@ -23,6 +23,7 @@ from runner.registry import FAMILIES, IMAGE_PREFIX, Catalogue, CatalogueError, M
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCORING = "scoring"
 USER_PINS_DIR = "images/.user-pins"  # a user's own pins files, staged inside the build context (git-ignored)
+SPICE_JARS_DIR = "images/spice-jars"  # SPICE's jars for the scoring image, staged inside the build context
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,25 @@ def build_image(client, target: Target, buildargs: dict[str, str], offline: bool
                 print(f"[{target.name}] {line}", flush=True)
 
 
+def stage_spice_jars(offline: bool) -> None:
+    """The scoring image carries SPICE's jars: verified copies in its build context, taken from the folder
+    `python -m scoring fetch-spice` fills ($SCORING_SPICE_JARS or the user cache), fetched when absent and allowed."""
+    from scoring.java import ScoringError
+    from scoring.spice import configured_jar_dir, fetch_spice_jars
+
+    source = configured_jar_dir(None)
+
+    def log(line: str) -> None:
+        print(f"[{SCORING}] {line}", flush=True)
+
+    try:
+        if not offline:
+            fetch_spice_jars(source, log=log)
+        fetch_spice_jars(REPO_ROOT / SPICE_JARS_DIR, [source], network=False, log=log)
+    except ScoringError as error:
+        raise PlanError(f"{error}\n(or build the scoring image without SPICE: --skip-spice-jars)") from None
+
+
 def images_command(args: argparse.Namespace) -> int:
     from orchestrator.docker_engine import connect
 
@@ -132,6 +152,8 @@ def images_command(args: argparse.Namespace) -> int:
             buildargs["FETCH_SPICE_JARS"] = "0" if args.skip_spice_jars else "1"
         started = time.monotonic()
         try:
+            if target.name == SCORING and not args.skip_spice_jars:
+                stage_spice_jars(args.offline)
             build_image(client, target, buildargs, args.offline)
             results.append(Built(target, time.monotonic() - started))
         except (EngineError, PlanError) as error:

@@ -21,6 +21,8 @@ from contract import (
 from contract.shards import shards_on_disk
 from runner.loop import RunnerError, is_batch_size, validate_prompt_template
 from runner.registry import MODELS, Catalogue, CatalogueError, ModelSpec, UnknownModelError
+from scoring.java import ScoringError
+from scoring.metrics import select_metrics
 
 
 class PlanError(ValueError):
@@ -76,6 +78,8 @@ class AblationOptions:
     timeout: float | None = None  # seconds per model; None: no limit
     parallel: bool = False
     image_root: Path | None = None
+    data_format: str | None = None  # None: detected from the data file's content
+    split: str | None = None  # a Karpathy split file's split (None: test)
     limit: int | None = None
     dtype: str | None = None
     prompt_template: str | None = None
@@ -151,8 +155,11 @@ class Plan:
     hf_cache: Path | None  # the Hugging Face cache folder (None: local checkpoints, no cache needed)
     dataset_summary: str
     image_paths: list[str]  # local images the samples read (URLs left out)
+    data_format: str = "csv"  # the format read (detected or named)
+    data_split: str | None = None  # the Karpathy split read
     models_file: Path | None = None  # absolute; the user's catalogue entries the runners must see too
     dataset_warnings: list[str] = field(default_factory=list)
+    longest_reference_words: int = 0  # what SPICE's parser will meet (orchestrator.resources sizes its heap)
 
     def model_path(self, model: str) -> Path | None:
         return self.model_path_root / model if self.model_path_root else None
@@ -190,9 +197,16 @@ def _missing_images(samples: list[Any]) -> list[str]:
     return missing
 
 
-def predictions_from_other_data(output_dir: Path, specs: list[ModelSpec], data_sha256: str) -> list[str]:
+def _data_read(data_file: str | Path, sha256: str, data_format: str, split: str | None) -> str:
+    """How a run read its data: the file, its sha256, the format and (Karpathy) the split."""
+    return f"{data_file}, sha256 {sha256[:12]}..., {data_format}" + (f" split {split!r}" if split else "")
+
+
+def predictions_from_other_data(
+    output_dir: Path, specs: list[ModelSpec], data_sha256: str, data_format: str, data_split: str | None
+) -> list[str]:
     """Each model whose predictions in the folder (merged or a shard's) were made from a data file with another
-    sha256, as its run record says: `model (record: data file, sha256 ...)`."""
+    sha256, or read as another format or Karpathy split, as its run record says: `model (record: how it was read)`."""
     found = []
     for spec in specs:
         pairs = [
@@ -209,8 +223,9 @@ def predictions_from_other_data(output_dir: Path, specs: list[ModelSpec], data_s
                 run = read_json(record, RunManifest)
             except ValueError:
                 continue  # its runner says what is wrong with it
-            if run.data_sha256 != data_sha256:
-                found.append(f"{spec.name} ({record.name}: {run.data_file}, sha256 {run.data_sha256[:12]}...)")
+            if (run.data_sha256, run.data_format, run.data_split) != (data_sha256, data_format, data_split):
+                read = _data_read(run.data_file, run.data_sha256, run.data_format, run.data_split)
+                found.append(f"{spec.name} ({record.name}: {read})")
                 break
     return found
 
@@ -241,9 +256,13 @@ def build_plan(options: AblationOptions) -> Plan:
         raise PlanError(f"--shards must be at least 1, got {options.shards!r}")
     if options.timeout is not None and options.timeout <= 0:
         raise PlanError(f"--timeout must be a positive number of seconds, got {options.timeout}")
+    try:
+        select_metrics(options.metrics)
+    except ScoringError as error:
+        raise PlanError(str(error)) from None
     if options.prompt_template is not None:
-        try:
-            validate_prompt_template(options.prompt_template)
+        try:  # the {query} field is checked once the data set is read: a data set without queries needs none
+            validate_prompt_template(options.prompt_template, has_queries=False)
         except RunnerError as error:
             raise PlanError(f"--prompt-template: {error}") from None
 
@@ -254,16 +273,21 @@ def build_plan(options: AblationOptions) -> Plan:
     if not data_file.is_file():
         raise PlanError(
             f"data file: {data_file}: data file not found. Prepare QuIC-360 with `make quic360` (it writes "
-            "data/quic360/test.csv), or point --data (make: DATA_CSV=...) at your own file (docs/DATA.md)"
+            "data/quic360/test.csv), or point --data (make: DATA_FILE=...) at your own file (docs/DATA.md)"
         )
     try:
-        dataset = load_dataset(data_file, image_root=image_root)
+        dataset = load_dataset(data_file, image_root=image_root, data_format=options.data_format, split=options.split)
     except DataFileError as error:
         raise PlanError(f"data file: {error}") from None
     except OSError as error:
         raise PlanError(f"data file {data_file} cannot be read: {error.strerror or error}") from None
     if not dataset.samples:
         raise PlanError(f"data file {data_file} has no sample with a reference caption")
+    if options.prompt_template is not None:
+        try:
+            validate_prompt_template(options.prompt_template, dataset.has_queries)
+        except RunnerError as error:
+            raise PlanError(f"--prompt-template: {error}") from None
     samples = dataset.samples[: options.limit] if options.limit else dataset.samples
     if options.shards > len(samples):
         raise PlanError(f"--shards {options.shards} is more than the {len(samples)} samples to caption")
@@ -288,12 +312,13 @@ def build_plan(options: AblationOptions) -> Plan:
     data_sha256 = file_sha256(data_file)
     if not options.overwrite:
         # The runners would refuse too, but only one by one after the run began: say it once, before anything starts.
-        other = predictions_from_other_data(output_dir, specs, data_sha256)
+        other = predictions_from_other_data(output_dir, specs, data_sha256, dataset.format, dataset.split)
         if other:
+            now = _data_read(data_file, data_sha256, dataset.format, dataset.split)
             raise PlanError(
-                f"{output_dir} holds predictions made from another data file: {'; '.join(other)}; now {data_file} "
-                f"(sha256 {data_sha256[:12]}...). A results folder holds one data set per model: choose another "
-                "--output-dir, or pass --overwrite (moves the earlier results aside, never deletes them)"
+                f"{output_dir} holds predictions made from another data file, format or split: {'; '.join(other)}; "
+                f"now {now}. A results folder holds one data set per model: choose another --output-dir, or pass "
+                "--overwrite (moves the earlier results aside, never deletes them)"
             )
     return Plan(
         options=options,
@@ -306,7 +331,22 @@ def build_plan(options: AblationOptions) -> Plan:
         image_root=image_root,
         hf_cache=hf_cache.expanduser().resolve() if hf_cache else None,
         dataset_summary=dataset.summary_line(),
+        data_format=dataset.format,
+        data_split=dataset.split,
         image_paths=[s.image_path for s in samples if not s.image_path.startswith(("http://", "https://"))],
         models_file=models_file,
         dataset_warnings=list(dataset.warnings),
+        longest_reference_words=max((len(ref.split()) for s in samples for ref in s.references), default=0),
     )
+
+
+def check_scoring_here(plan: Plan) -> None:
+    """For engines whose scoring step runs with this host's files (local; Slurm without containers, on the shared
+    file system): every metric the run computes can be computed (SPICE's jars, Java), checked before any model runs
+    rather than after all of them."""
+    from scoring.engine import ScoringOptions, check_options
+
+    try:
+        check_options(ScoringOptions(metrics=plan.options.metrics))
+    except ScoringError as error:
+        raise PlanError(f"scoring: {error}") from None

@@ -32,7 +32,7 @@ REPRODUCE_REPORT = "reproduce_report.json"
 # Arguments that are copied from the original run as they were.
 _COPIED = (
     "batch_size", "max_new_tokens", "timeout", "parallel", "limit", "dtype", "prompt_template", "shm_size", "shards",
-    "decode", "reuse_images", "metrics", "human_baseline",
+    "decode", "reuse_images", "metrics", "human_baseline", "data_format", "split",
 )  # fmt: skip
 
 

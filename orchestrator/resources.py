@@ -18,6 +18,7 @@ from orchestrator.plan import Plan
 from runner.loop import AUTO, AUTO_BATCH_CPU, AUTO_BATCH_MAX, RunConfig
 from runner.memory import CheckpointSize, checkpoint_size, host_memory, image_pixels
 from runner.registry import ModelSpec
+from scoring import spice
 from scoring.resources import gib, scoring_requirements, size_bytes
 
 MIB = 1 << 20
@@ -58,7 +59,12 @@ def scoring_resources(plan: Plan, num_models: int) -> StepResources:
     from scoring.metrics import select_metrics
 
     metrics = [metric.key for metric in select_metrics(plan.options.metrics)]
-    needs = scoring_requirements(num_models=max(1, num_models), num_samples=max(1, plan.num_samples), metrics=metrics)
+    # SPICE's heap follows the longest caption it will parse: a reference, or a prediction of up to
+    # --max-new-tokens tokens (a model's token is at most one word).
+    longest = max(spice.TYPICAL_MAX_TOKENS, plan.longest_reference_words, plan.options.max_new_tokens)
+    needs = scoring_requirements(
+        num_models=max(1, num_models), num_samples=max(1, plan.num_samples), metrics=metrics, max_caption_tokens=longest
+    )
     return StepResources(needs.memory_bytes, needs.cpus, needs.describe())
 
 

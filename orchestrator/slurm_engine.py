@@ -140,6 +140,9 @@ class SlurmEngine(Engine):
 
     # --- checks before any work --------------------------------------------------------------------------------
 
+    def scores_with_host_files(self) -> bool:
+        return self.settings.runtime == "none"  # the nodes see this host's files (the results folder proves it)
+
     def preflight(self, plan: Plan, images: list[str]) -> None:
         self._plan = plan
         self.backend = SlurmBackend(plan.output_dir / SLURM_DIR, environ=self.environ)

@@ -24,9 +24,19 @@ from contract import (
     read_jsonl,
     results_file,
 )
+from contract.dataset import add_data_format_arguments
 from contract.lifetime import follow_parent
 from contract.shards import Shard, ShardError
-from runner.loop import AUTO, DEFAULT_PROMPT_TEMPLATE, DTYPES, REUSE_IMAGES, RunConfig, RunnerError, run
+from runner.loop import (
+    AUTO,
+    DEFAULT_CAPTION_PROMPT,
+    DEFAULT_PROMPT_TEMPLATE,
+    DTYPES,
+    REUSE_IMAGES,
+    RunConfig,
+    RunnerError,
+    run,
+)
 from runner.progress import PROGRESS_MODES
 from runner.registry import DECODE_KINDS, MODELS, UnknownModelError, get_model
 
@@ -67,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Hub image-text-to-text model",
     )
     parser.add_argument("--models-file", type=Path, help="your own catalogue entries (TOML, as runner/catalogue.toml)")
-    parser.add_argument("--data", required=True, type=Path, help="data CSV/TSV (columns url,query,annotation)")
+    parser.add_argument(
+        "--data", required=True, type=Path, help="data file: CSV/TSV, COCO annotations, Karpathy split or JSONL"
+    )
+    add_data_format_arguments(parser)
     parser.add_argument("--output-dir", required=True, type=Path, help="folder for predictions and run manifest")
     parser.add_argument(
         "--batch-size",
@@ -86,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the catalogue's on GPU, float32 on CPU")
-    parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help="instruction with a {query} field")
+    parser.add_argument(
+        "--prompt-template",
+        help=f"instruction with a {{query}} field (default: {DEFAULT_PROMPT_TEMPLATE!r}); for a data set without "
+        f"queries the {{query}} field is optional (default: {DEFAULT_CAPTION_PROMPT!r})",
+    )
     parser.add_argument("--image-root", type=Path, help="folder relative image paths are resolved against")
     parser.add_argument("--max-image-side", type=positive_int, help="downscale images to this longest side")
     parser.add_argument("--max-image-pixels", type=positive_int, help="downscale images to at most this many pixels")
@@ -148,6 +165,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
         dtype=args.dtype,
         prompt_template=args.prompt_template,
         image_root=args.image_root,
+        data_format=args.data_format,
+        split=args.split,
         max_image_side=args.max_image_side,
         max_image_pixels=args.max_image_pixels,
         num_workers=args.num_workers,

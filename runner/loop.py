@@ -16,7 +16,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +26,7 @@ from contract import (
     PREDICTIONS_JSONL,
     RANDOM_WEIGHTS_MARKER,
     RUN_MANIFEST,
+    Dataset,
     PredictionRecord,
     RunManifest,
     RunnerResult,
@@ -51,12 +52,16 @@ from runner.progress import Progress
 from runner.registry import GREEDY, CatalogueError, ModelSpec, get_model
 
 DEFAULT_PROMPT_TEMPLATE = "In this 360-degree panoramic image, describe the {query} in one or two sentences."
+# The caption instruction: the default prompt of a data set without queries (COCO, Karpathy, JSONL without "query";
+# every sample's query is then contract.CAPTION_QUERY). A template given for such a data set needs no {query}.
+DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REUSE_IMAGES = ("on", "off")
 # Manifest fields that change what a prediction is: a file made with other values is never extended.
 # The data file's sha256 too: another data set's samples must never be appended to this one's.
 COMPATIBILITY_KEYS = (
     "model_name", "model_id", "model_path", "revision", "prompt_template", "decoding", "dtype", "data_sha256",
+    "data_format", "data_split",
 )  # fmt: skip
 # --batch-size auto. On a GPU the step time of HF generate is mostly host overhead, so throughput grows with the
 # batch until the per-step GPU work dominates; measured on one H200: batch 128 gave 1.3-3.7x the samples/s of batch 32
@@ -88,8 +93,10 @@ class RunConfig:
     limit: int | None = None
     device: str = "auto"
     dtype: str = "auto"
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_template: str | None = None  # None: the data set's default (prompt_template_for)
     image_root: Path | None = None
+    data_format: str | None = None  # None: detected from the content (contract.load_dataset)
+    split: str | None = None  # a Karpathy split file's split (default test)
     max_image_side: int | None = None
     max_image_pixels: int | None = None
     num_workers: int = 2
@@ -132,8 +139,9 @@ class RunStats:
 # Checks that run before anything expensive.
 
 
-def validate_prompt_template(template: str) -> None:
-    """The template's only replacement field is a bare `{query}`: no format spec, no conversion, no other name.
+def validate_prompt_template(template: str, has_queries: bool = True) -> None:
+    """The template's only replacement field is a bare `{query}`: no format spec, no conversion, no other name. A data
+    set with queries needs the field; one without (`has_queries` False) may leave it out.
 
     A spec such as `{query:>3000000000}` would allocate gigabytes and `{query!r:>{query}}` fail only after the model
     loaded; literal braces are written `{{` and `}}`."""
@@ -142,8 +150,12 @@ def validate_prompt_template(template: str) -> None:
     except ValueError as error:
         raise RunnerError(f"prompt template {template!r} is not a valid format string: {error}", 2) from None
     fields = [field for field in fields if field[0] is not None]
-    if not any(name == "query" for name, _, _ in fields):
-        raise RunnerError(f"prompt template {template!r} has no {{query}} placeholder", 2)
+    if has_queries and not any(name == "query" for name, _, _ in fields):
+        raise RunnerError(
+            f"prompt template {template!r} has no {{query}} placeholder (the data set has queries; a template "
+            "without one is for data sets without queries)",
+            2,
+        )
     for name, spec, conversion in fields:
         if name != "query" or spec or conversion:
             shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
@@ -152,6 +164,16 @@ def validate_prompt_template(template: str) -> None:
                 "(no format spec, no conversion; write a literal brace as {{ or }})",
                 2,
             )
+
+
+def prompt_template_for(requested: str | None, has_queries: bool) -> str:
+    """The template a run uses: the one requested (checked), else DEFAULT_PROMPT_TEMPLATE for a data set with queries
+    and DEFAULT_CAPTION_PROMPT for one without."""
+    template = (
+        requested if requested is not None else DEFAULT_PROMPT_TEMPLATE if has_queries else DEFAULT_CAPTION_PROMPT
+    )
+    validate_prompt_template(template, has_queries)
+    return template
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -385,9 +407,12 @@ def now() -> str:
 # The run.
 
 
-def planned_manifest(config: RunConfig, spec: ModelSpec, device: str, num_samples: int) -> RunManifest:
+def planned_manifest(
+    config: RunConfig, spec: ModelSpec, device: str, num_samples: int, data_format: str, data_split: str | None
+) -> RunManifest:
     """The `<model>_run.json` a run of `config` on `device` starts with: what it will give the model and how it decodes
-    (the resume check compares its COMPATIBILITY_KEYS with the previous run's). Needs no torch."""
+    (the resume check compares its COMPATIBILITY_KEYS with the previous run's). `config.prompt_template` is the one the
+    run uses (prompt_template_for). Needs no torch."""
     max_side = config.max_image_side if config.max_image_side is not None else spec.max_image_side
     return RunManifest(
         model_name=spec.name,
@@ -412,6 +437,8 @@ def planned_manifest(config: RunConfig, spec: ModelSpec, device: str, num_sample
         },
         data_file=str(Path(config.data_file).resolve()),
         data_sha256=file_sha256(config.data_file),
+        data_format=data_format,
+        data_split=data_split,
         num_samples=num_samples,
         batch_size_requested=config.batch_size,
         batch_size_used=config.batch_size if isinstance(config.batch_size, int) else 0,  # 0: chosen after loading
@@ -422,23 +449,26 @@ def planned_manifest(config: RunConfig, spec: ModelSpec, device: str, num_sample
     )
 
 
-def finished_run(config: RunConfig, device: str, samples: list[Sample] | None = None) -> RunManifest | None:
+def finished_run(config: RunConfig, device: str, dataset: Dataset | None = None) -> RunManifest | None:
     """The run `config` asks for is already done: `<model>_run.json` says completed, was made with the same arguments
     (the resume check's COMPATIBILITY_KEYS) and `<model>_predictions.jsonl` holds every sample (merged, with shards).
     Then nothing needs loading and nothing is rewritten. Returns that manifest; None when anything is left to do or
-    cannot be checked (the run then starts and decides). `samples`: the data file's (first --limit) samples, when the
-    caller has them. Cheap: no torch, no model (the orchestrator calls it before starting a runner)."""
+    cannot be checked (the run then starts and decides). `dataset`: the data file as read, when the caller has it.
+    Cheap: no torch, no model (the orchestrator calls it before starting a runner)."""
     if config.overwrite:
         return None
     try:
         spec = get_model(config.model_name, [config.models_file] if config.models_file else [])
-        if samples is None:
-            dataset = load_dataset(config.data_file, image_root=config.image_root)
-            samples = dataset.samples[: config.limit] if config.limit is not None else dataset.samples
+        if dataset is None:
+            dataset = load_dataset(
+                config.data_file, image_root=config.image_root, data_format=config.data_format, split=config.split
+            )
+        config = replace(config, prompt_template=prompt_template_for(config.prompt_template, dataset.has_queries))
+        samples = dataset.samples[: config.limit] if config.limit is not None else dataset.samples
         previous = _previous_manifest(results_file(config.output_dir, RUN_MANIFEST, spec.name))
         if previous is None or previous.get("status") != "completed":
             return None
-        planned = planned_manifest(config, spec, device, len(samples))
+        planned = planned_manifest(config, spec, device, len(samples), dataset.format, dataset.split)
         if compatibility(previous) != compatibility(planned.model_dump()):
             return None
         if not merged_is_complete(config.output_dir, spec.name, samples):
@@ -465,7 +495,8 @@ def run(
         spec = get_model(config.model_name, [config.models_file] if config.models_file else [])
     except CatalogueError as error:
         raise RunnerError(str(error), 2) from None
-    validate_prompt_template(config.prompt_template)
+    if config.prompt_template is not None:
+        validate_prompt_template(config.prompt_template, has_queries=False)  # the rest once the data set is read
     if not is_batch_size(config.batch_size):
         raise RunnerError(f"--batch-size must be `auto` or at least 1, got {config.batch_size!r}", 2)
     fixed_batch_size = config.batch_size if isinstance(config.batch_size, int) else 0  # 0: chosen after loading
@@ -483,9 +514,12 @@ def run(
         raise RunnerError(f"--model-path {config.model_path} is not a folder", 2)
     check_output_dir(config.output_dir)
     try:
-        dataset = load_dataset(config.data_file, image_root=config.image_root)
+        dataset = load_dataset(
+            config.data_file, image_root=config.image_root, data_format=config.data_format, split=config.split
+        )
     except ValueError as error:
         raise RunnerError(str(error), 2) from None
+    config = replace(config, prompt_template=prompt_template_for(config.prompt_template, dataset.has_queries))
     samples = dataset.samples[: config.limit] if config.limit is not None else dataset.samples
     if not samples:
         raise RunnerError(f"{config.data_file}: no samples to caption ({dataset.summary_line()})", 2)
@@ -494,7 +528,7 @@ def run(
         log(f"WARNING: {warning}")
     shard = config.shard if config.shard is not None and config.shard.count > 1 else None
     check_shard_layout(config.output_dir, spec.name, samples, shard)
-    if shard is None and (finished := finished_run(config, resolve_device(config.device), samples)) is not None:
+    if shard is None and (finished := finished_run(config, resolve_device(config.device), dataset)) is not None:
         # Nothing to caption: the earlier run's files stay exactly as they are (its timings included).
         predictions_path = results_file(config.output_dir, PREDICTIONS_JSONL, spec.name)
         log(f"{predictions_path} already complete: {len(samples)}/{len(samples)} samples, nothing to do")
@@ -545,7 +579,7 @@ def run(
         adapter_class = adapter_class or adapter_for(spec.adapter)
         max_side = config.max_image_side if config.max_image_side is not None else spec.max_image_side
 
-        manifest = planned_manifest(config, spec, device, len(samples))
+        manifest = planned_manifest(config, spec, device, len(samples), dataset.format, dataset.split)
         if shard is not None:
             manifest.shard = {"index": shard.index, "count": shard.count}  # type: ignore[attr-defined]
 
@@ -731,7 +765,9 @@ def _generate_all(
         torch.cuda.reset_peak_memory_stats(device)
     # The text the model sees depends on the checkpoint's chat template too (a new revision, a template that writes
     # today's date): a fingerprint of it must match the one the existing predictions were made with.
-    fingerprint = prompt_fingerprint(adapter.build_prompt(config.prompt_template.format(query="<query>")))
+    template = config.prompt_template
+    assert template is not None  # chosen by run() once the data set was read
+    fingerprint = prompt_fingerprint(adapter.build_prompt(template.format(query="<query>")))
     recorded = getattr(manifest, "prompt_fingerprint", None)
     if recorded and recorded != fingerprint:
         raise RunnerError(
@@ -741,7 +777,7 @@ def _generate_all(
         )
     manifest.prompt_fingerprint = fingerprint  # type: ignore[attr-defined]
     pending = [
-        PendingSample(sample, adapter.build_prompt(config.prompt_template.format(query=sample.query)), order)
+        PendingSample(sample, adapter.build_prompt(template.format(query=sample.query)), order)
         for order, sample in todo_samples
     ]
     # The queries of one image run together (in one batch or consecutive ones), so its vision features are

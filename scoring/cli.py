@@ -1,4 +1,4 @@
-"""`python -m scoring`: score, summarize, human-baseline, fetch-spice, report."""
+"""`python -m scoring`: score, summarize, human-baseline, convert, fetch-spice, report."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from contract import COMPARISON_CSV, SUMMARY_JSON
+from contract import AUTO_FORMAT, COMPARISON_CSV, SUMMARY_JSON
+from contract.dataset import add_data_format_arguments
 from contract.lifetime import follow_parent
 from scoring.engine import MIN_BOOTSTRAP, ScoringOptions, check_options, score_models
 from scoring.java import ScoringError
@@ -32,6 +34,9 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, required=True, help="where the result files go")
     parser.add_argument("--spice-jars", type=Path, default=None, help="folder with the Stanford CoreNLP 3.6.0 jars")
     parser.add_argument("--spice-cache", type=Path, default=None, help="SPICE parse cache folder (optional)")
+    parser.add_argument("--spice-workers", type=int, default=None, help="SPICE parsing JVMs (default: per CPU)")
+    parser.add_argument("--spice-heap", type=int, default=None, metavar="MB", help="SPICE JVM heap (default: sized)")
+    parser.add_argument("--spice-timeout", type=float, default=None, metavar="S", help="SPICE time limit (seconds)")
     parser.add_argument("--bootstrap", type=int, default=MIN_BOOTSTRAP, help="bootstrap resamples (>= 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--meteor-heap", default=METEOR_HEAP, help=f"METEOR JVM heap (-Xmx; default {METEOR_HEAP})")
@@ -45,6 +50,7 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_data_columns(parser: argparse.ArgumentParser) -> None:
+    add_data_format_arguments(parser)
     parser.add_argument("--image-column", default="url", help="data file column with the image (default: url)")
     parser.add_argument("--query-column", default="query", help="data file column with the query (default: query)")
     parser.add_argument(
@@ -52,11 +58,14 @@ def _add_data_columns(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _columns(args: argparse.Namespace) -> dict[str, str]:
+def _columns(args: argparse.Namespace) -> dict[str, Any]:
+    """How to read --data: CSV column names, --data-format, --split."""
     return {
         "image_column": args.image_column,
         "query_column": args.query_column,
         "annotation_column": args.annotation_column,
+        "data_format": None if args.data_format == AUTO_FORMAT else args.data_format,
+        "split": args.split,
     }
 
 
@@ -65,8 +74,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     score = commands.add_parser("score", help="score one or many models' predictions in one process")
-    score.add_argument("--predictions", type=Path, nargs="+", required=True, help="<model>_predictions.jsonl files")
-    score.add_argument("--data", type=Path, default=None, help="data file; predictions must match its samples")
+    score.add_argument("--predictions", type=Path, nargs="+", help="<model>_predictions.jsonl files")
+    score.add_argument(
+        "--coco-results",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a COCO caption results file [{image_id, caption}] made by another tool (repeat: one per model); scored "
+        "against --annotations over the images it covers, as COCOEvalCap does",
+    )
+    score.add_argument("--annotations", type=Path, help="the COCO caption annotations file --coco-results refer to")
+    score.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="the model name of each --coco-results file, in order (default: the file's name without .json)",
+    )
+    score.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data file (any format, docs/DATA.md); predictions must match its samples",
+    )
     score.add_argument("--intersection", action="store_true", help="score only samples in both data and predictions")
     score.add_argument("--limit", type=int, help="score only the data file's first N samples (as runner --limit)")
     score.add_argument(
@@ -103,9 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_columns(human)
     _add_scoring_options(human)
 
-    fetch = commands.add_parser("fetch-spice", help="download Stanford CoreNLP 3.6.0 jars for SPICE (needs network)")
-    fetch.add_argument("--dest", type=Path, default=None, help="folder (default: the SPICE jar cache folder)")
-    fetch.add_argument("--sha256", action="append", default=[], metavar="JAR=HEX", help="expected SHA-256 of a jar")
+    fetch = commands.add_parser(
+        "fetch-spice",
+        help="get the jars SPICE needs (Stanford CoreNLP 3.6.0, Rhino), verified against pinned SHA-256",
+        description="Each jar comes from DEST when already there and verified, else from a --from folder, else "
+        "from Maven Central through Maven's client (`mvn`, when on PATH), else by a direct download.",
+    )
+    fetch.add_argument("--dest", type=Path, default=None, help="folder (default: --spice-jars' default folder)")
+    fetch.add_argument("--from", dest="sources", type=Path, action="append", default=[], metavar="DIR",
+                       help="a folder that may already hold the jars (copied, verified; no network)")  # fmt: skip
+    fetch.add_argument("--offline", action="store_true", help="never use the network (only DEST and --from)")
+
+    convert = commands.add_parser(
+        "convert", help="another harness's caption outputs as COCO results (+ annotations) for score --coco-results"
+    )
+    convert.add_argument("input", type=Path, help="lmms-eval's --log_samples file, or VLMEvalKit's prediction table")
+    convert.add_argument("--from", dest="source", required=True, choices=("lmms-eval", "vlmevalkit"))
+    convert.add_argument("--results", type=Path, required=True, help="the COCO results file to write")
+    convert.add_argument(
+        "--annotations", type=Path, help="also write a COCO annotations file of the references the input carries"
+    )
 
     report = commands.add_parser("report", help="build report.html from a results folder")
     report.add_argument("results_dir", type=Path)
@@ -120,6 +167,9 @@ def _options(args: argparse.Namespace) -> ScoringOptions:
         seed=args.seed,
         meteor_heap=args.meteor_heap,
         metrics=args.metrics,
+        spice_workers=args.spice_workers,
+        spice_heap_mb=args.spice_heap,
+        spice_timeout=args.spice_timeout,
     )
 
 
@@ -235,6 +285,10 @@ def _score_command(args: argparse.Namespace) -> None:
     from scoring.inputs import human_baseline_for, limit_samples, load_data, load_model_predictions
 
     computed = check_options(_options(args))
+    if not args.predictions:
+        raise ScoringError("score needs --predictions FILE... or --coco-results FILE --annotations FILE")
+    if args.annotations or args.name:
+        raise ScoringError("--annotations and --name go with --coco-results (use --data with --predictions)")
     if args.limit is not None and not args.data:
         raise ScoringError("--limit needs --data (the first N samples of which file?)")
     dataset = load_data(args.data, **_columns(args)) if args.data else None
@@ -272,11 +326,47 @@ def _score_command(args: argparse.Namespace) -> None:
     print(SCORING_RESULT_PREFIX + result.model_dump_json(), flush=True)
 
 
+def _coco_results_models(args: argparse.Namespace) -> list:
+    """Each --coco-results file, one model, against --annotations (read once, as a COCO annotations file)."""
+    from scoring.inputs import load_coco_results, load_data
+
+    if args.predictions:
+        raise ScoringError("--coco-results and --predictions cannot be mixed in one run")
+    if not args.annotations:
+        raise ScoringError("--coco-results needs --annotations FILE (the COCO annotations file the results refer to)")
+    if args.data or args.limit is not None or args.intersection or args.merge_shards > 1 or args.skip_incomplete:
+        raise ScoringError("--coco-results takes --annotations, not --data, --limit, --intersection or --merge-shards")
+    if args.name and len(args.name) != len(args.coco_results):
+        raise ScoringError(
+            f"--name given {len(args.name)} time(s) for {len(args.coco_results)} --coco-results file(s): give one "
+            "per file, in the same order, or none (each model is then named after its file)"
+        )
+    annotations = load_data(args.annotations, data_format="coco")
+    print(f"annotations: {annotations.summary_line()}", flush=True)
+    names = args.name or [None] * len(args.coco_results)
+    ids = _model_ids(args.model_id)
+    models = [
+        load_coco_results(path, annotations, name, ids) for path, name in zip(args.coco_results, names, strict=True)
+    ]
+    for model in models:
+        print(
+            f"[{model.model_name}] {len(model.sample_ids)} of {len(annotations.samples)} annotated images have a "
+            f"prediction ({model.missing} without one, not scored)",
+            flush=True,
+        )
+    return models
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("score", "human-baseline"):
         check_options(_options(args))  # a metric that cannot be computed fails here, before any input is read
-    if args.command == "score":
+    if args.command == "score" and args.coco_results:
+        models = _coco_results_models(args)
+        scored = _score_and_write(models, args)
+        if args.report:
+            print(f"report: {_build_report(args.output_dir, scored)}")
+    elif args.command == "score":
         _score_command(args)
     elif args.command == "human-baseline":
         from scoring.inputs import leave_one_out, load_data
@@ -288,10 +378,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         summary = write_summary(args.results_dir, args.bootstrap, args.seed)
         print(f"summarised {len(summary.models)} model(s) in {args.results_dir}")
     elif args.command == "fetch-spice":
-        from scoring.spice import configured_jar_dir, fetch_corenlp
+        from scoring.spice import configured_jar_dir, fetch_spice_jars
 
-        expected = dict(value.split("=", 1) for value in args.sha256 if "=" in value)
-        fetch_corenlp(args.dest or configured_jar_dir(None), expected)
+        dest = args.dest or configured_jar_dir(None)
+        sources = [*args.sources, configured_jar_dir(None)]  # e.g. filling a build context from the user cache
+        fetch_spice_jars(dest, sources, network=not args.offline, log=lambda line: print(line, flush=True))
+        print(f"SPICE jars ready in {dest}")
+    elif args.command == "convert":
+        from scoring.convert import convert
+
+        written, annotated = convert(args.source, args.input, args.results, args.annotations)
+        print(f"wrote {args.results} ({written} captions)")
+        if args.annotations:
+            print(f"wrote {args.annotations} ({annotated} images with their references)")
     elif args.command == "report":
         print(_build_report(args.results_dir))
     return 0

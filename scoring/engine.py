@@ -1,6 +1,6 @@
 """Score one or many models in ONE process: each tool of the metric registry (scoring/metrics.py) runs once for all
 models (one PTB tokenizer JVM, one METEOR JVM running while Python computes the other metrics, one SPICE run), then
-every metric, its bootstrap interval and its per-query values come from the per-sample statistics."""
+every metric, its bootstrap interval and its per-query and per-group values come from the per-sample statistics."""
 
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ class ModelPredictions:
     subset: SubsetInfo | None = None  # only the data file's first N samples were scored (--limit)
     human_baseline: bool = False  # the leave-one-out human agreement (scoring.inputs.leave_one_out), not a model
     inputs: ScoringInputs | None = None  # what its scores are computed from (scoring.freshness), recorded with them
+    # Each sample's group in the data file (NoCaps' domain, a JSONL "group"); None: the data set has no groups.
+    groups: list[str | None] | None = None
 
 
 @dataclass
@@ -82,6 +84,9 @@ class ScoringOptions:
     meteor_heap: str = METEOR_HEAP
     work_dir: Path | None = None
     metrics: str | None = None  # --metrics: which metrics to compute (scoring.metrics.select_metrics); None: all
+    spice_workers: int | None = None  # parsing JVMs (default: one per CPU, as the memory allows)
+    spice_heap_mb: int | None = None  # default: sized from the longest caption (scoring.spice.spice_heap_mb)
+    spice_timeout: float | None = None
 
 
 @dataclass
@@ -99,6 +104,7 @@ class ModelResult:
     warnings: list[str]
     ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     per_query: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    per_group: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def metrics_file(self) -> MetricsFile:
         return MetricsFile(
@@ -108,6 +114,7 @@ class ModelResult:
             metrics=self.metrics,
             ci=self.ci,
             per_query=self.per_query,
+            per_group=self.per_group,
             counts=self.counts,
             signature=self.signature,
             unavailable=self.unavailable,
@@ -272,7 +279,7 @@ def _run_tools(
     for tool in tools:
         if tool.background:
             thread = background[id(tool)]
-            context.log(f"waiting for {tool.name}")
+            context.log(f"waiting for {tool.label or tool.name}")
             thread.join()
             if thread.error is not None:
                 raise thread.error
@@ -368,17 +375,27 @@ def _verified(
 
 
 def add_uncertainty(result: ModelResult, resamples: int, seed: int) -> None:
-    """Bootstrap CIs (resampling images when an image carries several samples) and the per-query breakdown, from the
-    per-sample statistics only."""
+    """Bootstrap CIs (resampling images when an image carries several samples) and the per-query and per-group
+    breakdowns, from the per-sample statistics only."""
     matrix = result.matrix
     values = corpus_metrics(result.computed, matrix, bootstrap_weights(matrix.groups, resamples, seed))
     intervals = confidence_intervals(values)
     result.ci = {key: intervals.get(key) for key in FILE_ORDER}
-    queries = result.model.queries
-    for query in sorted(set(queries)):
-        indicator = np.array([[1.0 if q == query else 0.0 for q in queries]])
-        per_metric = corpus_metrics(result.computed, matrix, indicator)
+    result.per_query = breakdown(result.computed, matrix, result.model.queries)
+    result.per_group = breakdown(result.computed, matrix, result.model.groups) if result.model.groups else {}
+
+
+def breakdown(
+    computed: Sequence[Metric], matrix: SampleMatrix, labels: Sequence[str | None]
+) -> dict[str, dict[str, float | None]]:
+    """Every metric over the samples of each label (a query, a group) from their summed statistics, with their
+    count; a sample without a label (None) is in no row. Metrics left out are None."""
+    rows: dict[str, dict[str, float | None]] = {}
+    for label in sorted({label for label in labels if label is not None}):
+        indicator = np.array([[1.0 if other == label else 0.0 for other in labels]])
+        per_metric = corpus_metrics(computed, matrix, indicator)
         row: dict[str, float | None] = dict.fromkeys(FILE_ORDER)
         row.update({key: float(v[0]) for key, v in per_metric.items()})
         row["num_samples"] = float(indicator.sum())
-        result.per_query[query] = row
+        rows[label] = row
+    return rows

@@ -9,6 +9,7 @@ from contract import (
     HUMAN_BASELINE,
     PREDICTIONS_JSONL,
     RUN_MANIFEST,
+    DataFileError,
     Dataset,
     PredictionRecord,
     RunManifest,
@@ -17,6 +18,7 @@ from contract import (
     read_json,
     read_jsonl,
 )
+from contract.json_formats import read_coco_results
 from contract.names import FileNameError, check_file_name
 from scoring.engine import ModelPredictions
 from scoring.java import ScoringError
@@ -126,6 +128,7 @@ def load_model_predictions(
         references = [list(samples[record.sample_id].references) for record in known]
         queries = [samples[record.sample_id].query for record in known]
         images = [samples[record.sample_id].image for record in known]
+        groups = [samples[record.sample_id].group for record in known] if dataset.has_groups else None
         records = known
     else:
         for number, record in enumerate(records, start=1):
@@ -136,6 +139,7 @@ def load_model_predictions(
         references = [list(record.references) for record in records]
         queries = [record.query for record in records]
         images = [record.image for record in records]
+        groups = None
     return ModelPredictions(
         model_name=name,
         model_id=model_id,
@@ -151,6 +155,7 @@ def load_model_predictions(
         source=str(path),
         random_weights=bool(run is not None and run.random_weights),
         subset=subset,
+        groups=groups,
     )
 
 
@@ -189,14 +194,14 @@ def human_baseline_for(dataset: Dataset, model_name: str = HUMAN_BASELINE) -> Mo
         source=str(dataset.path),
         apply_cleanup=False,
         human_baseline=True,
+        groups=[sample.group for sample in samples] if dataset.has_groups else None,
     )
 
 
-def load_data(path: Path, **columns: str) -> Dataset:
-    from contract import DataFileError
-
+def load_data(path: Path, data_format: str | None = None, split: str | None = None, **columns: str) -> Dataset:
+    """The data file, any format (`data_format` None: detected); `columns`: a CSV's column names."""
     try:
-        return load_dataset(path, **columns)
+        return load_dataset(path, data_format=data_format, split=split, **columns)
     except DataFileError as error:
         raise ScoringError(str(error)) from error
 
@@ -210,3 +215,70 @@ def limit_samples(dataset: Dataset, limit: int | None) -> SubsetInfo | None:
     subset = SubsetInfo(num_samples=limit, data_samples=len(dataset.samples), limit=limit)
     dataset.samples = dataset.samples[:limit]
     return subset
+
+
+def load_coco_results(
+    path: Path, annotations: Dataset, name: str | None = None, model_ids: Mapping[str, str] | None = None
+) -> ModelPredictions:
+    """Another tool's COCO caption results (`[{"image_id", "caption"}]`) scored against a COCO annotations file as
+    COCOEvalCap scores them with `params["image_id"] = cocoRes.getImgIds()`: over the images the results cover (in
+    the annotations' order), each caption as written (no cleanup: it is the other tool's final text). Refused, as
+    pycocotools' loadRes and COCOEvalCap refuse them: an image id that is not an annotated image, and an image with
+    two captions. Annotated images without a caption are counted (`missing`) and said in a warning."""
+    try:
+        model_name = check_file_name(name, "--name") if name is not None else check_file_name(path.stem)
+    except FileNameError as error:
+        where = "" if name is not None else f"{path}: the name comes from the file's name; "
+        raise ScoringError(f"{where}{error}; give another with --name") from None
+    try:
+        results = read_coco_results(path)
+    except DataFileError as error:
+        raise ScoringError(str(error)) from None
+    by_id = {record_id: sample_id for sample_id, record_id in annotations.record_ids.items()}
+    positions: dict[int | str, list[int]] = {}
+    for index, result in enumerate(results):
+        positions.setdefault(result.image_id, []).append(index)
+    repeated = {image_id: where for image_id, where in positions.items() if len(where) > 1}
+    if repeated:
+        image_id, where = next(iter(repeated.items()))
+        raise ScoringError(
+            f"{path}: {len(repeated)} image id(s) have more than one caption (first: image_id {image_id!r} in entries "
+            f"{', '.join(map(str, where[:5]))}); a results file holds one caption per image (COCOEvalCap cannot "
+            "score two: its BLEU needs exactly one hypothesis per image)"
+        )
+    unknown = [(index, result.image_id) for index, result in enumerate(results) if result.image_id not in by_id]
+    if unknown:
+        index, image_id = unknown[0]
+        hint = ""
+        as_text = {str(record_id): record_id for record_id in by_id}
+        if str(image_id) in as_text:
+            hint = f" (the annotations' id is {as_text[str(image_id)]!r}: a number and a string are different ids)"
+        raise ScoringError(
+            f"{path}: {len(unknown)} result(s) name an image id that is not an image with captions in "
+            f"{annotations.path} (first: entry {index}, image_id {image_id!r}{hint}); pycocotools refuses such a file "
+            "('Results do not correspond to current coco set')"
+        )
+    caption_of = {by_id[result.image_id]: result.caption for result in results}
+    samples = [sample for sample in annotations.samples if sample.sample_id in caption_of]
+    missing = len(annotations.samples) - len(samples)
+    warnings = []
+    if missing:
+        warnings.append(
+            f"scored the {len(samples)} images {path.name} covers, as COCOEvalCap does; {missing} annotated images "
+            f"of {annotations.path.name} have no prediction and are not scored"
+        )
+    return ModelPredictions(
+        model_name=model_name,
+        model_id=(model_ids or {}).get(model_name, model_name),
+        sample_ids=[sample.sample_id for sample in samples],
+        queries=[sample.query for sample in samples],
+        raw_predictions=[caption_of[sample.sample_id] for sample in samples],
+        references=[list(sample.references) for sample in samples],
+        errors=[None] * len(samples),
+        images=[sample.image for sample in samples],
+        missing=missing,
+        warnings=warnings,
+        source=str(path),
+        apply_cleanup=False,
+        groups=[sample.group for sample in samples] if annotations.has_groups else None,
+    )

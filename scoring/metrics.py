@@ -75,6 +75,7 @@ class Tool(ABC):
     """Computes statistics blocks for all models of a run in one go (one JVM for all, shared reference caches)."""
 
     name: str = ""
+    label: str = ""  # what the console calls it
     background: bool = False  # runs in a thread while the other tools work (a JVM that answers slowly)
     needs_tokens: bool = True  # works on PTB-tokenized text
 
@@ -263,6 +264,7 @@ class MeteorTool(Tool):
     """METEOR 1.5, one JVM for all models, started before tokenization and run in a thread."""
 
     name = "meteor"
+    label = "METEOR"
     background = True
 
     def __init__(self) -> None:
@@ -302,14 +304,20 @@ class SpiceTool(Tool):
     """SPICE 1.0 over every model's candidates in one run (scoring.spice)."""
 
     name = "spice"
+    label = "SPICE"
 
     def unavailable(self, options: ScoringOptions) -> str | None:
-        from scoring.spice import configured_jar_dir, unavailable_reason
+        from scoring.java import ScoringError
+        from scoring.spice import check_spice, configured_jar_dir
 
-        return unavailable_reason(configured_jar_dir(options.spice_jars))
+        try:
+            check_spice(configured_jar_dir(options.spice_jars))
+        except ScoringError as error:
+            return str(error)
+        return None
 
     def compute(self, models: Sequence[ModelTexts], blocks: set[str], context: ToolContext) -> list[ToolOutput]:
-        from scoring.spice import SpiceItem, configured_jar_dir, run_spice
+        from scoring.spice import SpiceItem, SpiceJvmError, configured_jar_dir, run_spice
 
         items = [
             SpiceItem(f"{m}/{s}", hypothesis, refs)
@@ -318,19 +326,19 @@ class SpiceTool(Tool):
                 zip(model.tokenized_predictions, model.tokenized_references, strict=True)
             )
         ]
-        context.log(f"SPICE over {len(items)} candidates")
         options = context.options
-        by_key = run_spice(items, context.java, configured_jar_dir(options.spice_jars), context.work_dir,
-                           options.spice_cache)  # fmt: skip
+        by_key = run_spice(
+            items, context.java, configured_jar_dir(options.spice_jars), context.work_dir, options.spice_cache,
+            workers=options.spice_workers, heap_mb=options.spice_heap_mb, timeout=options.spice_timeout,
+            log=context.log,
+        )  # fmt: skip
         outputs = []
         for m, model in enumerate(models):
             scores = np.array([by_key[f"{m}/{s}"] for s in range(len(model.predictions))], dtype=np.float64)
-            warnings = []
             missing = int(np.isnan(scores).sum())
-            if missing:
-                warnings.append(f"SPICE gave no F-score for {missing} samples; counted as 0.0 in the mean")
-                scores = np.nan_to_num(scores, nan=0.0)
-            outputs.append(ToolOutput(stats={"spice": _score_rows(scores)}, warnings=warnings))
+            if missing:  # pycocoevalcap's mean would be NaN; SPICE 1.0 never gives NaN for "All"
+                raise SpiceJvmError(f"[{model.name}] SPICE gave no F-score for {missing} samples")
+            outputs.append(ToolOutput(stats={"spice": _score_rows(scores)}))
         return outputs
 
     def describe(self) -> dict[str, str]:

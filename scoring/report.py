@@ -90,6 +90,9 @@ SECTIONS = {  # id -> the nav link's text, which is also the section's heading
     "failures": "Failures",
 }
 
+# Shown after "per-query" only when the data file has groups (NoCaps' domains, a JSONL "group").
+GROUP_SECTION = ("per-group", "Per group")
+
 _ASSETS = Path(__file__).with_name("report_assets")
 _T = TypeVar("_T")
 
@@ -271,7 +274,13 @@ def _load_samples(
     samples: dict[str, SampleView] = {}
     data_file = data_file or _recorded_data_file(models, ablation)
     if data_file is not None:
-        for sample in load_dataset(data_file, image_root=image_root).samples:
+        # Read as the run read it: its format and Karpathy split, as the manifests recorded them.
+        runs = [ablation] if ablation else []
+        runs += [m.run for m in models if m.run]
+        recorded = next((run for run in runs if Path(run.data_file) == data_file), None)
+        data_format = recorded.data_format if recorded else None
+        split = recorded.data_split if recorded else None
+        for sample in load_dataset(data_file, image_root=image_root, data_format=data_format, split=split).samples:
             local = None if sample.image_path.startswith(("http://", "https://")) else Path(sample.image_path)
             samples[sample.sample_id] = SampleView(
                 sample.sample_id, sample.image, sample.query, list(sample.references), local_image=local
@@ -971,10 +980,12 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
     context = _context(inputs, rank_by)
     rows = [row for m in inputs.scored if m.metrics for row in m.metrics.per_query.values()]
     per_query = [m for m in context["with_values"] if any(row.get(m) is not None for row in rows)]
+    groups = per_group_columns(inputs)
     return _ENV.get_template("report.html").render(
         **context,
+        groups=groups,
+        sections=_sections(bool(groups)),
         title=f"VLM ablation report: {len(inputs.models)} model(s), {len(inputs.samples)} sample(s)",
-        sections=SECTIONS,
         charts=charts,
         best=best_values(inputs.scored, 2),
         per_query_metrics=per_query or list(context["with_values"]),
@@ -983,6 +994,25 @@ def render_html(inputs: ReportInputs, charts: dict[str, str], rank_by: str = DEF
         css=Markup((_ASSETS / "report.css").read_text(encoding="utf-8")),
         js=Markup((_ASSETS / "report.js").read_text(encoding="utf-8")),
     )
+
+
+def _sections(with_groups: bool) -> dict[str, str]:
+    sections: dict[str, str] = {}
+    for key, label in SECTIONS.items():
+        sections[key] = label
+        if key == "per-query" and with_groups:
+            sections[GROUP_SECTION[0]] = GROUP_SECTION[1]
+    return sections
+
+
+def per_group_columns(inputs: ReportInputs) -> dict[str, int]:
+    """The groups of the scored models' per-group breakdowns, in order, with their sample counts (the largest count
+    any model has: models scored on other samples may differ); empty when the data file has no groups."""
+    columns: dict[str, int] = {}
+    for model in inputs.scored:
+        for group, row in (model.metrics.per_group if model.metrics else {}).items():
+            columns[group] = max(columns.get(group, 0), int(row.get("num_samples") or 0))
+    return dict(sorted(columns.items()))
 
 
 def comparison_markdown(inputs: ReportInputs, rank_by: str = DEFAULT_RANK_METRIC) -> str:

@@ -3,11 +3,11 @@ can ask a cluster for them (Slurm `--mem`, `--cpus-per-task`) or set a container
 
 The step is one Python process and its Java tools, all alive at once as a cluster counts a job (every process
 summed): METEOR 1.5's JVM for the whole run (-Xmx METEOR_HEAP), the PTB tokenizer's JVM while METEOR starts, SPICE's
-JVM(s) (-Xmx scoring.spice.SPICE_HEAP each, SPICE_WORKERS of them where scoring.spice runs several) while METEOR
-works, and Python, which grows with the samples of every model it scores. A JVM's resident memory is bounded by
-its heap limit plus what it keeps beside the heap (class metadata, compiled code, the garbage collector's tables,
-thread stacks); the Python figures were measured. docs/SCALING.md has the measurements and the command that repeats
-them (`python -m bench.scoring_memory`).
+parsing JVM(s) while METEOR works (scoring.spice sizes them: `spice_memory_mb`, and plans within the job's limit
+minus `OTHER_SCORING_MB`, so the request keeps at least that much beside SPICE), and Python, which grows with the
+samples of every model it scores. A JVM's resident memory is bounded by its heap limit plus what it keeps beside the
+heap (class metadata, compiled code, the garbage collector's tables, thread stacks); the Python figures were
+measured. docs/SCALING.md has the measurements and the command that repeats them (`python -m bench.scoring_memory`).
 
 Imports only the standard library and scoring.spice's constants: the orchestrator calls this on the submit host.
 """
@@ -56,9 +56,9 @@ def jvm_bytes(heap: str) -> int:
     return limit + int(limit * JVM_NON_HEAP_FRACTION) + JVM_NON_HEAP_FIXED_BYTES
 
 
-def spice_workers() -> int:
-    """How many SPICE JVMs run at once: scoring.spice's SPICE_WORKERS where it names one, else one."""
-    return max(1, int(getattr(spice, "SPICE_WORKERS", 1)))
+# SPICE JVMs a scoring step asks for by default: one parsing JVM of one thread (SPICE plans more only when the job
+# has the CPUs and memory for them; scoring.spice.plan_spice).
+SPICE_WORKERS = 1
 
 
 @dataclass(frozen=True)
@@ -87,25 +87,34 @@ def scoring_requirements(
     num_samples: int,
     metrics: Iterable[str] = ("meteor", "spice"),
     meteor_heap: str = METEOR_HEAP,
-    workers: int | None = None,
+    workers: int = SPICE_WORKERS,
+    max_caption_tokens: int = spice.TYPICAL_MAX_TOKENS,
 ) -> Requirements:
     """What `python -m scoring score` over `num_models` models of `num_samples` samples each needs. `metrics`: the
-    metrics that run a JVM of their own and are computed (METEOR, SPICE; the others are Python). `workers`: SPICE
-    JVMs at once (default: scoring.spice's).
+    metrics that run a JVM of their own and are computed (METEOR, SPICE; the others are Python). `workers`: SPICE's
+    single-threaded parsing JVMs, each sized for captions of up to `max_caption_tokens` tokens (SPICE's parser
+    needs memory growing with the square of the longest caption).
 
     CPUs: Python's metrics run beside METEOR's JVM (two at once); while SPICE parses, Python waits for it and METEOR
     goes on, so one CPU per SPICE JVM beside METEOR's."""
     if num_models < 1 or num_samples < 1:
         raise ValueError(f"scoring needs at least one model and one sample, not {num_models} x {num_samples}")
+    if workers < 1:
+        raise ValueError(f"SPICE needs at least one JVM, not {workers}")
     wanted = set(metrics)
-    spice_jvms = (workers if workers is not None else spice_workers()) if "spice" in wanted else 0
+    spice_jvms = workers if "spice" in wanted else 0
     parts = [("Python", PYTHON_BASE_BYTES + PYTHON_BYTES_PER_SCORED_SAMPLE * num_models * num_samples)]
     parts.append(("PTB tokenizer JVM", PTB_TOKENIZER_BYTES))
     if "meteor" in wanted:
         parts.append((f"METEOR JVM -Xmx{meteor_heap}", jvm_bytes(meteor_heap)))
     if spice_jvms:
-        label = f"SPICE JVM -Xmx{spice.SPICE_HEAP}" + (f" x {spice_jvms}" if spice_jvms > 1 else "")
-        parts.append((label, spice_jvms * jvm_bytes(spice.SPICE_HEAP)))
+        # SPICE plans within the job's limit minus OTHER_SCORING_MB: keep at least that much beside its JVMs.
+        others = sum(value for _, value in parts)
+        if others < spice.OTHER_SCORING_MB * MIB:
+            parts.append(("kept beside SPICE for METEOR and Python", spice.OTHER_SCORING_MB * MIB - others))
+        heap = spice.spice_heap_mb(max_caption_tokens, 1)
+        label = f"SPICE JVM -Xmx{heap}m" + (f" x {spice_jvms}" if spice_jvms > 1 else "")
+        parts.append((label, spice.spice_memory_mb(spice_jvms, 1, max_caption_tokens) * MIB))
     return Requirements(
         memory_bytes=sum(value for _, value in parts),
         cpus=1 + max(1, spice_jvms),

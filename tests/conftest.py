@@ -52,6 +52,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # `python -m scoring` / `python -m orchestrator ablation` arguments that leave SPICE out deliberately: for tests that do
 # not check SPICE (a run that should compute SPICE and cannot fails; its CoreNLP jars are not everywhere).
 WITHOUT_SPICE = ("--metrics", "all,-spice")
+# CI sets VLM_ABLATION_REQUIRE_SPICE=1: a test that needs SPICE's jars then fails without them instead of skipping.
+REQUIRE_SPICE = os.environ.get("VLM_ABLATION_REQUIRE_SPICE") == "1"
+# The real QuIC-360 test text: the shared data folder next to the checkout, or QUIC360_TEST_TSV (a checkout kept
+# elsewhere). Tests that need it skip with the reason when it is absent.
+QUIC360_TSV = Path(os.environ.get("QUIC360_TEST_TSV") or REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv")
 
 # (width, height, format): 2:1 equirectangular, small so tests stay fast, different sizes and encodings.
 PANORAMA_SIZES: tuple[tuple[int, int, str], ...] = (
@@ -248,3 +253,18 @@ def run_runner() -> Callable[..., RunnerRun]:
 
 
 from slurm_cluster import slurm_cluster_fixture  # noqa: E402, F401  (session fixture: a real single-node Slurm cluster)
+
+
+@pytest.fixture(scope="session")
+def spice_jars() -> Path:
+    """The folder with SPICE's verified jars (scoring.spice.configured_jar_dir); skipped without them, or failed
+    where they are required."""
+    from scoring.spice import configured_jar_dir, unavailable_reason
+
+    folder = configured_jar_dir(None)
+    reason = unavailable_reason(folder)
+    if reason:
+        if REQUIRE_SPICE:
+            pytest.fail(f"VLM_ABLATION_REQUIRE_SPICE=1 but {reason}")
+        pytest.skip(f"SPICE jars absent: {reason}")
+    return folder

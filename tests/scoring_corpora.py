@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from tests.scoring_reference import Corpus
+from scoring_reference import Corpus
 
 SUBJECTS = ["a dog", "two dogs", "the man", "a woman", "three children", "a red car", "the old building", "a cat",
             "people", "a small boat", "the tall tree", "a bus"]  # fmt: skip

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
+
+from bench.spice_reference import reference_spice
 
 COCO_METRICS = {  # pycocoevalcap's method names -> this project's metrics-file keys
     "Bleu_1": "coco_bleu1",
@@ -176,61 +176,6 @@ def start_scoring(corpora: Sequence[Corpus], folder: Path, *options: str) -> Sco
 
 # -- SPICE --------------------------------------------------------------------------------------------------------
 
-# What SPICE 1.0's cache library needs on Java 9+ (its own wrapper passes -cache always).
-SPICE_ADD_OPENS = tuple(
-    f"--add-opens=java.base/{package}=ALL-UNNAMED"
-    for package in ("java.lang", "java.util", "java.math", "java.util.concurrent", "java.net", "java.text")
-)
-
-
-@contextmanager
-def pycocoevalcap_spice_copy(jar_dir: Path, folder: Path) -> Iterator[type]:
-    """pycocoevalcap's `Spice` class, loaded from a copy of its `spice` folder whose `lib/` also holds the CoreNLP
-    jars (pycocoevalcap's own layout after its download step), so the installed package is never written to.
-
-    Its `java -jar spice-1.0.jar` runs through a `java` on PATH that adds every other jar of `jar_dir` (e.g. a
-    JavaScript engine SPICE's output step needs on Java 15+) and the --add-opens flags its cache needs on Java 9+;
-    the Python code and SPICE's own arguments are pycocoevalcap's."""
-    import importlib.util
-
-    from scoring.java import pycocoevalcap_dir
-
-    source = pycocoevalcap_dir() / "spice"
-    package = folder / "pycocoevalcap_spice_copy"
-    (package / "lib").mkdir(parents=True, exist_ok=True)
-    for name in ("__init__.py", "spice.py", "get_stanford_models.py", "spice-1.0.jar"):
-        shutil.copy(source / name, package / name)  # a copy: the JVM resolves lib/ next to the jar's real path
-    for jar in [*sorted((source / "lib").glob("*.jar")), *sorted(jar_dir.glob("*.jar"))]:
-        link = package / "lib" / jar.name
-        if not link.exists():
-            link.symlink_to(jar.resolve())
-    extra = [str(jar.resolve()) for jar in sorted(jar_dir.glob("*.jar")) if not jar.name.startswith("stanford-")]
-    java = shutil.which("java")
-    bin_dir = folder / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    wrapper = bin_dir / "java"
-    classpath = ":".join(["spice-1.0.jar", *extra])
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        "# pycocoevalcap runs: java -jar -Xmx8G spice-1.0.jar ARGS\n"
-        'if [ "$1" = -jar ] && [ "$3" = spice-1.0.jar ]; then\n'
-        f'  heap="$2"; shift 3; exec {java} "$heap" {" ".join(SPICE_ADD_OPENS)} -cp "{classpath}" '
-        'edu.anu.spice.SpiceScorer "$@"\nfi\n'
-        f'exec {java} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    spec = importlib.util.spec_from_file_location(
-        "pycocoevalcap_spice_copy", package / "__init__.py", submodule_search_locations=[str(package)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pycocoevalcap_spice_copy"] = module
-    spec.loader.exec_module(module)
-    from pycocoevalcap_spice_copy.spice import Spice  # type: ignore[import-not-found]
-
-    with mock.patch.dict(os.environ, {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}):
-        yield Spice
-
 
 def pycocoevalcap_spice(
     corpora: Sequence[Corpus], tokenized: Sequence[tuple[list[str], list[list[str]]]], jar_dir: Path, folder: Path
@@ -245,8 +190,9 @@ def pycocoevalcap_spice(
         for sample, (hypothesis, refs) in enumerate(zip(predictions, references, strict=True)):
             gts[f"{index}/{sample}"] = refs
             res[f"{index}/{sample}"] = [hypothesis]
-    with pycocoevalcap_spice_copy(jar_dir, folder) as spice_class:
-        _, scores = spice_class().compute_score(gts, res)
+    folder.mkdir(parents=True, exist_ok=True)
+    with reference_spice(jar_dir, folder) as spice:
+        _, scores = spice.compute_score(gts, res)  # type: ignore[attr-defined]
     by_key = {key: float(score["All"]["f"]) for key, score in zip(sorted(gts), scores, strict=True)}
     results = []
     for index, corpus in enumerate(corpora):

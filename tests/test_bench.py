@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import QUIC360_TSV
 
 from bench.fullsize import BenchConfigError, ParameterCounts, count_parameters, load_bench_config
 from runner.registry import MODELS
@@ -189,9 +190,6 @@ def test_reuse_skips_only_the_vit_for_the_blip_family() -> None:
         counts = count_parameters(load_bench_config(name))
         vit = reused_parameters(MODELS[name], counts)
         assert 0.9e9 < vit < counts.vision_side  # EVA ViT-g: about 1 B parameters
-
-
-QUIC360_TSV = REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv"
 
 
 @pytest.mark.skipif(not QUIC360_TSV.is_file(), reason=f"{QUIC360_TSV} (the QuIC-360 test split text) is not here")

@@ -19,13 +19,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import QUIC360_TSV
 from PIL import Image
 
 from contract import load_dataset
 from data.quic360 import FetchSettings, PrepareError, local_name, prepare, read_split
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-QUIC360_TSV = REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv"
 FAST = FetchSettings(timeout_s=2.0, retries=2, backoff_s=0.01)
 
 

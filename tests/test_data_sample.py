@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import QUIC360_TSV
 from PIL import Image, ImageOps
 
 from contract import load_dataset
@@ -18,7 +19,6 @@ from data.panorama import make_grid, to_pixel, upright_box
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 SAMPLE_CSV = SAMPLE_DIR / CSV_NAME
-QUIC360_TSV = REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv"
 
 
 def _files(folder: Path) -> dict[str, bytes]:

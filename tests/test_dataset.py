@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, write_quic_csv
+from conftest import QUIC360_TSV, write_quic_csv
 
 from contract import DataFileError, load_dataset, sample_id
 
-QUIC_TEST = REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv"
 
-
-@pytest.mark.skipif(not QUIC_TEST.is_file(), reason=f"shared QuIC-360 test split absent: {QUIC_TEST}")
+@pytest.mark.skipif(not QUIC360_TSV.is_file(), reason=f"shared QuIC-360 test split absent: {QUIC360_TSV}")
 def test_real_quic360_test_split_groups_into_1211_samples() -> None:
-    dataset = load_dataset(QUIC_TEST)
+    dataset = load_dataset(QUIC360_TSV)
     assert dataset.num_rows == 6246
     assert len(dataset.samples) == 1211
     assert sum(len(sample.references) for sample in dataset.samples) == 6246 - dataset.empty_annotations_dropped

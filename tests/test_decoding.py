@@ -91,6 +91,8 @@ def early_stop_ids(adapter, inputs, eager_ids: torch.Tensor) -> list[int]:
 
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory: pytest.TempPathFactory):
+    # Graphs another test module compiled in this worker process (same model classes) would be reused silently.
+    torch._dynamo.reset()
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     folder = tmp_path_factory.mktemp("torch_compile_cache")
     yield folder
@@ -174,6 +176,7 @@ def test_padding_rows_and_columns_leave_real_rows_unchanged(name, tiny_checkpoin
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_compiled_equals_eager(name, tiny_checkpoint, compile_cache):
+    torch._dynamo.reset()  # each model compiles its own graph here, whatever ran before in this process
     adapter = load_adapter(name, tiny_checkpoint(name))
     logs: list[str] = []
     decoder = make_decoder("compiled", cache_dir=compile_cache, log=logs.append)

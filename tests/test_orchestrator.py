@@ -125,6 +125,26 @@ def test_model_path_root_without_a_models_folder_is_refused(tmp_path: Path, pano
         )
 
 
+def test_a_local_ablation_that_cannot_compute_spice_stops_before_any_model_runs(
+    tmp_path: Path, tiny_checkpoint, panorama_data
+) -> None:
+    """Scoring runs on this host's files: SPICE's jars missing is said before any model runs (not after all of them),
+    with both fixes; --metrics all,-spice leaves it out deliberately; a --metrics typo is refused the same way."""
+    root = model_root(tmp_path, tiny_checkpoint, ["blip2-opt-2.7b"])
+    out = tmp_path / "results"
+    common = ("ablation", "--models", "blip2-opt-2.7b", "--data", panorama_data.data_file, "--output-dir", out,
+              "--engine", "local", "--gpus", "none", "--model-path-root", root, "--no-report")  # fmt: skip
+    env = {**orchestrator_env(), "SCORING_SPICE_JARS": str(tmp_path / "no-jars")}
+    refused = run_orchestrator(*common, "--metrics", "all", env=env, timeout=120)
+    assert refused.returncode == 2, refused.stdout[-2000:]
+    assert "cannot compute SPICE: SPICE needs stanford-corenlp-3.6.0.jar" in refused.stderr
+    assert "python -m scoring fetch-spice" in refused.stderr and "--metrics all,-spice" in refused.stderr
+    assert not list(out.glob("*_predictions.jsonl")) and not (out / "logs").exists()
+    typo = run_orchestrator(*common, "--metrics", "all,-spcie", env=env, timeout=120)
+    assert typo.returncode == 2 and "spcie" in typo.stderr, typo.stderr
+    assert not list(out.glob("*_predictions.jsonl"))
+
+
 # --- arguments ------------------------------------------------------------------------------------------------
 
 

@@ -690,8 +690,7 @@ def test_scoring_score_report_reads_only_the_models_it_scored(tmp_path: Path) ->
     """Regression: `score --predictions A B --report` read every *_predictions.jsonl in the output folder, so an
     unrelated unreadable file there crashed it after the metrics were written."""
     from conftest import write_quic_csv
-
-    from tests.test_scoring_cli import ROWS, scoring, write_predictions
+    from test_scoring_cli import ROWS, scoring, write_predictions
 
     data_file = write_quic_csv(tmp_path / "data.csv", ROWS)
     out = tmp_path / "results"

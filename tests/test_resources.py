@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import QUIC360_TSV, WITHOUT_SPICE
 
 from orchestrator.plan import AblationOptions, PlanError, build_plan
 from orchestrator.slurm import SlurmArg, SlurmBackend, SlurmJobSpec, TaskState, parse_slurm_args, step_args
 from scoring import spice
-from scoring.resources import METEOR_HEAP, MIB, jvm_bytes, scoring_requirements, size_bytes, spice_workers
+from scoring.resources import METEOR_HEAP, MIB, jvm_bytes, scoring_requirements, size_bytes
 
 GIB = 1 << 30
-QUIC360 = Path("/work/shared/data/quic360/test.tsv")
 
 
 # --- the scoring step ----------------------------------------------------------------------------------------------
@@ -33,19 +33,33 @@ def test_sizes_read_as_the_jvm_slurm_and_docker_write_them() -> None:
             size_bytes(bad)
 
 
-def test_the_scoring_step_asks_for_spice_heap_and_workers_as_scoring_spice_names_them(monkeypatch) -> None:
+def test_the_scoring_step_asks_for_spice_as_scoring_spice_sizes_it() -> None:
     without_spice = scoring_requirements(8, 1211, metrics=("meteor",))
     with_spice = scoring_requirements(8, 1211)  # every metric, as an ablation scores
-    assert with_spice.memory_bytes - without_spice.memory_bytes == jvm_bytes(spice.SPICE_HEAP)
-    assert "SPICE JVM -Xmx" + spice.SPICE_HEAP in with_spice.describe()
-    monkeypatch.setattr(spice, "SPICE_HEAP", "3G")
-    assert (
-        scoring_requirements(8, 1211).memory_bytes - without_spice.memory_bytes == 3 * GIB + 3 * GIB // 16 + 128 * MIB
-    )
-    monkeypatch.setattr(spice, "SPICE_WORKERS", 3, raising=False)
-    three = scoring_requirements(8, 1211)
-    assert three.memory_bytes - without_spice.memory_bytes == 3 * jvm_bytes("3G")
+    one_jvm = spice.spice_memory_mb(1, 1, spice.TYPICAL_MAX_TOKENS) * MIB
+    kept = max(0, spice.OTHER_SCORING_MB * MIB - without_spice.memory_bytes)
+    assert with_spice.memory_bytes - without_spice.memory_bytes == kept + one_jvm
+    heap = spice.spice_heap_mb(spice.TYPICAL_MAX_TOKENS, 1)
+    assert f"SPICE JVM -Xmx{heap}m" in with_spice.describe()
+    three = scoring_requirements(8, 1211, workers=3)
+    assert three.memory_bytes - with_spice.memory_bytes == 2 * one_jvm
     assert (three.cpus, with_spice.cpus, without_spice.cpus) == (4, 2, 2)  # one CPU per SPICE JVM beside METEOR's
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_spice_plans_its_jvms_within_the_memory_the_scoring_step_asked_for(workers: int) -> None:
+    """Inside a job granted exactly the request, SPICE's own plan (what the limit leaves it after OTHER_SCORING_MB)
+    fits as many JVMs as were asked for, with QuIC-360-length captions; a request one JVM short does not."""
+    asked = scoring_requirements(8, 1211, workers=workers)
+    captions = ["a " * spice.TYPICAL_MAX_TOKENS] * 1000
+    plan = spice.plan_spice(captions, cpus=asked.cpus - 1, memory_mb=asked.memory_mib - spice.OTHER_SCORING_MB)
+    assert plan.workers == workers and plan.memory_mb <= asked.memory_mib - spice.OTHER_SCORING_MB
+    short = asked.memory_mib - spice.OTHER_SCORING_MB - spice.spice_memory_mb(1, 1)
+    if workers == 1:
+        with pytest.raises(spice.SpiceMemoryError, match="Give the scoring step more memory"):
+            spice.plan_spice(captions, cpus=1, memory_mb=short)
+    else:
+        assert spice.plan_spice(captions, cpus=asked.cpus - 1, memory_mb=short).workers == workers - 1
 
 
 def test_the_meteor_heap_asked_for_is_the_one_the_scoring_cli_starts() -> None:
@@ -54,27 +68,36 @@ def test_the_meteor_heap_asked_for_is_the_one_the_scoring_cli_starts() -> None:
 
     args = build_parser().parse_args(["score", "--predictions", "x.jsonl", "--output-dir", "out"])
     assert args.meteor_heap == METEOR_HEAP == ScoringOptions().meteor_heap
-    bigger = scoring_requirements(1, 10, meteor_heap="4G").memory_bytes - scoring_requirements(1, 10).memory_bytes
+    meteor = ("meteor",)
+    bigger = (
+        scoring_requirements(1, 10, meteor, meteor_heap="4G").memory_bytes
+        - scoring_requirements(1, 10, meteor).memory_bytes
+    )
     assert bigger == jvm_bytes("4G") - jvm_bytes(METEOR_HEAP)
 
 
 def test_more_models_and_samples_ask_for_more() -> None:
-    assert scoring_requirements(16, 1211).memory_bytes > scoring_requirements(8, 1211).memory_bytes
-    assert scoring_requirements(8, 5000).memory_bytes > scoring_requirements(8, 1211).memory_bytes
+    meteor = ("meteor",)
+    assert scoring_requirements(16, 1211, meteor).memory_bytes > scoring_requirements(8, 1211, meteor).memory_bytes
+    assert scoring_requirements(8, 5000, meteor).memory_bytes > scoring_requirements(8, 1211, meteor).memory_bytes
+    # With SPICE the request keeps OTHER_SCORING_MB beside it until Python outgrows that, then grows with it.
+    assert scoring_requirements(8, 1211).memory_bytes == scoring_requirements(16, 1211).memory_bytes
+    assert scoring_requirements(64, 50_000).memory_bytes > scoring_requirements(8, 1211).memory_bytes
     with pytest.raises(ValueError, match="at least one model"):
         scoring_requirements(0, 10)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not QUIC360.is_file(), reason=f"{QUIC360} (the QuIC-360 test split) is not on this machine")
+@pytest.mark.skipif(not QUIC360_TSV.is_file(), reason=f"{QUIC360_TSV} (the QuIC-360 test split) is not on this machine")
 def test_scoring_the_quic360_leave_one_out_stays_within_what_it_asks_for(tmp_path: Path) -> None:
     """Every process of the step summed, as a cluster counts a job: Python, the tokenizer's and METEOR's JVMs."""
     from bench.peak_memory import measure
 
-    command = [sys.executable, "-m", "scoring", "human-baseline", "--data", str(QUIC360), "--output-dir", str(tmp_path)]
+    command = [sys.executable, "-m", "scoring", "human-baseline", "--data", str(QUIC360_TSV),
+               "--output-dir", str(tmp_path), *WITHOUT_SPICE]  # fmt: skip
     result = measure(command, interval=0.05)
     assert result["exit_code"] == 0
-    asked = scoring_requirements(1, 1211, metrics=("meteor",))  # SPICE does not run without its jars
+    asked = scoring_requirements(1, 1211, metrics=("meteor",))
     assert 0 < int(result["peak_total_bytes"]) <= asked.memory_bytes, (result, asked.describe())  # type: ignore[call-overload]
 
 
@@ -284,10 +307,21 @@ def test_the_scoring_step_asks_only_for_the_jvms_of_the_metrics_it_computes() ->
 
     from orchestrator.resources import scoring_resources
 
-    def plan(metrics: str | None) -> SimpleNamespace:
-        return SimpleNamespace(num_samples=1211, options=SimpleNamespace(metrics=metrics))
+    def plan(metrics: str | None, max_new_tokens: int = 64, longest_reference_words: int = 70) -> SimpleNamespace:
+        return SimpleNamespace(
+            num_samples=1211,
+            longest_reference_words=longest_reference_words,
+            options=SimpleNamespace(metrics=metrics, max_new_tokens=max_new_tokens),
+        )
 
     everything = scoring_resources(plan(None), 8)  # type: ignore[arg-type]
     without_spice = scoring_resources(plan("all,-spice"), 8)  # type: ignore[arg-type]
-    assert everything.memory_bytes - without_spice.memory_bytes == spice_workers() * jvm_bytes(spice.SPICE_HEAP)
+    assert everything.memory_bytes == scoring_requirements(8, 1211).memory_bytes
+    assert without_spice.memory_bytes == scoring_requirements(8, 1211, metrics=("meteor",)).memory_bytes
     assert "SPICE" in everything.basis and "SPICE" not in without_spice.basis
+    # SPICE's parser needs memory growing with the square of the longest caption: longer outputs ask for more.
+    long_outputs = scoring_resources(plan(None, max_new_tokens=300), 8)  # type: ignore[arg-type]
+    long_references = scoring_resources(plan(None, longest_reference_words=300), 8)  # type: ignore[arg-type]
+    longer = scoring_requirements(8, 1211, max_caption_tokens=300).memory_bytes
+    assert long_outputs.memory_bytes == long_references.memory_bytes == longer > everything.memory_bytes
+    assert f"SPICE JVM -Xmx{spice.spice_heap_mb(300, 1)}m" in long_outputs.basis

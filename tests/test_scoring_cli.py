@@ -184,10 +184,13 @@ def test_meteor_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, d
 
 
 def test_spice_that_dies_gives_its_stderr_and_no_metrics_file(tmp_path: Path, data_file: Path) -> None:
+    from scoring.spice import SPICE_JARS
+
     jars = tmp_path / "fake-corenlp"
     jars.mkdir()
-    for name in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar"):
-        (jars / name).write_bytes(b"not a jar")
+    for pin in SPICE_JARS:  # the right names and sizes (what the cheap check looks at), no content
+        with open(jars / pin.name, "wb") as handle:
+            handle.truncate(pin.size)
     predictions = write_predictions(
         tmp_path / "s_predictions.jsonl", data_file, {i: ("A city.", None) for i in range(5)}
     )
@@ -255,7 +258,7 @@ def test_spice_is_required_unless_left_out(tmp_path: Path, data_file: Path) -> N
         "score", "--predictions", tmp_path / "absent.jsonl", "--output-dir", out, "--spice-jars", no_jars
     )
     assert completed.returncode == 2
-    assert "cannot compute SPICE: SPICE needs Stanford CoreNLP 3.6.0 jars" in completed.stderr
+    assert "cannot compute SPICE: SPICE needs stanford-corenlp-3.6.0.jar" in completed.stderr
     assert f"python -m scoring fetch-spice --dest {no_jars}" in completed.stderr
     assert "leave it out deliberately: --metrics all,-spice" in completed.stderr
     assert "predictions file not found" not in completed.stderr  # refused before reading any input
@@ -305,9 +308,11 @@ def test_java_is_not_needed_to_summarise(tmp_path: Path) -> None:
     os.environ.get("SCORING_TEST_NETWORK") != "1", reason="needs Maven Central (set SCORING_TEST_NETWORK=1)"
 )
 def test_fetch_spice_downloads_verified_jars(tmp_path: Path) -> None:
-    completed = scoring("fetch-spice", "--dest", tmp_path, timeout=1800)
+    env = {**runner_env(), "SCORING_SPICE_JARS": str(tmp_path / "unset"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    completed = scoring("fetch-spice", "--dest", tmp_path / "jars", env=env, timeout=1800)
     assert completed.returncode == 0, completed.stderr
-    assert (tmp_path / "stanford-corenlp-3.6.0.jar").is_file()
+    assert completed.stdout.count("(SHA-256 verified)") == 4 and "copied from" not in completed.stdout
+    assert (tmp_path / "jars" / "stanford-corenlp-3.6.0-models.jar").stat().st_size == 378_116_526
 
 
 def test_ptb_tokenizer_keeps_unicode_and_lines_in_a_c_locale(tmp_path: Path) -> None:

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import WITHOUT_SPICE
-
-from contract import MetricsFile, SampleScores, read_json, read_jsonl
-from tests.scoring_corpora import make_corpus, shortened
-from tests.scoring_reference import (
+from scoring_corpora import make_corpus, shortened
+from scoring_reference import (
     CocoResult,
     Corpus,
     ScoringRun,
@@ -32,6 +30,8 @@ from tests.scoring_reference import (
     sacrebleu_bleu4,
     start_scoring,
 )
+
+from contract import MetricsFile, SampleScores, read_json, read_jsonl
 
 SEEDS = [int(s) for s in os.environ.get("SCORING_DIFFERENTIAL_SEEDS", "").split(",") if s] or list(range(40))
 TOLERANCE = 1e-6
@@ -114,26 +114,16 @@ def test_the_corpora_hold_the_edge_cases(corpora: list[Corpus]) -> None:
 # -- SPICE ------------------------------------------------------------------------------------------------------
 
 
-def spice_jar_dir() -> Path:
-    from scoring.spice import configured_jar_dir, unavailable_reason
-
-    jar_dir = configured_jar_dir(None)
-    reason = unavailable_reason(jar_dir)
-    if reason:
-        pytest.skip(f"SPICE's CoreNLP jars are not here ({reason}); set SCORING_SPICE_JARS to run this")
-    return jar_dir
-
-
 SPICE_MAX_WORDS = 50  # longer predictions are cut for SPICE: its parser takes minutes per caption of 100+ words
 
 
 def test_spice_equals_pycocoevalcaps_spice_on_generated_corpora(
-    tmp_path: Path, reference: list[CocoResult], corpora: list[Corpus]
+    tmp_path: Path, reference: list[CocoResult], corpora: list[Corpus], spice_jars: Path
 ) -> None:
     """pycocoevalcap's `Spice` over COCOEvalCap's tokenized texts of every corpus (one run) against the SPICE of one
-    scoring run over all corpora: per sample and corpus. Where SPICE gives no F-score (pycocoevalcap's mean is then
-    NaN), scoring counts 0.0 and says so. The corpora are the ones above with predictions cut to SPICE_MAX_WORDS."""
-    jar_dir = spice_jar_dir()
+    scoring run over all corpora: per sample and corpus. SPICE must give every sample an F-score (where it would not,
+    scoring stops with an error). The corpora are the ones above with predictions cut to SPICE_MAX_WORDS."""
+    jar_dir = spice_jars
     cut = [shortened(corpus, SPICE_MAX_WORDS) for corpus in corpora]
     tokenized = [
         (coco.tokenized_predictions, coco.tokenized_references)
@@ -144,11 +134,6 @@ def test_spice_equals_pycocoevalcaps_spice_on_generated_corpora(
     corpora = cut
     # One SPICE JVM at a time (each takes several GB).
     run = start_scoring(corpora, tmp_path / "project", "--metrics", "spice", "--spice-jars", str(jar_dir))
-    run.process.wait(timeout=1800)
-    log = run.log.read_text(encoding="utf-8")
-    if run.process.returncode != 0 and "ScriptEngine" in log:
-        pytest.skip("SPICE 1.0 writes its output through a JavaScript engine that Java 15+ lacks; scoring.spice "
-                    "does not provide one on this branch yet")  # fmt: skip
     out = run.wait()
     expected = pycocoevalcap_spice(corpora, tokenized, jar_dir, tmp_path / "reference")
     failures = []
@@ -156,14 +141,9 @@ def test_spice_equals_pycocoevalcaps_spice_on_generated_corpora(
         metrics = read_json(out / f"{corpus.name}_metrics.json", MetricsFile)
         rows = list(read_jsonl(out / f"{corpus.name}_sample_scores.jsonl", SampleScores))
         for index, (row, value) in enumerate(zip(rows, values, strict=True)):
-            wanted = 0.0 if math.isnan(value) else value
-            if not abs(row.scores["spice"] - wanted) <= TOLERANCE:
+            # SPICE 1.0 always gives "All" an F-score (scoring stops with an error where it would not).
+            if math.isnan(value) or not abs(row.scores["spice"] - value) <= TOLERANCE:
                 failures.append(f"seed {seed} sample {index} spice: {row.scores['spice']!r} != {value!r}")
-        if math.isnan(mean):
-            missing = sum(math.isnan(v) for v in values)
-            if f"SPICE gave no F-score for {missing} samples; counted as 0.0 in the mean" not in metrics.warnings:
-                failures.append(f"seed {seed}: no warning for {missing} samples without a SPICE F-score")
-            mean = sum(0.0 if math.isnan(v) else v for v in values) / len(values)
         if not abs(metrics.metrics["spice"] - mean) <= TOLERANCE:
             failures.append(f"seed {seed} spice: scoring {metrics.metrics['spice']!r}, reference {mean!r}")
         low, high = metrics.ci["spice"]

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
+from conftest import QUIC360_TSV, REPO_ROOT, WITHOUT_SPICE, runner_env
 
 from contract import (
     COMPARISON_CSV,
@@ -29,12 +28,10 @@ from contract import (
     sample_id,
 )
 
-# The shared data folder next to the checkout; QUIC360_TEST_TSV points elsewhere (a checkout kept somewhere else).
-QUIC_TEST = Path(os.environ.get("QUIC360_TEST_TSV") or REPO_ROOT.parent / "shared" / "data" / "quic360" / "test.tsv")
 TOLERANCE = 1e-9
 MODELS = ("loo", "loo-perturbed")
 
-pytestmark = pytest.mark.skipif(not QUIC_TEST.is_file(), reason=f"shared QuIC-360 test split absent: {QUIC_TEST}")
+pytestmark = pytest.mark.skipif(not QUIC360_TSV.is_file(), reason=f"shared QuIC-360 test split absent: {QUIC360_TSV}")
 
 
 def perturb(caption: str, index: int) -> str:
@@ -46,7 +43,7 @@ def perturb(caption: str, index: int) -> str:
 
 def leave_one_out_items() -> list[tuple[str, str, str, list[str]]]:
     """(url, query, candidate, references) for samples with >= 2 captions, grouped independently of contract."""
-    with open(QUIC_TEST, encoding="utf-8", newline="") as handle:
+    with open(QUIC360_TSV, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     groups: dict[tuple[str, str], list[str]] = {}
     for row in rows:
@@ -230,7 +227,7 @@ def test_human_baseline_on_the_data_file_equals_the_leave_one_out_reference(tmp_
         "scoring",
         "human-baseline",
         "--data",
-        str(QUIC_TEST),
+        str(QUIC360_TSV),
         "--output-dir",
         str(tmp_path),
         *WITHOUT_SPICE,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
+from scoring_reference import Corpus, coco_eval
 
 from contract import MetricsFile, PredictionRecord, read_json
-from tests.scoring_reference import Corpus, coco_eval
 
 REFERENCES = [
     ["A red sign with white letters.", "A sign on a pole."],

@@ -26,7 +26,7 @@ from _orchestrator_helpers import (
 )
 from slurm_cluster import SlurmTestCluster, slurm_cluster_fixture  # noqa: F401  (registers `slurm_cluster`)
 
-from contract import METRICS_JSON
+from contract import METRICS_JSON, MetricsFile, read_json
 from runner.registry import MODELS
 
 pytestmark = pytest.mark.slow
@@ -52,15 +52,15 @@ def ablation_args(data_file: Path, root: Path, out: Path, models: str, *extra: s
 
 
 @pytest.fixture(scope="module")
-def eight(slurm_cluster: SlurmTestCluster, tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+def eight(slurm_cluster: SlurmTestCluster, tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint, spice_jars):
     from conftest import build_panorama_data
 
     tmp = tmp_path_factory.mktemp("slurm_eight")
     data = build_panorama_data(tmp / "data", num_images=2, queries=("location", "people"))  # 4 samples
     root = model_root(tmp, tiny_checkpoint, list(MODELS))
     slurm = run_orchestrator(
-        *ablation_args(data.data_file, root, tmp / "slurm", "all", "--shards", "2"),
-        env=slurm_env(slurm_cluster), timeout=1500,
+        *ablation_args(data.data_file, root, tmp / "slurm", "all", "--shards", "2", "--metrics", "all"),
+        env={**slurm_env(slurm_cluster), "SCORING_SPICE_JARS": str(spice_jars)}, timeout=1500,
     )  # fmt: skip
     local = run_orchestrator(
         "ablation", "--engine", "local", "--gpus", "none", "--models", "all", "--data", data.data_file,
@@ -92,8 +92,8 @@ def scontrol(cluster: SlurmTestCluster, *args: str) -> str:
 
 
 def test_every_job_asked_for_its_own_memory_on_a_cluster_of_1_gb_per_cpu(eight, slurm_cluster) -> None:
-    """No --slurm-arg mem=: the runners and the scoring job (METEOR's JVM, SPICE's heap) asked for what they need,
-    as the controller recorded it, on a cluster whose default would have killed the scoring job."""
+    """No --slurm-arg mem=: the runners and the scoring job (METEOR's JVM, SPICE's) asked for what they need, as the
+    controller recorded it, on a cluster whose default would have killed the scoring job; SPICE was computed."""
     from scoring import spice
 
     _data, tmp, slurm, _local = eight
@@ -104,7 +104,8 @@ def test_every_job_asked_for_its_own_memory_on_a_cluster_of_1_gb_per_cpu(eight, 
     recorded = manifest(tmp / "slurm")
     requests = recorded.slurm["requests"]  # type: ignore[attr-defined]
     scoring = requests["scoring"]
-    assert scoring["source"] == "estimate" and "SPICE JVM -Xmx" + spice.SPICE_HEAP in scoring["estimate"]
+    heap = spice.spice_heap_mb(spice.TYPICAL_MAX_TOKENS, 1)
+    assert scoring["source"] == "estimate" and f"SPICE JVM -Xmx{heap}m" in scoring["estimate"]
     asked_mib = int(scoring["memory"].removeprefix("--mem=").removesuffix("M"))
     assert asked_mib > slurm_cluster.def_mem_per_cpu_mb * scoring["cpus"]  # the default would not have done
     shown = scontrol(slurm_cluster, "-o", "show", "job", recorded.slurm["scoring_job"])  # type: ignore[attr-defined]
@@ -114,6 +115,9 @@ def test_every_job_asked_for_its_own_memory_on_a_cluster_of_1_gb_per_cpu(eight, 
     for model in MODELS:
         assert requests[model]["memory"].startswith("--mem=") and "batch 2, cuda" in requests[model]["estimate"]
     assert recorded.scoring is not None and recorded.scoring.status == "completed" and recorded.scoring.message is None
+    for model in MODELS:
+        metrics = read_json(tmp / "slurm" / METRICS_JSON.format(model=model), MetricsFile)
+        assert metrics.metrics["spice"] is not None and "spice" not in metrics.unavailable, model
 
 
 def test_the_two_shards_of_a_model_get_the_two_fake_gpus(eight) -> None:

@@ -138,6 +138,10 @@ function showSignificance(metric) {
   for (const block of document.querySelectorAll(".sig-block")) block.hidden = block.dataset.metric !== metric;
 }
 
+function showGroups(metric) {
+  for (const block of document.querySelectorAll(".group-block")) block.hidden = block.dataset.metric !== metric;
+}
+
 // ---------------------------------------------------------------------------------------------- sample browser
 
 const browser = { page: 0, rows: [], metricIndex: 0 };
@@ -302,6 +306,8 @@ function main() {
   renderHeatmap(heatmapSelect.value);
   const significanceSelect = document.getElementById("significance-metric");
   significanceSelect.addEventListener("change", () => showSignificance(significanceSelect.value));
+  const groupSelect = document.getElementById("group-metric"); // only when the data file has groups
+  if (groupSelect) groupSelect.addEventListener("change", () => showGroups(groupSelect.value));
   setUpBrowser();
   document.body.dataset.ready = "1";
 }
