@@ -142,14 +142,20 @@ def test_counts_cleanup_model_ids_and_intersection(tmp_path: Path, data_file: Pa
     assert "alpha (Org/Alpha-2B): n=4 (empty 1, failed 1, missing 1)" in printed
     assert "1 samples failed in the runner" in printed
     summary = json.loads((out / SUMMARY_JSON).read_text())
-    assert [m["model_name"] for m in summary["models"]] == ["alpha", "beta"]
+    # The leave-one-out human row comes by default (--data has several references per sample), flagged, after the
+    # models and out of the paired tests.
+    assert [(m["model_name"], m["human_baseline"]) for m in summary["models"]] == [
+        ("alpha", False),
+        ("beta", False),
+        ("human-baseline", True),
+    ]
     assert summary["significance"] == {}  # different sample sets: no paired test
     # --report hands the folder to scoring.report.build_report after the metrics are written.
     assert f"report: {out / 'report.html'}" in printed and (out / "report.html").is_file()
     # Two panoramas carry two samples each: intervals resample panoramas, and every file and the page say so.
     assert alpha_metrics.signature["bootstrap_unit"] == beta_metrics.signature["bootstrap_unit"] == "image"
     assert beta_metrics.signature["bootstrap"].startswith("1000 resamples of images (3 images carrying 5 samples)")
-    assert [m["bootstrap_unit"] for m in summary["models"]] == ["image", "image"]
+    assert [m["bootstrap_unit"] for m in summary["models"]] == ["image", "image", "image"]
     assert "The bootstrap resamples images" in (out / "report.html").read_text(encoding="utf-8")
     assert "resampling images" in (out / "comparison.md").read_text(encoding="utf-8")
 
