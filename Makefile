@@ -99,7 +99,7 @@ spice-jars:
 # Docker tests count the engine's containers; each worker starts its own Slurm test cluster).
 TEST_WORKERS   ?= 2
 test:
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -rs --durations=25 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .

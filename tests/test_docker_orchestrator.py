@@ -94,7 +94,8 @@ def test_ablation_in_containers_with_one_failing_model(client, docker_ablation) 
         # Written by the container as the host user (uid 1000 when the tests run as root), not as root.
         assert (out / f"{model}_predictions.jsonl").stat().st_uid == _expected_owner()
     summary = read_json(out / SUMMARY_JSON, Summary)
-    assert sorted(e.model_name for e in summary.models) == ["blip2-opt-2.7b", "llava-1.5-7b"]
+    assert sorted(e.model_name for e in summary.models if not e.human_baseline) == ["blip2-opt-2.7b", "llava-1.5-7b"]
+    assert [e.model_name for e in summary.models if e.human_baseline] == ["human-baseline"]  # in the container too
     assert (out / "report.html").is_file()
 
     recorded = manifest(out)

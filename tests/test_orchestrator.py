@@ -234,7 +234,11 @@ def test_local_ablation_results_tree(local_ablation) -> None:
         assert metrics.model_name == model and metrics.num_samples == 6
         assert set(metrics.metrics) >= {"bleu4", "meteor", "rougeL", "cider", "spice"}
     summary = read_json(out / SUMMARY_JSON, Summary)
-    assert sorted(entry.model_name for entry in summary.models) == ["blip2-opt-2.7b", "llava-1.5-7b"]
+    assert sorted(entry.model_name for entry in summary.models if not entry.human_baseline) == [
+        "blip2-opt-2.7b",
+        "llava-1.5-7b",
+    ]
+    assert [e.model_name for e in summary.models if e.human_baseline] == ["human-baseline"]  # scored by default
     assert (out / COMPARISON_CSV).read_text().count("\n") >= 3
     assert (out / "logs" / "llava-1.5-7b.runner.log").read_text().count("RUNNER_RESULT") == 1
 
@@ -393,12 +397,12 @@ def test_the_old_guides_snippets_still_run_on_a_results_folder(local_ablation) -
             metrics = json.load(handle)
         rows.append({"model": metrics["model_name"], **metrics["metrics"]})
     table = pd.DataFrame(rows).sort_values("bleu4", ascending=False)
-    assert sorted(table["model"]) == ["blip2-opt-2.7b", "llava-1.5-7b"]
+    assert sorted(table["model"]) == ["blip2-opt-2.7b", "human-baseline", "llava-1.5-7b"]  # the human row too
     assert table["bleu4"].between(0, 1).all() and table["cider"].notna().all()
     loop = f'for f in "{out}"/*_metrics.json; do echo "$(basename "$f") $(jq ".metrics.bleu4" "$f")"; done'
     printed = subprocess.run(["bash", "-c", loop], capture_output=True, text=True, check=True).stdout.split("\n")
     values = {line.split()[0]: float(line.split()[1]) for line in printed if line.strip()}
-    assert set(values) == {"blip2-opt-2.7b_metrics.json", "llava-1.5-7b_metrics.json"}
+    assert set(values) == {"blip2-opt-2.7b_metrics.json", "human-baseline_metrics.json", "llava-1.5-7b_metrics.json"}
     bleu4 = float(table.set_index("model").loc["llava-1.5-7b", "bleu4"])
     assert values["llava-1.5-7b_metrics.json"] == pytest.approx(bleu4)
 

@@ -219,11 +219,12 @@ def test_other_arguments_refuse_to_mix_and_overwrite_moves_the_old_file_aside(
     assert len(moved) == 1 and moved[0].read_bytes() == original
     assert read_json(results_file(out, RUN_MANIFEST, FAST_MODEL), RunManifest).prompt_template == new_template
 
-    # Same arguments again: nothing to do, nothing duplicated.
-    in_process(checkpoint, panorama_data.data_file, out, limit=2, prompt_template=new_template)
+    # Same arguments again: nothing to do, nothing duplicated; the run record of the run that made them stays.
+    record_before = results_file(out, RUN_MANIFEST, FAST_MODEL).read_bytes()
+    again = in_process(checkpoint, panorama_data.data_file, out, limit=2, prompt_template=new_template)
+    assert again.status == "completed" and again.num_written == 2
     assert [r.model_dump() for r in read_jsonl(path, PredictionRecord)] == [r.model_dump() for r in records]
-    manifest = read_json(results_file(out, RUN_MANIFEST, FAST_MODEL), RunManifest)
-    assert manifest.num_written_this_run == 0  # type: ignore[attr-defined]
+    assert results_file(out, RUN_MANIFEST, FAST_MODEL).read_bytes() == record_before
 
 
 def test_cuda_oom_halves_the_batch_down_to_one(panorama_data, tiny_checkpoint, tmp_path, monkeypatch):

@@ -268,7 +268,7 @@ def test_detach_then_status_then_rerun(
     rerun = run_orchestrator(*args, env=slurm_env(slurm_cluster), timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     log = (out / "logs" / "blip2-opt-2.7b.shard-0.slurm.log").read_text()
-    assert "resuming: 2 sample(s) already in" in log  # nothing captioned twice
+    assert "already complete: 2/2 samples, nothing to do" in log  # nothing captioned twice
     assert len(predictions(out, "blip2-opt-2.7b")) == data.num_samples
 
 
