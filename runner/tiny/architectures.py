@@ -7,6 +7,8 @@ renders the published checkpoint's prompt format (named in each comment). runner
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from runner.tiny.gemma3 import GEMMA3_CHAT_TEMPLATE
 from runner.tiny.generic import TinyArchitecture, Token, register_architecture
 from runner.tiny.qwen2_5_vl import QWEN2_5_VL_CHAT_TEMPLATE
@@ -121,7 +123,7 @@ SMOLVLM_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
 )
 IDEFICS3_GRID_TOKENS = tuple(f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7))
-register_architecture(
+SMOLVLM = register_architecture(
     "smolvlm",
     TinyArchitecture(
         model_type="idefics3",
@@ -425,27 +427,14 @@ register_architecture(
 # carry them): num2words for SmolVLM2's processor, timm for Gemma 3n's and Perception LM's vision towers.
 
 # SmolVLM2 (SmolVLM classes, the SmolVLM-Instruct layout): `<|im_start|>User:<image>{text}<end_of_utterance>\n
-# Assistant:`; its processor refuses to start without num2words (it spells out video frame counts).
+# Assistant:`; its processor refuses to start without num2words (it spells out video frame counts). SmolVLM's entry
+# with the smolvlm classes and a video processor.
 register_architecture(
     "smolvlm2",
-    TinyArchitecture(
+    replace(
+        SMOLVLM,
         model_type="smolvlm",
-        config={
-            "text_config": {"model_type": "llama", **TEXT},
-            # 32 px tiles of 8 px patches: 16 patches, pixel-shuffled 2x2 -> 4 image tokens per tile.
-            "vision_config": {**VISION, "image_size": 32, "patch_size": 8},
-            "scale_factor": 2,
-            "image_token_id": Token("<image>"),
-        },
-        chat_template=SMOLVLM_CHAT_TEMPLATE,
-        special_tokens=("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>")
-        + IDEFICS3_GRID_TOKENS,
-        bos_token="<|im_start|>",
-        eos_token="<end_of_utterance>",
-        pad_token="<|im_end|>",
-        image_processor={"size": {"longest_edge": 64}, "max_image_size": {"longest_edge": 32}},
         video_processor={"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 32}},
-        processor={"image_seq_len": 4},
     ),
 )
 
