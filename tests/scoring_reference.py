@@ -12,7 +12,8 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -70,15 +71,14 @@ class CocoResult:
     tokenized_references: list[list[str]]
 
 
-def coco_eval(corpus: Corpus, meteor) -> CocoResult:  # noqa: ANN001  (pycocoevalcap.meteor.meteor.Meteor)
-    """`COCOEvalCap(coco, cocoRes).evaluate()` for one corpus, its own code path, with `meteor` as its METEOR scorer
-    and SPICE left out (see `pycocoevalcap_spice`)."""
+@contextmanager
+def cocoevalcap_harness(meteor) -> Iterator[list[dict]]:  # noqa: ANN001  (pycocoevalcap.meteor.meteor.Meteor)
+    """`pycocoevalcap.eval` as these tests run it: `meteor` as its METEOR scorer (one JVM for every evaluate()), SPICE
+    left out (compared on its own), its prints silenced. Yields the list each PTBTokenizer.tokenize result is appended
+    to: an evaluate() adds the references, then the predictions."""
     import pycocoevalcap.eval
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    evaluation = pycocoevalcap.eval.COCOEvalCap(
-        _Annotations(corpus.references), _Annotations([[p] for p in corpus.predictions])
-    )
     tokenized: list[dict] = []
     real_tokenize = PTBTokenizer.tokenize
 
@@ -90,8 +90,21 @@ def coco_eval(corpus: Corpus, meteor) -> CocoResult:  # noqa: ANN001  (pycocoeva
         mock.patch.object(pycocoevalcap.eval, "Meteor", lambda: meteor),
         mock.patch.object(pycocoevalcap.eval, "Spice", _NoSpice),
         mock.patch.object(PTBTokenizer, "tokenize", recording_tokenize),
-        mock.patch.object(sys, "stdout", open(os.devnull, "w")),  # noqa: SIM115  (it prints every score)
+        open(os.devnull, "w") as devnull,
+        mock.patch.object(sys, "stdout", devnull),  # it prints every score
     ):
+        yield tokenized
+
+
+def coco_eval(corpus: Corpus, meteor) -> CocoResult:  # noqa: ANN001  (pycocoevalcap.meteor.meteor.Meteor)
+    """`COCOEvalCap(coco, cocoRes).evaluate()` for one corpus, its own code path, with `meteor` as its METEOR scorer
+    and SPICE left out (see `pycocoevalcap_spice`)."""
+    import pycocoevalcap.eval
+
+    evaluation = pycocoevalcap.eval.COCOEvalCap(
+        _Annotations(corpus.references), _Annotations([[p] for p in corpus.predictions])
+    )
+    with cocoevalcap_harness(meteor) as tokenized:
         evaluation.evaluate()
     gts, res = tokenized
     order = range(len(corpus))

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, WITHOUT_SPICE, runner_env
 from data_formats import SAMPLE_DIR
-from scoring_reference import Corpus, pycocoevalcap_spice
+from scoring_reference import Corpus, cocoevalcap_harness, pycocoevalcap_spice
 
 from contract import CAPTION_QUERY, SUMMARY_JSON, MetricsFile, SampleScores, Summary, read_json, read_jsonl, sample_id
 from scoring.cli import main as scoring_main
@@ -90,16 +88,6 @@ def scored(files: dict[str, Path]) -> tuple[Path, str]:
     return out, completed.stdout
 
 
-class _NoSpice:
-    """COCOEvalCap.evaluate runs SPICE last; without CoreNLP jars it cannot (and ours is null here)."""
-
-    def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
-        return float("nan"), [float("nan")] * len(gts)
-
-    def method(self) -> str:
-        return "SPICE"
-
-
 @pytest.fixture(scope="module")
 def direct(files: dict[str, Path]) -> dict[str, dict]:
     """COCOEvalCap on the two files as its users run it: COCO(annotations), loadRes(results), params image_id =
@@ -107,24 +95,11 @@ def direct(files: dict[str, Path]) -> dict[str, dict]:
     domain. One METEOR JVM for all; SPICE is test_spice_equals_...'s."""
     import pycocoevalcap.eval
     from pycocoevalcap.meteor.meteor import Meteor
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     from pycocotools.coco import COCO
 
     meteor = Meteor()
     results: dict[str, dict] = {}
-    tokenized: list[dict] = []
-    real_tokenize = PTBTokenizer.tokenize
-
-    def recording_tokenize(self, captions_for_image: dict) -> dict:  # noqa: ANN001
-        tokenized.append(real_tokenize(self, captions_for_image))
-        return tokenized[-1]
-
-    with (
-        mock.patch.object(pycocoevalcap.eval, "Meteor", lambda: meteor),
-        mock.patch.object(pycocoevalcap.eval, "Spice", _NoSpice),
-        mock.patch.object(PTBTokenizer, "tokenize", recording_tokenize),
-        mock.patch.object(sys, "stdout", open(os.devnull, "w")),  # noqa: SIM115  (they print every score)
-    ):
+    with cocoevalcap_harness(meteor) as tokenized:
         coco = COCO(str(files["annotations"]))
         domain_of = {image["id"]: image["domain"] for image in coco.dataset["images"]}
         for name, key in (("first", "model-0"), ("second", "model-1")):
